@@ -1,0 +1,1 @@
+"""The offline index builder: load -> embed -> pack -> index -> evaluate -> publish."""

@@ -1,0 +1,159 @@
+"""Embed stage: decode images in parallel workers, encode on CPU/GPU, write resumable shards of vectors+thumbnails."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from clipsearch.encoder import Encoder
+from clipsearch.images import ImageError, make_thumbnail, open_image
+
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+THUMB_SIDE = 256
+
+
+@dataclass
+class Decoded:
+    index: int
+    pixels: torch.Tensor | None
+    thumbnail: bytes
+    width: int
+    height: int
+    error: str
+
+
+class DecodeDataset(Dataset):
+    """Runs in DataLoader workers: bytes -> upright RGB -> model pixels + thumbnail; failures become records."""
+
+    def __init__(self, source: Source, encoder: Encoder, thumb_side: int = THUMB_SIDE):
+        self.source = source
+        self.image_processor = encoder.image_processor
+        self.draft_size = encoder.info.image_size
+        self.thumb_side = thumb_side
+
+    def __len__(self) -> int:
+        return len(self.source.records)
+
+    def __getitem__(self, index: int) -> Decoded:
+        record = self.source.records[index]
+        try:
+            image = open_image(self.source.read(record), max_bytes=None, draft_size=self.draft_size)
+            pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            width, height = image.info["original_size"]
+            return Decoded(index, pixels, make_thumbnail(image, self.thumb_side), width, height, "")
+        except ImageError as error:
+            return Decoded(index, None, b"", 0, 0, str(error))
+        except Exception as error:  # noqa: BLE001 - one bad file must never end a 123k-image build
+            last = traceback.extract_tb(error.__traceback__)[-1]
+            reason = f"unexpected {type(error).__name__}: {error} (at {Path(last.filename).name}:{last.lineno})"
+            return Decoded(index, None, b"", 0, 0, reason)
+
+
+def _collate(items: list[Decoded]) -> tuple[list[Decoded], torch.Tensor | None]:
+    good = [item for item in items if item.pixels is not None]
+    pixels = torch.stack([item.pixels for item in good]) if good else None
+    for item in good:
+        item.pixels = None  # the stacked tensor carries them; keep the per-item records light
+    return items, pixels
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # each worker decodes one image at a time; BLAS threads would only fight
+
+
+def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, total)) for start in range(0, total, shard_size)]
+
+
+def shard_dir(work: Path, shard: int) -> Path:
+    return Path(work) / "shards" / f"{shard:05d}"
+
+
+def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: int, shard_size: int,
+                 num_workers: int, shards: list[int] | None = None) -> dict:
+    """Embed every shard not already finished in `work`; returns throughput figures for this run.
+
+    Batches never straddle a shard, so a resumed shard is computed from exactly the same batches as in an
+    uninterrupted build, and its vectors are bit-identical.
+    """
+    ranges = shard_ranges(len(source.records), shard_size)
+    wanted = range(len(ranges)) if shards is None else shards
+    pending = [s for s in wanted if not (shard_dir(work, s) / "done").exists()]
+    finished = len(wanted) - len(pending)
+    if finished:
+        log.info("resuming: %d of %d shards already embedded", finished, len(wanted))
+    if not pending:
+        return {"images": 0, "seconds": 0.0, "images_per_second": 0.0}
+    batches = [list(range(lo, min(lo + batch_size, hi))) for s in pending
+               for lo, hi in [ranges[s]] for lo in range(lo, hi, batch_size)]
+    loader = DataLoader(
+        DecodeDataset(source, encoder), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=encoder.device.type == "cuda", worker_init_fn=_worker_init if num_workers else None,
+        prefetch_factor=4 if num_workers else None, persistent_workers=False,
+    )
+    total = sum(ranges[s][1] - ranges[s][0] for s in pending)
+    started, done = time.perf_counter(), 0
+    pending_iter = iter(pending)
+    current = next(pending_iter)
+    collected: list[tuple[list[Decoded], np.ndarray | None]] = []
+    with tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True, mininterval=2) as bar:
+        for items, pixels in loader:
+            vectors = encoder.encode_pixels(pixels) if pixels is not None else None
+            collected.append((items, vectors))
+            done += len(items)
+            bar.update(len(items))
+            if items[-1].index == ranges[current][1] - 1:  # last batch of this shard
+                _write_shard(work, current, ranges[current], collected)
+                collected = []
+                current = next(pending_iter, None)
+    seconds = time.perf_counter() - started
+    return {"images": done, "seconds": seconds, "images_per_second": done / seconds if seconds else 0.0}
+
+
+def _write_shard(work: Path, shard: int, span: tuple[int, int], collected) -> None:
+    """Write vectors, thumbnails and row records of one shard; the 'done' marker is created last."""
+    final = shard_dir(work, shard)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows, skipped, blocks, offset = [], [], [], 0
+    with open(tmp / "thumbs.bin", "wb") as thumbs:
+        for items, vectors in collected:
+            good = iter(vectors if vectors is not None else [])
+            for item in items:
+                if item.error:
+                    skipped.append([item.index, item.error])
+                    continue
+                blocks.append(next(good))
+                thumbs.write(item.thumbnail)
+                rows.append([item.index, item.width, item.height, offset, len(item.thumbnail)])
+                offset += len(item.thumbnail)
+    assert rows or skipped, "a shard with no rows"
+    vectors = np.stack(blocks).astype(np.float32) if blocks else np.zeros((0, 0), np.float32)
+    np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
+    (tmp / "rows.json").write_text(json.dumps({"span": list(span), "rows": rows, "skipped": skipped}))
+    (tmp / "done").write_text("ok\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)  # a shard directory appears whole or not at all
+    if skipped:
+        log.info("shard %d: %d images skipped", shard, len(skipped))
+
+
+def read_shard(work: Path, shard: int) -> tuple[np.ndarray, dict, Path]:
+    folder = shard_dir(work, shard)
+    return np.load(folder / "vectors.npy", allow_pickle=False), json.loads((folder / "rows.json").read_text()), \
+        folder / "thumbs.bin"

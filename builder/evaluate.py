@@ -1,0 +1,89 @@
+"""Evaluation stage: text->image and image->text Recall@1/5/10 on the captions (COCO val2017 5k and full gallery)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipsearch.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+KS = (1, 5, 10)
+VAL_SPLIT = "val2017"
+SAMPLE = 5000  # the COCO 5k protocol; galleries without val2017 are sampled to this size (seeded)
+
+
+def encode_captions(encoder: Encoder, captions: list[str], batch_size: int = 256) -> np.ndarray:
+    blocks = []
+    for start in tqdm(range(0, len(captions), batch_size), desc="captions", unit="batch", mininterval=2,
+                      dynamic_ncols=True, disable=len(captions) <= batch_size):
+        blocks.append(encoder.encode_texts(captions[start:start + batch_size]))
+    return np.concatenate(blocks) if blocks else np.zeros((0, encoder.info.dim), np.float32)
+
+
+def _ranks(queries: np.ndarray, keys: np.ndarray, positives) -> np.ndarray:
+    """For each query, the 0-based rank of its best-ranked positive key (exact, chunked matrix products)."""
+    keys_t = torch.from_numpy(np.ascontiguousarray(keys)).T
+    chunk = max(16, 2**26 // max(1, len(keys)))  # about 256 MB of scores at a time
+    ranks = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        scores = torch.from_numpy(np.ascontiguousarray(queries[start:start + chunk])) @ keys_t
+        for offset, row in enumerate(scores):
+            good = positives(start + offset)
+            best = row[good].max()
+            ranks[start + offset] = int((row > best).sum())
+    return ranks
+
+
+def _recall(ranks: np.ndarray) -> dict[str, float]:
+    return {f"R@{k}": round(float((ranks < k).mean()) * 100, 2) for k in KS}
+
+
+def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], splits: list[str],
+             mode: str = "val", seed: int = 0) -> dict:
+    """Recall on the val set (val2017, else a seeded 5k sample of captioned rows) and, in 'full' mode, with
+    the same caption queries against the whole gallery and the val images against every gallery caption."""
+    captioned = [row for row, texts in enumerate(captions) if texts]
+    if mode == "none" or not captioned:
+        return {}
+    val_rows = [row for row in captioned if splits[row] == VAL_SPLIT]
+    if not val_rows:
+        rng = np.random.default_rng(seed)
+        val_rows = sorted(rng.choice(captioned, size=min(SAMPLE, len(captioned)), replace=False).tolist())
+    name = VAL_SPLIT if splits[val_rows[0]] == VAL_SPLIT else "sample"
+    texts, owner = _flatten(captions, val_rows)
+    log.info("evaluating recall: %d images, %d captions (%s)", len(val_rows), len(texts), name)
+    text_vectors = encode_captions(encoder, texts)
+    image_vectors = vectors[val_rows]
+    local_owner = np.searchsorted(np.asarray(val_rows), owner)
+    firsts = np.searchsorted(local_owner, np.arange(len(val_rows)))
+    lasts = np.searchsorted(local_owner, np.arange(len(val_rows)), side="right")
+    results = {name: {
+        "images": len(val_rows), "captions": len(texts),
+        "text_to_image": _recall(_ranks(text_vectors, image_vectors, lambda q: [int(local_owner[q])])),
+        "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
+    }}
+    if mode == "full" and len(captioned) > len(val_rows):
+        all_texts, all_owner = _flatten(captions, captioned)
+        log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))
+        all_text_vectors = encode_captions(encoder, all_texts)
+        starts = np.searchsorted(all_owner, np.asarray(val_rows))
+        ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
+        results["full_gallery"] = {
+            "images": len(vectors), "captions": len(all_texts), "queries_from": name,
+            "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
+            "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
+        }
+    return results
+
+
+def _flatten(captions: list[list[str]], rows: list[int]) -> tuple[list[str], np.ndarray]:
+    texts, owner = [], []
+    for row in rows:
+        texts.extend(captions[row])
+        owner.extend([row] * len(captions[row]))
+    return texts, np.asarray(owner, dtype=np.int64)

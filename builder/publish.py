@@ -1,0 +1,86 @@
+"""Publish stage: every artifact file to a Hub dataset repo in one atomic commit, then a tag the app can pin."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
+from clipsearch.manifest import MANIFEST, Manifest
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "build-"
+KEEP = {".gitattributes"}  # files on the Hub a push never deletes
+
+
+class PublishError(RuntimeError):
+    """A push that did not happen; the message names the flag or variable that fixes it."""
+
+
+@dataclass
+class Published:
+    repo_id: str
+    commit: str
+    tag: str
+    url: str
+
+
+def require_token() -> str:
+    token = get_token()
+    if not token:
+        raise PublishError("--push needs a Hub token with write access: set HF_TOKEN or run `hf auth login`.")
+    return token
+
+
+def new_tag(now: datetime | None = None) -> str:
+    """Tags sort by time as text, so the app's 'latest build' is simply the greatest tag name."""
+    return TAG_PREFIX + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+
+
+def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None, private: bool = False,
+         readme: str | None = None) -> Published:
+    """One commit holding every file the manifest lists plus the manifest itself; fails if the repo moved on."""
+    api = api or HfApi()
+    out = Path(out)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        parent = api.dataset_info(repo_id, revision="main").sha if _has_commits(api, repo_id) else None
+        current = set(api.list_repo_files(repo_id, repo_type="dataset", revision=parent)) if parent else set()
+    except HfHubHTTPError as error:
+        raise PublishError(f"--push {repo_id}: the Hub refused access ({_first(error)}); check the repo id and "
+                           "that HF_TOKEN has write access.") from None
+    names = sorted(manifest.files) + [MANIFEST]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name)) for name in names]
+    if readme:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
+    keep = set(names) | KEEP | ({"README.md"} if readme else set())
+    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(current - keep)]
+    tag = new_tag()
+    log.info("pushing %d files to %s as one commit (parent %s)", len(names), repo_id, (parent or "none")[:12])
+    try:
+        info = api.create_commit(repo_id, operations, repo_type="dataset", parent_commit=parent,
+                                 commit_message=f"Index build {tag}: {manifest.count} images, {manifest.model['model_id']}")
+        commit = info.oid
+        api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
+    except HfHubHTTPError as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status in (409, 412):
+            raise PublishError(f"--push {repo_id}: the repo changed while this build was being published (another "
+                               "push won the race); nothing was changed by this one. Re-run with --push.") from None
+        raise PublishError(f"--push {repo_id}: the commit was refused ({_first(error)}).") from None
+    return Published(repo_id=repo_id, commit=commit, tag=tag,
+                     url=f"{api.endpoint}/datasets/{repo_id}/tree/{tag}")
+
+
+def _has_commits(api: HfApi, repo_id: str) -> bool:
+    refs = api.list_repo_refs(repo_id, repo_type="dataset")
+    return any(branch.name == "main" for branch in refs.branches)
+
+
+def _first(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

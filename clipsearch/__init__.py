@@ -1,0 +1,1 @@
+"""Shared core of COCO CLIP visual search: encoder, artifact format, gallery loading and search."""

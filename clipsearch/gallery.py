@@ -1,0 +1,117 @@
+"""A loaded artifact set: FAISS index, stored vectors, row metadata and packed thumbnails, addressed by row."""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from .manifest import EMBEDDINGS, INDEX, METADATA, ArtifactError, Manifest, verify_files
+
+log = logging.getLogger(__name__)
+
+# Per-row metadata the UI shows; thumbnail addressing columns are read into numpy arrays instead.
+ROW_COLUMNS = ["image_id", "split", "file_name", "width", "height", "captions", "categories", "url"]
+
+
+@dataclass
+class Row:
+    row: int
+    image_id: int
+    split: str
+    file_name: str
+    width: int
+    height: int
+    captions: list[str]
+    categories: list[str]
+    url: str
+
+
+class ThumbnailStore:
+    """Reads thumbnail i from the packed shard files and materialises it once as a small file for serving."""
+
+    def __init__(self, folder: Path, files: list[str], shard: np.ndarray, offset: np.ndarray, size: np.ndarray,
+                 cache_dir: Path):
+        self._maps = []
+        for name in files:
+            with open(Path(folder) / name, "rb") as handle:
+                self._maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(
+                    Path(folder) / name) else b"")
+        self._shard, self._offset, self._size = shard, offset, size
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def read(self, row: int) -> bytes:
+        start = int(self._offset[row])
+        return bytes(self._maps[int(self._shard[row])][start:start + int(self._size[row])])
+
+    def path(self, row: int) -> Path:
+        """A file holding thumbnail `row`; written on first use, atomically, so concurrent requests are safe."""
+        path = self.cache_dir / f"{row}.jpg"
+        if not path.exists():
+            tmp = path.with_name(f"{row}.{os.getpid()}.{id(path)}.tmp")
+            tmp.write_bytes(self.read(row))
+            os.replace(tmp, path)
+        return path
+
+
+class Gallery:
+    """Everything needed to answer a query except the encoder."""
+
+    def __init__(self, folder: Path, manifest: Manifest, index: faiss.Index, vectors: np.ndarray, table,
+                 thumbnails: ThumbnailStore):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.index = index
+        self.vectors = vectors
+        self._table = table
+        self.thumbnails = thumbnails
+        self._image_ids = table.column("image_id").to_numpy()
+        self._row_of_id = {int(image_id): i for i, image_id in enumerate(self._image_ids)}
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @classmethod
+    def open(cls, folder: Path, *, verify: bool = True, stamp_dir: Path | None = None,
+             thumb_cache: Path | None = None) -> Gallery:
+        folder = Path(folder)
+        manifest = Manifest.read(folder)
+        if verify:
+            verify_files(folder, manifest, stamp_dir)
+        try:
+            index = faiss.read_index(str(folder / INDEX))
+            if manifest.index.search_params:
+                faiss.ParameterSpace().set_index_parameters(index, manifest.index.search_params)
+            vectors = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+            table = pq.read_table(folder / METADATA)
+        except (RuntimeError, OSError, ValueError) as error:
+            raise ArtifactError(f"The artifacts in {folder} could not be read ({error}); rebuild them.") from None
+        if not (index.ntotal == len(vectors) == table.num_rows == manifest.count):
+            raise ArtifactError(
+                f"{folder}: index ({index.ntotal}), vectors ({len(vectors)}) and metadata ({table.num_rows}) rows "
+                f"disagree with the manifest ({manifest.count}); rebuild the artifacts."
+            )
+        thumbs = ThumbnailStore(
+            folder, manifest.thumbnails.files,
+            table.column("thumb_shard").to_numpy(), table.column("thumb_offset").to_numpy(),
+            table.column("thumb_size").to_numpy(),
+            thumb_cache or folder / ".thumbs",
+        )
+        return cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS), thumbs)
+
+    def rows(self, indices: list[int]) -> list[Row]:
+        records = self._table.take(np.asarray(indices, dtype=np.int64)).to_pylist()
+        return [Row(row=int(i), **record) for i, record in zip(indices, records)]
+
+    def row_of(self, image_id: int) -> int | None:
+        return self._row_of_id.get(int(image_id))
+
+    def vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.vectors[row], dtype=np.float32)

@@ -1,0 +1,214 @@
+"""The artifact format: file names, the typed manifest (format_version) and sha256 verification."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.faiss"
+EMBEDDINGS = "embeddings.npy"
+METADATA = "metadata.parquet"
+THUMBS_PATTERN = "thumbs-{:05d}.bin"
+
+
+class ArtifactError(ValueError):
+    """Artifacts that must not be served; the message says what is wrong and what to do."""
+
+
+@dataclass
+class SourceInfo:
+    kind: str  # "hub" | "coco-dir" | "images"
+    location: str  # repo id or folder
+    revision: str | None = None
+    splits: list[str] = field(default_factory=list)
+    role: str = "images"  # what this source contributed: images, captions, categories
+
+
+@dataclass
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class IndexInfo:
+    factory: str
+    faiss_type: str
+    metric: str = "inner_product"
+    recall_at_5: float = 1.0  # against exact search; 1.0 by definition for a flat index
+    recall_sample: int = 0
+    search_params: str = ""  # e.g. "nprobe=32": FAISS does not store search-time parameters in the index file
+
+
+@dataclass
+class ThumbnailInfo:
+    files: list[str]
+    max_side: int
+    format: str = "jpeg"
+
+
+@dataclass
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass
+class Manifest:
+    """Describes one complete artifact set; written last, so its presence means the folder is complete."""
+
+    format_version: int
+    model: dict  # clipsearch.encoder.ModelInfo as a dict
+    dim: int
+    count: int
+    index: IndexInfo
+    thumbnails: ThumbnailInfo
+    sources: list[SourceInfo]
+    skipped: list[Skipped]
+    evaluation: dict
+    builder_version: str
+    created_at: str
+    build_seconds: float = 0.0
+    images_per_second: float = 0.0
+    device: str = ""
+    files: dict[str, FileEntry] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise ArtifactError("manifest.json has no format_version; it was not written by this builder.")
+        if version > FORMAT_VERSION:
+            raise ArtifactError(
+                f"The artifacts use format_version {version}, newer than this app understands ({FORMAT_VERSION}); "
+                "update the app, or set INDEX_REVISION to an older build."
+            )
+        return _from_dict(cls, data)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise ArtifactError(
+                f"{folder} has no {MANIFEST}: it is not a finished build. Re-run the builder, "
+                "or point INDEX_DIR at a complete artifact folder."
+            )
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, TypeError, KeyError) as error:
+            raise ArtifactError(f"{path} is not a valid manifest ({error}); rebuild the artifacts.") from None
+
+
+def _from_dict(cls, data):
+    """Rebuild nested dataclasses from plain JSON; unknown keys from newer minor writers are ignored."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in data:
+            continue
+        kwargs[item.name] = _convert(hints[item.name], data[item.name])
+    return cls(**kwargs)
+
+
+def _convert(hint, value):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return _from_dict(hint, value)
+    if origin is list and args:
+        return [_convert(args[0], v) for v in value]
+    if origin is dict and len(args) == 2:
+        return {k: _convert(args[1], v) for k, v in value.items()}
+    return value
+
+
+def sha256_file(path: Path, chunk: int = 8 * 2**20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_files(folder: Path, names: list[str]) -> dict[str, FileEntry]:
+    """sha256 and size of each file; hashlib releases the GIL, so two threads use both cores."""
+    folder = Path(folder)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(lambda name: sha256_file(folder / name), names))
+    return {name: FileEntry(sha256=d, size=(folder / name).stat().st_size) for name, d in zip(names, digests)}
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """Atomically write manifest.json; callers do this last, after every listed file is in place."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def verify_files(folder: Path, manifest: Manifest, stamp_dir: Path | None = None) -> None:
+    """Check every listed file's size and sha256; raise ArtifactError naming the first bad file.
+
+    A verified file is remembered by (path, size, mtime, sha256) in stamp_dir, so a restart does not re-hash
+    gigabytes that have not changed since they were last checked.
+    """
+    folder = Path(folder)
+    stamps = _read_stamps(stamp_dir)
+    pending = []
+    for name, entry in sorted(manifest.files.items()):
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{name} is listed in the manifest but missing from {folder}; re-download or rebuild.")
+        stat = path.stat()
+        if stat.st_size != entry.size:
+            raise ArtifactError(_mismatch(name, folder))
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        if stamps.get(key) != entry.sha256:
+            pending.append((name, key, entry.sha256))
+    if pending:
+        actual = hash_files(folder, [name for name, _, _ in pending])
+        for name, key, expected in pending:
+            if actual[name].sha256 != expected:
+                raise ArtifactError(_mismatch(name, folder))
+            stamps[key] = expected
+        _write_stamps(stamp_dir, stamps)
+
+
+def _mismatch(name: str, folder: Path) -> str:
+    return (
+        f"{name} in {folder} does not match the sha256 in the manifest (corrupted or tampered); it will not be "
+        "served. Delete the folder (or the cached copy) so it is downloaded again, or rebuild it."
+    )
+
+
+def _read_stamps(stamp_dir: Path | None) -> dict[str, str]:
+    if stamp_dir is None:
+        return {}
+    try:
+        return json.loads((Path(stamp_dir) / "verified.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_stamps(stamp_dir: Path | None, stamps: dict[str, str]) -> None:
+    if stamp_dir is None:
+        return
+    try:
+        Path(stamp_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(stamp_dir) / "verified.json.tmp"
+        tmp.write_text(json.dumps(stamps))
+        os.replace(tmp, Path(stamp_dir) / "verified.json")
+    except OSError:
+        pass  # a read-only cache only costs a re-hash next time

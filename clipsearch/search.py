@@ -1,0 +1,128 @@
+"""The search core: encode a query with the shared encoder, search the gallery, return typed hits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .encoder import Encoder
+from .gallery import Gallery
+from .images import open_image
+
+MAX_K = 50
+MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered; the message is a sentence for the person who sent it."""
+
+
+@dataclass
+class Hit:
+    rank: int
+    row: int
+    image_id: int
+    score: float
+    caption: str
+    captions: list[str]
+    categories: list[str]
+    split: str
+    file_name: str
+    url: str
+    width: int
+    height: int
+    thumbnail: str  # path of a small JPEG the UI can serve
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Searcher:
+    """Answers text, image and stored-vector queries against one gallery with one encoder."""
+
+    def __init__(self, gallery: Gallery, encoder: Encoder):
+        if encoder.info.dim != gallery.manifest.dim:
+            raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
+        self.gallery = gallery
+        self.encoder = encoder
+
+    # --- queries --------------------------------------------------------------------------------------------------
+    def search_text(self, text: str, k: int = 5) -> list[Hit]:
+        query = clean_text(text)
+        vector = self.encoder.encode_texts([query])[0]
+        return self.search_vector(vector, k, query_text=query)
+
+    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
+        picture = open_image(image, draft_size=self.encoder.info.image_size)
+        vector = self.encoder.encode_images([picture])[0]
+        return self.search_vector(vector, k)
+
+    def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
+        """'More like this': the stored vector of a gallery image, no re-encoding."""
+        row = self.gallery.row_of(image_id)
+        if row is None:
+            raise QueryError(f"Image id {image_id} is not in this gallery.")
+        return self.search_vector(self.gallery.vector(row), k)
+
+    def search_vector(self, vector: np.ndarray, k: int = 5, query_text: str | None = None) -> list[Hit]:
+        k = check_k(k)
+        scores, rows = self.gallery.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
+        return self._hits(found, query_text)
+
+    # --- results ------------------------------------------------------------------------------------------------
+    def _hits(self, found: list[tuple[float, int]], query_text: str | None) -> list[Hit]:
+        records = self.gallery.rows([row for _, row in found])
+        hits = []
+        for rank, ((score, row), record) in enumerate(zip(found, records), start=1):
+            hits.append(Hit(
+                rank=rank, row=row, image_id=record.image_id, score=round(score, 4),
+                caption=best_caption(query_text, record.captions) or record.file_name,
+                captions=record.captions, categories=record.categories, split=record.split,
+                file_name=record.file_name, url=record.url, width=record.width, height=record.height,
+                thumbnail=str(self.gallery.thumbnails.path(row)),
+            ))
+        return hits
+
+
+def clean_text(text) -> str:
+    """Normalise a text query; empty or whitespace-only text is a QueryError with a sentence."""
+    if not isinstance(text, str):
+        raise QueryError("The query must be text.")
+    # Control characters carry no meaning for the model and can confuse tokenizers.
+    text = "".join(ch if ch.isprintable() or ch in " \t" else " " for ch in text)
+    text = " ".join(text.split())
+    if not text:
+        raise QueryError("Please type a description of the image you are looking for.")
+    return text[:MAX_QUERY_CHARS]
+
+
+def check_k(k) -> int:
+    """k must be a whole number in 1..MAX_K; anything else is a QueryError naming the allowed range."""
+    if isinstance(k, bool):
+        raise QueryError(f"k must be a whole number between 1 and {MAX_K}.")
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, str) and k.strip().isdigit():
+        k = int(k.strip())
+    if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r}).")
+    return int(k)
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def best_caption(query: str | None, captions: list[str]) -> str:
+    """The caption sharing most words with the query (ties: the first, COCO's own order); '' if none."""
+    if not captions:
+        return ""
+    if not query:
+        return captions[0]
+    words = set(_WORD.findall(query.lower()))
+    overlaps = [len(words & set(_WORD.findall(caption.lower()))) for caption in captions]
+    return captions[int(np.argmax(overlaps))]
