@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .batcher import MicroBatcher
 from .encoder import Encoder
 from .gallery import Gallery
 from .images import open_image
@@ -42,24 +43,34 @@ class Hit:
 
 
 class Searcher:
-    """Answers text, image and stored-vector queries against one gallery with one encoder."""
+    """Answers text, image and stored-vector queries against one gallery with one encoder.
 
-    def __init__(self, gallery: Gallery, encoder: Encoder):
+    Queries from concurrent callers are encoded together by micro-batchers (one forward pass for many visitors),
+    while decoding, validation and the FAISS search run on the callers' own threads.
+    """
+
+    def __init__(self, gallery: Gallery, encoder: Encoder, text_batch: int = 16, image_batch: int = 8):
         if encoder.info.dim != gallery.manifest.dim:
             raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
         self.gallery = gallery
         self.encoder = encoder
+        self._encode_text = MicroBatcher(lambda texts: list(encoder.encode_texts(texts)), text_batch, "text-encoder")
+        self._encode_image = MicroBatcher(lambda images: list(encoder.encode_images(images)), image_batch,
+                                          "image-encoder")
 
     # --- queries --------------------------------------------------------------------------------------------------
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
-        query = clean_text(text)
-        vector = self.encoder.encode_texts([query])[0]
-        return self.search_vector(vector, k, query_text=query)
+        query, k = clean_text(text), check_k(k)
+        return self.search_vector(self._encode_text(query), k, query_text=query)
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
-        picture = open_image(image, draft_size=self.encoder.info.image_size)
-        vector = self.encoder.encode_images([picture])[0]
-        return self.search_vector(vector, k)
+        k = check_k(k)
+        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
+        return self.search_vector(self._encode_image(picture), k)
+
+    def load_image(self, image) -> Image.Image:
+        """Decode a query image (raises clipsearch.images.ImageError with a sentence when it is unusable)."""
+        return open_image(image, draft_size=self.encoder.info.image_size)
 
     def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
         """'More like this': the stored vector of a gallery image, no re-encoding."""

@@ -1,0 +1,72 @@
+"""App start-up: settings from the environment, the verified gallery, the manifest's own model, timing and memory."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .encoder import Encoder
+from .hub import DEFAULT_INDEX_REPO, IndexSource, open_gallery
+from .search import Searcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Environment variables, so Space variables and secrets work unchanged (see README)."""
+
+    index_dir: str | None
+    index_repo: str
+    index_revision: str | None
+    endpoint: str | None
+    token: str | None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            index_dir=env.get("INDEX_DIR") or None,
+            index_repo=env.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
+            index_revision=env.get("INDEX_REVISION") or None,
+            endpoint=env.get("HF_ENDPOINT") or None,
+            token=env.get("HF_TOKEN") or None,
+        )
+
+
+@dataclass
+class Service:
+    searcher: Searcher
+    source: IndexSource
+    startup_seconds: float
+    rss_mb: float
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now (Linux); 0 where /proc is not available."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def start(settings: Settings) -> Service:
+    """Build the heavy objects once: verified artifacts, then exactly the model the manifest names."""
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    gallery, source = open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
+                                   revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
+    model = gallery.manifest.model
+    encoder = Encoder.load(model["model_id"], model.get("revision"), device="cpu")
+    service = Service(Searcher(gallery, encoder), source, time.perf_counter() - started, rss_mb())
+    log.info("ready: %d images, model %s, started in %.1f s, resident memory %.0f MB", len(gallery),
+             model["model_id"], service.startup_seconds, service.rss_mb)
+    return service
