@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> Manifest:
     write_manifest(out, manifest)
     print(summary(manifest, out, speed))
     if repo_id:
-        published = push(out, manifest, repo_id, readme=dataset_card(manifest, repo_id))
+        published = push(out, manifest, repo_id)
         print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
     return manifest
 
@@ -223,18 +223,6 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         lines.append(f"  recall ({name}, {result['images']:,} images): text->image {t2i} | image->text {i2t}")
     lines.append(f"  files:     {out.resolve()} ({sum(f.size for f in manifest.files.values()) / 2**20:.1f} MB)")
     return "\n".join(lines)
-
-
-def dataset_card(manifest: Manifest, repo_id: str) -> str:
-    return (
-        "---\nlicense: cc-by-4.0\ntags:\n- clip\n- faiss\n- image-retrieval\n---\n"
-        f"# {repo_id}\n\nCLIP search index built by `python -m builder.build` (COCO CLIP visual search).\n\n"
-        f"- model: `{manifest.model['model_id']}` @ `{manifest.model.get('revision')}`\n"
-        f"- images: {manifest.count:,}; dim {manifest.dim}; index {manifest.index.factory}\n"
-        f"- built: {manifest.created_at} (builder {manifest.builder_version})\n\n"
-        "`manifest.json` lists every file with its sha256. Images: COCO 2017 (CC BY 4.0 annotations; images under "
-        "their Flickr licenses).\n"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,9 +42,12 @@ def new_tag(now: datetime | None = None) -> str:
     return TAG_PREFIX + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
 
 
-def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None, private: bool = False,
-         readme: str | None = None) -> Published:
-    """One commit holding every file the manifest lists plus the manifest itself; fails if the repo moved on."""
+def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None, private: bool = False) -> Published:
+    """One commit holding every file the manifest lists, the manifest and a dataset card naming the build tag.
+
+    The card changes with every push, so every push is a real commit checked against `parent_commit` (the client
+    would otherwise skip an unchanged set and report whatever commit is at the head, possibly someone else's).
+    """
     api = api or HfApi()
     out = Path(out)
     try:
@@ -55,12 +58,12 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
         raise PublishError(f"--push {repo_id}: the Hub refused access ({_first(error)}); check the repo id and "
                            "that HF_TOKEN has write access.") from None
     names = sorted(manifest.files) + [MANIFEST]
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name)) for name in names]
-    if readme:
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme.encode()))
-    keep = set(names) | KEEP | ({"README.md"} if readme else set())
-    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(current - keep)]
     tag = new_tag()
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name)) for name in names]
+    operations.append(CommitOperationAdd(path_in_repo="README.md",
+                                         path_or_fileobj=dataset_card(manifest, repo_id, tag, parent).encode()))
+    keep = set(names) | KEEP | {"README.md"}
+    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(current - keep)]
     log.info("pushing %d files to %s as one commit (parent %s)", len(names), repo_id, (parent or "none")[:12])
     try:
         info = api.create_commit(repo_id, operations, repo_type="dataset", parent_commit=parent,
@@ -75,6 +78,24 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
         raise PublishError(f"--push {repo_id}: the commit was refused ({_first(error)}).") from None
     return Published(repo_id=repo_id, commit=commit, tag=tag,
                      url=f"{api.endpoint}/datasets/{repo_id}/tree/{tag}")
+
+
+def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None) -> str:
+    evaluation = "".join(
+        f"- recall on {name}: text→image R@5 {result['text_to_image']['R@5']:.1f}, "
+        f"image→text R@5 {result['image_to_text']['R@5']:.1f}\n" for name, result in manifest.evaluation.items())
+    return (
+        "---\nlicense: cc-by-4.0\npretty_name: COCO CLIP search index\ntags:\n- clip\n- faiss\n"
+        "- image-retrieval\n---\n"
+        f"# {repo_id}\n\nSearch index built by `python -m builder.build` for COCO CLIP visual search. "
+        f"This commit is tagged `{tag}` and replaces `{parent or 'nothing'}`.\n\n"
+        f"- model: `{manifest.model['model_id']}` @ `{manifest.model.get('revision')}`\n"
+        f"- images: {manifest.count:,}; dim {manifest.dim}; index {manifest.index.factory} "
+        f"(recall@5 vs exact {manifest.index.recall_at_5:.4f})\n{evaluation}"
+        f"- built {manifest.created_at} by builder `{manifest.builder_version}`\n\n"
+        "`manifest.json` lists every other file with its sha256; the app verifies them before serving. "
+        "COCO annotations are CC BY 4.0; images keep their Flickr licenses.\n"
+    )
 
 
 def _has_commits(api: HfApi, repo_id: str) -> bool:

@@ -39,6 +39,7 @@ class IndexSource:
 
 
 def latest_tag(api: HfApi, repo_id: str) -> str | None:
+    """The newest build tag; also the reachability check (snapshot_download alone silently falls back to cache)."""
     refs = api.list_repo_refs(repo_id, repo_type="dataset")
     tags = sorted(tag.name for tag in refs.tags if tag.name.startswith(TAG_PREFIX))
     return tags[-1] if tags else None
@@ -59,7 +60,8 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
              cache_dir: Path | None = None) -> IndexSource:
     """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache."""
     api = HfApi(endpoint=endpoint, token=token)
-    ref = revision or latest_tag(api, repo_id) or "main"
+    newest = latest_tag(api, repo_id)
+    ref = revision or newest or "main"
     log.info("downloading %s at %s from %s", repo_id, ref, api.endpoint)
     folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=ref, endpoint=endpoint, token=token,
                                     cache_dir=cache_dir))
