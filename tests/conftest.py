@@ -158,3 +158,20 @@ def hub(hermetic_hf, monkeypatch):
         server.patch_client(monkeypatch)
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         yield server
+
+
+@pytest.fixture(scope="session")
+def app_server(shapes_artifacts, tmp_path_factory):
+    """The real app (service + Gradio UI) on a free loopback port, serving the shapes artifacts."""
+    import os
+
+    from clipsearch.service import Settings, start
+    from clipsearch.ui import build_ui, launch
+
+    os.environ["CLIPSEARCH_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
+    service = start(Settings(index_dir=str(shapes_artifacts), index_repo="unused/unused", index_revision=None,
+                             endpoint=None, token=None))
+    demo = build_ui(service)
+    launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield demo.local_url.rstrip("/"), service
+    demo.close()

@@ -1,0 +1,60 @@
+"""Deploy the Space: upload exactly what it needs (app.py, clipsearch/, requirements.txt, card) in one commit.
+
+    python spaces/deploy.py SPACE_ID [--index-repo REPO] [--private]
+
+Needs HF_TOKEN (or `hf auth login`) with write access to SPACE_ID. Run from anywhere; paths are repo-relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HfHubHTTPError
+
+ROOT = Path(__file__).resolve().parent.parent
+CARD = Path(__file__).resolve().parent / "README.md"
+
+
+def space_files(root: Path = ROOT) -> dict[str, Path]:
+    """{path in the Space repo: local file}: the app, the shared package, requirements and the card — nothing else
+    (no builder, no tests, and never this spaces/ folder: gradio imports a module called `spaces`)."""
+    files = {"app.py": root / "app.py", "requirements.txt": root / "requirements.txt", "README.md": CARD}
+    for path in sorted((root / "clipsearch").glob("*.py")):
+        files[f"clipsearch/{path.name}"] = path
+    return files
+
+
+def deploy(space_id: str, *, api: HfApi, index_repo: str | None = None, private: bool = False) -> str:
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                  for name, path in space_files().items()]
+    info = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy COCO CLIP visual search")
+    if index_repo:
+        api.add_space_variable(space_id, "INDEX_REPO", index_repo)
+    return info.oid
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python spaces/deploy.py", description=__doc__.splitlines()[0])
+    parser.add_argument("space_id", help="owner/name of the Space (created if missing)")
+    parser.add_argument("--index-repo", help="set the Space variable INDEX_REPO to this dataset repo")
+    parser.add_argument("--private", action="store_true", help="create the Space private")
+    args = parser.parse_args(argv)
+    if not get_token():
+        print("error: deploying needs a Hub token with write access: set HF_TOKEN or run `hf auth login`.",
+              file=sys.stderr)
+        return 2
+    try:
+        commit = deploy(args.space_id, api=HfApi(), index_repo=args.index_repo, private=args.private)
+    except HfHubHTTPError as error:
+        print(f"error: the Hub refused the deploy to {args.space_id}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"deployed {args.space_id} at commit {commit[:12]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
