@@ -1,4 +1,4 @@
-"""The builder CLI: `python -m builder.build [--push [REPO_ID]]` runs load -> embed -> pack -> index -> eval -> publish."""
+"""The builder CLI: `python -m builder.build [--push [REPO_ID]]`: load, embed, pack, index, evaluate, publish."""
 
 from __future__ import annotations
 
@@ -213,7 +213,8 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         f"on {manifest.device}",
         f"  skipped:   {len(manifest.skipped)} image(s)"
         + "".join(f"\n    {s.path}: {s.reason}" for s in manifest.skipped[:10])
-        + (f"\n    ... and {len(manifest.skipped) - 10} more (see manifest.json)" if len(manifest.skipped) > 10 else ""),
+        + (f"\n    ... and {len(manifest.skipped) - 10} more (see manifest.json)"
+           if len(manifest.skipped) > 10 else ""),
         f"  index:     {manifest.index.factory} ({manifest.index.faiss_type}), recall@5 vs exact "
         f"{manifest.index.recall_at_5:.4f}",
     ]

@@ -19,7 +19,8 @@ class IndexBuildError(ValueError):
     """A FAISS factory string or parameter that cannot be used; names --index / --index-params."""
 
 
-def build_index(vectors: np.ndarray, factory: str = EXACT, params: str = "", seed: int = 0) -> tuple[faiss.Index, IndexInfo]:
+def build_index(vectors: np.ndarray, factory: str = EXACT, params: str = "",
+                seed: int = 0) -> tuple[faiss.Index, IndexInfo]:
     dim = vectors.shape[1]
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)

@@ -66,8 +66,9 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
     operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(current - keep)]
     log.info("pushing %d files to %s as one commit (parent %s)", len(names), repo_id, (parent or "none")[:12])
     try:
+        message = f"Index build {tag}: {manifest.count} images, {manifest.model['model_id']}"
         info = api.create_commit(repo_id, operations, repo_type="dataset", parent_commit=parent,
-                                 commit_message=f"Index build {tag}: {manifest.count} images, {manifest.model['model_id']}")
+                                 commit_message=message)
         commit = info.oid
         api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
     except HfHubHTTPError as error:

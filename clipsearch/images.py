@@ -57,7 +57,8 @@ def open_image(
             image.load()
             image = ImageOps.exif_transpose(image)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_short(error)}).") from None
+        raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_short(error)}).") \
+            from None
     rgb = to_rgb(image)
     # The size of the upright original, before draft scaling: what the metadata reports as width x height.
     rotated = rgb.size != drafted
@@ -66,7 +67,7 @@ def open_image(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: alpha composited on white, 16/32-bit and float rescaled, CMYK/palette converted."""
+    """Any PIL mode to 8-bit RGB: alpha composited on white, 16/32-bit and float rescaled, CMYK/palette converted."""
     mode = image.mode
     if mode == "RGB":
         return image
@@ -118,9 +119,11 @@ def _open_lazily(source: str | Path | bytes | BinaryIO, max_bytes: int | None) -
     except FileNotFoundError:
         raise ImageError(f"The file {source} does not exist.") from None
     except UnidentifiedImageError:
-        raise ImageError("The file is not an image format that can be read (JPEG, PNG, WebP, GIF, BMP, TIFF...).") from None
+        raise ImageError("The file is not an image in a format that can be read (JPEG, PNG, WebP, GIF, BMP, TIFF).") \
+            from None
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise ImageError(f"The image could not be opened ({_short(error)}).") from None
+        raise ImageError(f"The image file is damaged or truncated and could not be read ({_short(error)}).") \
+            from None
 
 
 def _too_big(size: int, max_bytes: int) -> str:
