@@ -30,6 +30,7 @@ EXAMPLE_QUERIES = [
 CONCURRENCY = 16
 CSS = """
 #results .caption-label {font-size: 0.8rem; white-space: normal;}
+#results .grid-wrap {min-height: 0;}  /* Gradio reserves 450px even for one row of results */
 #details {min-height: 2rem;}
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }

@@ -1,0 +1,166 @@
+"""The real UI in a real browser: Playwright driving Debian's Chromium against the in-process app.
+
+Screenshots land in test-artifacts/screenshots/ (gitignored) so a human can look at the finished UI.
+Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+WAIT = 30_000  # ms; generous for a 2-core machine, but bounded
+
+TITLE = "COCO CLIP visual search"
+TABS = ["Text → Image", "Image → Image", "About"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install -y chromium` (Debian's Chromium; "
+                    "do not use `playwright install`)", pytrace=False)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, app_server):
+    """Open the app in a fresh context at a given viewport; uncaught page errors fail the test."""
+    url, _ = app_server
+    contexts, errors = [], []
+
+    def opener(viewport: dict) -> Page:
+        context = browser.new_context(viewport=viewport)
+        context.set_default_timeout(WAIT)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url + "/", wait_until="domcontentloaded")
+        expect(page.get_by_label("Describe the image")).to_be_visible(timeout=WAIT)
+        return page
+
+    yield opener
+    for context in contexts:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def captions(page: Page):
+    return page.locator("#results .caption-label")
+
+
+def wait_for_results(page: Page) -> None:
+    thumbnails = page.locator("#results .thumbnail-item")
+    expect(thumbnails.first).to_be_visible(timeout=WAIT)
+    expect(thumbnails.first.locator("img")).to_have_js_property("complete", True, timeout=WAIT)
+    expect(page.locator("#results [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"), timeout=WAIT)
+
+
+def test_text_search_details_and_more_like_this(open_page):
+    page = open_page(DESKTOP)
+    expect(page).to_have_title(TITLE)
+    expect(page.get_by_role("heading", name=TITLE)).to_be_visible()
+    for name in TABS:
+        expect(page.get_by_role("tab", name=name)).to_be_visible()
+
+    box = page.get_by_label("Describe the image")
+    box.fill("a red circle")
+    box.press("Enter")
+    wait_for_results(page)
+    expect(captions(page).first).to_contain_text("red circle", timeout=WAIT)
+    assert captions(page).count() == 5  # the slider's default
+    shot(page, "1-text-search")
+
+    page.locator("#results .thumbnail-item").first.click()
+    details = page.locator("#details")
+    expect(details).to_contain_text(re.compile(r"Image \d+"), timeout=WAIT)
+    expect(details).to_contain_text("Captions")
+    expect(details).to_contain_text("red circle")
+    image_id = re.search(r"Image (\d+)", details.inner_text()).group(1)
+    more = page.get_by_role("button", name="More like this")
+    expect(more).to_be_visible(timeout=WAIT)
+    shot(page, "2-result-details")
+
+    first_caption = captions(page).first.inner_text().split(" · ", 1)[1]
+    more.click()
+    # The picked image is its own nearest neighbour: the refreshed grid starts with it at similarity 1.000.
+    expect(captions(page).first).to_have_text(f"1.000 · {first_caption}", timeout=WAIT)
+    wait_for_results(page)
+    page.locator("#results .thumbnail-item").first.click()
+    expect(details).to_contain_text(f"Image {image_id}", timeout=WAIT)
+
+
+def test_image_search(open_page, tmp_path):
+    from tiny_models import draw_shape
+
+    picture = tmp_path / "query.png"
+    draw_shape("blue", "square", size=64, seed=4242).save(picture)
+    page = open_page(DESKTOP)
+    page.get_by_role("tab", name="Image → Image").click()
+    image = page.get_by_test_id("image")
+    expect(image).to_be_visible(timeout=WAIT)
+    image.locator("input[type=file]").set_input_files(picture)
+    expect(image.locator(".image-frame img")).to_have_attribute("src", re.compile(r"query\.png$"), timeout=WAIT)
+
+    page.get_by_role("button", name="Find similar images").click()
+    wait_for_results(page)
+    expect(captions(page).first).to_contain_text("blue square", timeout=WAIT)
+    shot(page, "3-image-search")
+
+
+def test_about_tab(open_page):
+    page = open_page(DESKTOP)
+    page.get_by_role("tab", name="About").click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel.get_by_text("This build")).to_be_visible(timeout=WAIT)
+    expect(panel).to_contain_text("/search_text")
+    shot(page, "4-about")
+
+
+def test_empty_query_shows_validation_message(open_page):
+    """Gradio 6 shows a validator's sentence next to the input (not a toast); it must be visible."""
+    page = open_page(DESKTOP)
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.get_by_text("Please type a description")).to_be_visible(timeout=WAIT)
+    expect(page.locator("#results .thumbnail-item")).to_have_count(0)
+
+
+def test_phone_layout(open_page):
+    page = open_page(PHONE)
+    box = page.get_by_label("Describe the image")
+    button = page.get_by_role("button", name="Search", exact=True)
+    for element in (box, button):
+        expect(element).to_be_visible(timeout=WAIT)
+        element.scroll_into_view_if_needed()
+        bounds = element.bounding_box()
+        assert bounds and bounds["x"] >= 0 and bounds["x"] + bounds["width"] <= PHONE["width"] + 1, bounds
+    assert_no_horizontal_overflow(page)
+    shot(page, "5-phone")
+
+    box.fill("a red circle")
+    button.click()
+    wait_for_results(page)
+    assert_no_horizontal_overflow(page)
+    shot(page, "6-phone-results")
+
+
+def assert_no_horizontal_overflow(page: Page) -> None:
+    scroll_width = page.evaluate("document.documentElement.scrollWidth")
+    assert scroll_width <= PHONE["width"] + 2, f"horizontal overflow on a phone: scrollWidth {scroll_width}"
