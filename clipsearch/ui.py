@@ -65,6 +65,20 @@ class DecodedImages:
             return self._items.pop(key, None)
 
 
+class QueryImage(gr.Image):
+    """gr.Image that hands even unreadable uploads to our validator, which says what is wrong with them
+    (gr.Image's own preprocessing opens the file first and turns a bad one into a bare HTTP 400)."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - any failure here is reported by validate_image with a sentence
+            return str(payload.path) if payload is not None and payload.path else None
+
+    def get_block_name(self) -> str:
+        return "image"  # rendered by the standard image component
+
+
 def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
     return [(hit.thumbnail, f"{hit.score:.3f} · {hit.caption}") for hit in hits]
 
@@ -174,8 +188,8 @@ def build_ui(service: Service) -> gr.Blocks:
                 gr.Examples(EXAMPLE_QUERIES, inputs=query, label="Try")
             with gr.Tab("Image → Image"):
                 with gr.Row():
-                    picture = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"],
-                                       label="Your image", height=260)
+                    picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
+                                         label="Your image", height=260)
                     with gr.Column():
                         image_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
                         image_button = gr.Button("Find similar images", variant="primary")

@@ -81,7 +81,7 @@ def write_coco_dir(root: Path, counts: dict[str, int], size: int = 64, bad: bool
                               "category_id": SHAPE_CATEGORY_IDS[shape]})
             truth[image_id] = {"split": split, "color": color, "shape": shape, "file_name": name}
         if bad:
-            broken = {"truncated": _truncated_jpeg(), "empty": b"", "not-an-image": b"hello, I am text\n" * 20}
+            broken = {"truncated": truncated_jpeg(), "empty": b"", "not-an-image": b"hello, I am text\n" * 20}
             for label, payload in broken.items():
                 image_id, next_id = next_id, next_id + 7
                 name = f"{image_id:012d}.jpg"
@@ -99,7 +99,7 @@ def write_coco_dir(root: Path, counts: dict[str, int], size: int = 64, bad: bool
     return truth
 
 
-def _truncated_jpeg() -> bytes:
+def truncated_jpeg() -> bytes:
     buffer = io.BytesIO()
     draw_shape("red", "circle", size=64, seed=1).save(buffer, format="JPEG")
     return buffer.getvalue()[:300]

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, truncated_jpeg
 from gradio_client import Client, handle_file
 from huggingface_hub import HfApi
 from tiny_models import draw_shape
@@ -57,6 +57,18 @@ def test_image_search_and_more_like_this(client, app_server, tmp_path):
 def test_bad_queries_get_a_sentence(client, args, api, message):
     with pytest.raises(Exception, match=message):
         client.predict(*args, api_name=api)
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "The file is empty"),
+    (b"plain text, not a picture\n" * 20, "not an image"),
+    (truncated_jpeg(), "damaged or truncated"),
+])
+def test_unusable_uploads_get_a_sentence(client, tmp_path, payload, message):
+    path = tmp_path / "upload.jpg"
+    path.write_bytes(payload)
+    with pytest.raises(Exception, match=message):
+        client.predict(handle_file(str(path)), 3, api_name="/search_image")
 
 
 def test_the_server_keeps_serving_after_bad_input(client, app_server):
