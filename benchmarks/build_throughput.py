@@ -65,7 +65,8 @@ def main() -> None:
     print(f"\nBuilder throughput, {args.images} JPEGs 640x480, ViT-B/32 size, {args.device} ({machine()})\n")
     print("| pipeline | images/s | ratio |\n|---|---:|---:|")
     print(f"| naive loop (PIL open -> processor -> model, batch 32, 1 process) | {naive_rate:.1f} | 1.00x |")
-    print(f"| builder (workers decode with JPEG draft, batch {batch}) | {our_rate:.1f} | {our_rate / naive_rate:.2f}x |")
+    ratio = our_rate / naive_rate
+    print(f"| builder (workers decode with JPEG draft, batch {batch}) | {our_rate:.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -192,12 +192,13 @@ class HubCocoSource(Source):
         import datasets
 
         images_id, images_rev = parse_repo(images_repo)
-        self.infos = [SourceInfo(kind="hub", location=images_id, revision=_resolve_revision(images_id, images_rev),
-                                 splits=list(splits), role="images, ids, sizes, categories")]
+        images_revision = _resolve_revision(images_id, images_rev, "--hf-images")
+        self.infos = [SourceInfo(kind="hub", location=images_id, revision=images_revision, splits=list(splits),
+                                 role="images, ids, sizes, categories")]
         captions = {}
         if captions_repo:
             captions_id, captions_rev = parse_repo(captions_repo)
-            revision = _resolve_revision(captions_id, captions_rev)
+            revision = _resolve_revision(captions_id, captions_rev, "--hf-captions")
             self.infos.append(SourceInfo(kind="hub", location=captions_id, revision=revision,
                                          splits=list(splits), role="captions, urls"))
         self.records, self._parts = [], []
@@ -219,18 +220,21 @@ class HubCocoSource(Source):
         return value.get("bytes") or value.get("path")
 
 
-def _resolve_revision(repo: str, revision: str | None) -> str | None:
+def _resolve_revision(repo: str, revision: str | None, flag: str) -> str | None:
     """The commit a branch or tag points at now, so the manifest pins exactly what was read."""
     if Path(repo).exists():
         return None
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     try:
         return HfApi().dataset_info(repo, revision=revision).sha
+    except HFValidationError:
+        raise SourceError(f"{flag} {repo}: could not be loaded (neither an existing folder nor a Hub dataset id "
+                          "like owner/name).") from None
     except HfHubHTTPError as error:
-        raise SourceError(f"Hub dataset {repo}: {str(error).splitlines()[0]} (check --hf-images/--hf-captions, "
-                          "HF_TOKEN for private repos, or use --coco-dir).") from None
+        raise SourceError(f"{flag} {repo}: {str(error).splitlines()[0]} (check the repo id, HF_TOKEN for private "
+                          "repos, or use --coco-dir).") from None
 
 
 def _load_split(repo: str, revision: str | None, split: str, flag: str):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
+    CacheNotFound,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -72,7 +73,7 @@ def cached_snapshots(repo_id: str, revision: str | None, cache_dir: Path | None 
     """Cached snapshots of the repo, newest first; only those matching `revision` (ref name or commit) if given."""
     try:
         info = scan_cache_dir(cache_dir)
-    except (OSError, ValueError):
+    except (CacheNotFound, OSError, ValueError):
         return []
     found = []
     for repo in info.repos:

@@ -29,8 +29,8 @@ EXAMPLE_QUERIES = [
 # queries can join one forward pass; the CPU itself only ever runs one encoder pass per modality at a time.
 CONCURRENCY = 16
 CSS = """
-#results .caption-label {font-size: 0.8rem; white-space: normal;}
-#results .grid-wrap {min-height: 0;}  /* Gradio reserves 450px even for one row of results */
+#results .caption-label {font-size: 0.8rem;}
+#results .grid-wrap {min-height: 0; max-height: none;}  /* Gradio reserves 450px even for one row of results */
 #details {min-height: 2rem;}
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
@@ -91,10 +91,11 @@ def hits_data(hits: list[Hit]) -> list[dict]:
 def details_markdown(hit: dict) -> str:
     captions = "\n".join(f"- {html.escape(c)}" for c in hit["captions"]) or "- (no captions)"
     categories = ", ".join(html.escape(c) for c in hit["categories"]) or "none listed"
-    link = f"[Open the original image]({hit['url']})" if hit.get("url") else ""
+    link = f" · [Open the original image]({hit['url']})" if hit.get("url") else ""
+    split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
     return (
-        f"### Image {hit['image_id']} · {html.escape(hit['split'])}\n"
-        f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px · {link}\n\n"
+        f"### Image {hit['image_id']}{split}\n"
+        f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )
 
@@ -179,14 +180,14 @@ def build_ui(service: Service) -> gr.Blocks:
         if service.source.notice:
             gr.Markdown(f"⚠️ {service.source.notice}")
         with gr.Tabs():
-            with gr.Tab("Text → Image"):
+            with gr.Tab("Text → Image") as text_tab:
                 with gr.Row(equal_height=True):
                     query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
-                                       max_length=1000, autofocus=True, submit_btn=False)
+                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                     text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
                 text_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
                 gr.Examples(EXAMPLE_QUERIES, inputs=query, label="Try")
-            with gr.Tab("Image → Image"):
+            with gr.Tab("Image → Image") as image_tab:
                 with gr.Row():
                     picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                          label="Your image", height=260)
@@ -194,17 +195,18 @@ def build_ui(service: Service) -> gr.Blocks:
                         image_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
                         image_button = gr.Button("Find similar images", variant="primary")
                 gr.Examples(_example_images(searcher), inputs=picture, label="Or start from a gallery image")
-            with gr.Tab("About"):
+            with gr.Tab("About") as about_tab:
                 gr.Markdown(about_markdown(service))
-        results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
-                             elem_id="results", show_label=True, interactive=False)
-        hits = gr.JSON(visible=False, label="hits")
-        with gr.Group(visible=True):
-            details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
-            with gr.Row():
-                more = gr.Button("More like this", visible=False, variant="secondary", size="sm")
-            selected = gr.Number(visible=False, precision=0, label="image id")
-            similar_k = gr.Number(visible=False, value=5, precision=0, label="k")
+        with gr.Column() as results_area:
+            results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
+                                 elem_id="results", show_label=True, interactive=False)
+            hits = gr.JSON(visible=False, label="hits")
+            with gr.Group():
+                details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
+                with gr.Row():
+                    more = gr.Button("More like this", visible=False, variant="secondary", size="sm")
+                selected = gr.Number(visible=False, precision=0, label="image id")
+                similar_k = gr.Number(visible=False, value=5, precision=0, label="k")
 
         text_event = dict(fn=search_text, inputs=[query, text_k], outputs=[results, hits], validator=validate_text,
                           concurrency_limit=CONCURRENCY, concurrency_id="text")
@@ -214,6 +216,10 @@ def build_ui(service: Service) -> gr.Blocks:
                            validator=validate_image, api_name="search_image", concurrency_limit=CONCURRENCY)
         more.click(fn=search_similar, inputs=[selected, similar_k], outputs=[results, hits],
                    validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY)
+        # Results belong to the search tabs: the About tab hides them.
+        about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
+        for tab in (text_tab, image_tab):
+            tab.select(lambda: gr.update(visible=True), None, results_area, api_visibility="private", queue=False)
         results.select(show_details, inputs=hits, outputs=[details, selected, more, similar_k],
                        api_visibility="private", queue=False)
     return demo

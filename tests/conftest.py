@@ -46,8 +46,9 @@ def write_shapes_folder(root: Path, per_combo: int = 2, seed: int = 5000, size: 
         for color in COLORS:
             for shape in SHAPES:
                 for k in range(per_combo):
-                    name = f"{color}-{shape}-{k}.jpg"
-                    draw_shape(color, shape, size=size, seed=seed + len(rows)).save(root / name, quality=95)
+                    # PNG: the same pixels the shapes model was trained on (no JPEG artifacts at 64 px)
+                    name = f"{color}-{shape}-{k}.png"
+                    draw_shape(color, shape, size=size, seed=seed + len(rows)).save(root / name)
                     sidecar.write(json.dumps({"file_name": name, "caption": caption_for(color, shape)}) + "\n")
                     rows.append({"file_name": name, "color": color, "shape": shape})
     return sorted(rows, key=lambda r: r["file_name"])

@@ -90,7 +90,8 @@ def _free_port() -> int:
 
 def _start_app(env: dict, log: Path, timeout: float = 120) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    inherited = {k: v for k, v in os.environ.items() if k not in ("INDEX_DIR", "INDEX_REPO", "HF_TOKEN")}
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("INDEX_DIR", "INDEX_REPO", "HF_TOKEN", "HF_HUB_CACHE", "HF_HOME")}
     env = {**inherited, **env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "HF_HUB_DISABLE_XET": "1", "PYTHONUNBUFFERED": "1"}
     handle = open(log, "w")
@@ -118,7 +119,7 @@ def test_startup_from_the_hub_then_from_cache_when_it_is_down(hub, tmp_path, sha
     repo = "tester/shapes-index"
     published = push(shapes_artifacts, Manifest.read(shapes_artifacts), repo,
                      api=HfApi(endpoint=hub.url, token="hf_test_write_token"))
-    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
+    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),
            "CLIPSEARCH_CACHE": str(tmp_path / "app-cache")}
     process, url = _start_app(env, tmp_path / "online.log")
     try:
@@ -141,7 +142,7 @@ def test_startup_from_the_hub_then_from_cache_when_it_is_down(hub, tmp_path, sha
     finally:
         _stop(process)
 
-    env["HF_HOME"] = str(tmp_path / "empty-hf")  # nothing cached and no Hub: a clear error, not a traceback
+    env["HF_HUB_CACHE"] = str(tmp_path / "empty-hf")  # nothing cached and no Hub: a clear error, no traceback
     process, message = _start_app(env, tmp_path / "nothing.log")
     assert process.returncode not in (0, None), message
     assert "no copy of tester/shapes-index is cached" in message and "INDEX_DIR" in message
@@ -152,7 +153,7 @@ def test_tampered_artifacts_are_refused(hub, tmp_path, shapes_artifacts):
     push(shapes_artifacts, Manifest.read(shapes_artifacts), repo,
          api=HfApi(endpoint=hub.url, token="hf_test_write_token"))
     hub.corrupt(repo, "embeddings.npy")
-    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
+    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),
            "CLIPSEARCH_CACHE": str(tmp_path / "app-cache")}
     process, message = _start_app(env, tmp_path / "tampered.log")
     assert process.returncode not in (0, None), message

@@ -169,10 +169,11 @@ def test_ann_index_records_measured_recall(tmp_path, shapes_model, shapes_folder
     (["--coco-dir", "/no/such/coco"], "--coco-dir /no/such/coco: no such folder"),
     (["--index", "NotAnIndex"], "--index 'NotAnIndex' is not a FAISS factory string"),
     (["--model", "/no/such/model"], "--model /no/such/model: no such folder"),
+    (["--hf-images", "/no/such/dataset"], "--hf-images /no/such/dataset: could not be loaded"),
 ])
 def test_user_errors_are_one_sentence_naming_the_flag(tmp_path, capsys, shapes_folder, tiny_clip, args, message):
-    base = ["--images", shapes_folder[0], "--model", tiny_clip, "--out", tmp_path / "out"]
-    assert run_build(*base, *args) == 2
+    source = [] if args[0] in ("--images", "--coco-dir", "--hf-images") else ["--images", shapes_folder[0]]
+    assert run_build("--model", tiny_clip, "--out", tmp_path / "out", *source, *args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
