@@ -6,10 +6,12 @@ import logging
 import mmap
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .manifest import EMBEDDINGS, INDEX, METADATA, ArtifactError, Manifest, verify_files
@@ -61,6 +63,10 @@ class ThumbnailStore:
         return path
 
 
+class QueryError(ValueError):
+    """A query that cannot be answered (bad text, k, filter...); the message is a sentence for its sender."""
+
+
 class Gallery:
     """Everything needed to answer a query except the encoder."""
 
@@ -105,6 +111,43 @@ class Gallery:
             thumb_cache or folder / ".thumbs",
         )
         return cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS), thumbs)
+
+    @cached_property
+    def _category_rows(self) -> dict[str, np.ndarray]:
+        """Category name -> boolean row mask, built on first use (about 10 MB for COCO's 80 categories)."""
+        masks: dict[str, np.ndarray] = {}
+        column = self._table.column("categories")
+        flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
+        owners = pc.list_parent_indices(column).to_numpy()
+        for name in np.unique(flat):
+            mask = np.zeros(len(self), dtype=bool)
+            mask[owners[flat == name]] = True
+            masks[str(name)] = mask
+        return masks
+
+    @cached_property
+    def _split_column(self) -> np.ndarray:
+        return np.asarray(self._table.column("split").to_pylist(), dtype=object)
+
+    def categories(self) -> list[str]:
+        return sorted(self._category_rows)
+
+    def splits(self) -> list[str]:
+        return sorted(set(self._split_column.tolist()))
+
+    def mask(self, categories: list[str], match_all: bool = False, splits: list[str] | None = None) -> np.ndarray:
+        """Rows with any (or all) of the categories and in one of the splits; unknown names are an error."""
+        unknown = [c for c in categories if c not in self._category_rows]
+        unknown += [s for s in splits or [] if s not in set(self._split_column.tolist())]
+        if unknown:
+            raise QueryError(f"Unknown category or split: {', '.join(map(str, unknown))}.")
+        mask = np.ones(len(self), dtype=bool)
+        if categories:
+            masks = [self._category_rows[c] for c in categories]
+            mask = np.logical_and.reduce(masks) if match_all else np.logical_or.reduce(masks)
+        if splits:
+            mask &= np.isin(self._split_column, list(splits))
+        return mask
 
     def rows(self, indices: list[int]) -> list[Row]:
         records = self._table.take(np.asarray(indices, dtype=np.int64)).to_pylist()

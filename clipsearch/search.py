@@ -11,15 +11,11 @@ from PIL import Image
 
 from .batcher import MicroBatcher
 from .encoder import Encoder
-from .gallery import Gallery
+from .gallery import Gallery, QueryError
 from .images import open_image
 
 MAX_K = 50
 MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
-
-
-class QueryError(ValueError):
-    """A query that cannot be answered; the message is a sentence for the person who sent it."""
 
 
 @dataclass
@@ -68,6 +64,13 @@ class Searcher:
         picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
         return self.search_vector(self._encode_image(picture), k)
 
+    def encode_text(self, text: str) -> np.ndarray:
+        """One cleaned text query as a unit vector, encoded together with concurrent queries."""
+        return self._encode_text(text)
+
+    def encode_image(self, picture: Image.Image) -> np.ndarray:
+        return self._encode_image(picture)
+
     def load_image(self, image) -> Image.Image:
         """Decode a query image (raises clipsearch.images.ImageError with a sentence when it is unusable)."""
         return open_image(image, draft_size=self.encoder.info.image_size)
@@ -83,10 +86,10 @@ class Searcher:
         k = check_k(k)
         scores, rows = self.gallery.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
         found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
-        return self._hits(found, query_text)
+        return self.hits_for(found, query_text)
 
     # --- results ------------------------------------------------------------------------------------------------
-    def _hits(self, found: list[tuple[float, int]], query_text: str | None) -> list[Hit]:
+    def hits_for(self, found: list[tuple[float, int]], query_text: str | None) -> list[Hit]:
         records = self.gallery.rows([row for _, row in found])
         hits = []
         for rank, ((score, row), record) in enumerate(zip(found, records), start=1):

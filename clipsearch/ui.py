@@ -9,8 +9,11 @@ import threading
 from collections import OrderedDict
 
 import gradio as gr
+import numpy as np
 
 from .images import ImageError
+from .query import Filters, Query, compose
+from .query import search as run_search
 from .search import MAX_K, Hit, QueryError, check_k, clean_text
 from .service import Service
 
@@ -137,9 +140,10 @@ def about_markdown(service: Service) -> str:
 
 def build_ui(service: Service) -> gr.Blocks:
     searcher = service.searcher
+    gallery = searcher.gallery
     decoded = DecodedImages()
 
-    # --- validators: cheap checks before a request joins the queue; a failure is a sentence for the visitor ---
+    # --- validators for the named API endpoints: a failure is a sentence for the caller ---
     def validate_text(text, k):
         return [_check(lambda: clean_text(text)), _check(lambda: check_k(k))]
 
@@ -152,11 +156,11 @@ def build_ui(service: Service) -> gr.Blocks:
 
     def validate_similar(image_id, k):
         def known():
-            if image_id is None or searcher.gallery.row_of(int(image_id)) is None:
+            if image_id is None or gallery.row_of(int(image_id)) is None:
                 raise QueryError("Pick a result first, then ask for more like it.")
         return [_check(known), _check(lambda: check_k(k))]
 
-    # --- searches (concurrent requests share encoder passes inside the Searcher's micro-batchers) ---
+    # --- named API endpoints (the contract; concurrent calls share encoder passes in the micro-batchers) ---
     @_gpu
     def search_text(text: str, k: int):
         return _outputs(lambda: searcher.search_text(text, k))
@@ -168,13 +172,73 @@ def build_ui(service: Service) -> gr.Blocks:
     def search_similar(image_id, k):
         return _outputs(lambda: searcher.search_similar(int(image_id), k))
 
+    @_gpu
+    def search(text: str, images: list[str] | None, image_weight: float, negative: str, negative_weight: float,
+               categories: list[str] | None, match_all: bool, splits: list[str] | None, collapse: bool, k: int,
+               page: int):
+        """Composed search: text and/or example images (averaged, mixed by image_weight), minus negative text,
+        restricted to COCO categories (any, or all with match_all) and splits; page 0 is the first k results."""
+        query = Query(text=text, images=list(images or []), image_weight=image_weight, negative=negative,
+                      negative_weight=negative_weight)
+        return _outputs(lambda: _run(query, categories, match_all, splits, collapse, k, page)[0])
+
+    def _run(query: Query, categories, match_all, splits, collapse, k, page):
+        vector, text = compose(searcher, query)
+        filters = Filters(categories=list(categories or []), match_all=bool(match_all), splits=list(splits or []))
+        hits = run_search(searcher, vector, k, page=int(page or 0), filters=filters, collapse=bool(collapse),
+                          query_text=text)
+        state = {"vector": vector.tolist(), "text": text, "filters": vars(filters), "collapse": bool(collapse),
+                 "k": int(k), "page": int(page or 0)}
+        return hits, state
+
+    # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector ---
+    def ui_search(text, picture, extra_text, extras, image_weight, negative, negative_weight, categories, match,
+                  splits, collapse, k, from_image: bool):
+        images = ([picture] if from_image and picture else []) + [f for f in (extras or [])]
+        if from_image and not picture:
+            raise gr.Error("Please upload, paste or take a picture first.")
+        query = Query(text=extra_text if from_image else text, images=images, image_weight=image_weight,
+                      negative=negative, negative_weight=negative_weight)
+        try:
+            hits, state = _run(query, categories, match == "all", splits, collapse, k, 0)
+        except (QueryError, ImageError) as error:
+            raise gr.Error(str(error)) from None
+        return _page_outputs(hits, state)
+
+    def ui_next_page(state):
+        if not state:
+            raise gr.Error("Search first, then ask for more results.")
+        state = {**state, "page": state["page"] + 1}
+        try:
+            hits = run_search(searcher, np.asarray(state["vector"], np.float32), state["k"], page=state["page"],
+                              filters=Filters(**state["filters"]), collapse=state["collapse"],
+                              query_text=state["text"])
+        except QueryError as error:
+            raise gr.Error(str(error)) from None
+        return _page_outputs(hits, state)
+
+    def _page_outputs(hits, state):
+        first = state["page"] * state["k"] + 1
+        label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
+        return (gr.update(value=gallery_items(hits), label=label), hits_data(hits), state,
+                gr.update(visible=len(hits) == state["k"]))
+
+    def similar_state(image_id, k):
+        """After 'more like this', 'More results' pages on from the stored vector of that image."""
+        row = gallery.row_of(int(image_id)) if image_id is not None else None
+        if row is None:
+            return None, gr.update(visible=False)
+        state = {"vector": gallery.vector(row).tolist(), "text": None, "filters": vars(Filters()),
+                 "collapse": False, "k": int(k), "page": 0}
+        return state, gr.update(visible=True)
+
     def show_details(hits: list[dict], event: gr.SelectData):
         if not hits or event.index is None or event.index >= len(hits):
             return gr.update(), None, gr.update(visible=False), gr.update()
         hit = hits[event.index]
         return details_markdown(hit), hit["image_id"], gr.update(visible=True), len(hits)
 
-    manifest = searcher.gallery.manifest
+    manifest = gallery.manifest
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description or by example picture.")
         if service.source.notice:
@@ -198,9 +262,28 @@ def build_ui(service: Service) -> gr.Blocks:
             with gr.Tab("About") as about_tab:
                 gr.Markdown(about_markdown(service))
         with gr.Column() as results_area:
+            with gr.Accordion("Refine: combine, exclude, filter", open=False):
+                with gr.Row():
+                    extra_text = gr.Textbox(label="Words to add to a picture search",
+                                            placeholder="e.g. at night", scale=3)
+                    image_weight = gr.Slider(0, 1, value=0.5, step=0.05, scale=2,
+                                             label="Picture vs words (1 = only the pictures)")
+                extras = gr.File(label="More example pictures (averaged with the query)", file_count="multiple",
+                                 file_types=["image"], height=90)
+                with gr.Row():
+                    negative = gr.Textbox(label="Not like", placeholder="e.g. a dog", scale=3)
+                    negative_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="How strongly", scale=2)
+                with gr.Row():
+                    categories = gr.Dropdown(gallery.categories(), multiselect=True, label="COCO categories",
+                                             scale=3)
+                    match = gr.Radio(["any", "all"], value="any", label="Match categories", scale=1)
+                    splits = gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2)
+                collapse = gr.Checkbox(label="Hide near-duplicate shots", value=False)
             results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
                                  elem_id="results", show_label=True, interactive=False)
+            next_page = gr.Button("More results", visible=False, size="sm")
             hits = gr.JSON(visible=False, label="hits")
+            last_query = gr.State(None)
             with gr.Group():
                 details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
                 with gr.Row():
@@ -208,14 +291,31 @@ def build_ui(service: Service) -> gr.Blocks:
                 selected = gr.Number(visible=False, precision=0, label="image id")
                 similar_k = gr.Number(visible=False, value=5, precision=0, label="k")
 
-        text_event = dict(fn=search_text, inputs=[query, text_k], outputs=[results, hits], validator=validate_text,
-                          concurrency_limit=CONCURRENCY, concurrency_id="text")
-        text_button.click(api_name="search_text", **text_event)
-        query.submit(api_visibility="private", **text_event)
-        image_button.click(fn=search_image, inputs=[picture, image_k], outputs=[results, hits],
-                           validator=validate_image, api_name="search_image", concurrency_limit=CONCURRENCY)
+        refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse]
+        paged = [results, hits, last_query, next_page]
+        ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui")
+        for trigger in (text_button.click, query.submit):
+            trigger(lambda *a: ui_search(*a, from_image=False), [query, picture, *refine, text_k], paged, **ui)
+        image_button.click(lambda *a: ui_search(*a, from_image=True), [query, picture, *refine, image_k], paged,
+                           **ui)
+        next_page.click(ui_next_page, last_query, paged, **ui)
+
+        # Named API endpoints, on hidden triggers so the visible UI can offer more than the contract's inputs.
+        with gr.Row(visible=False):
+            api_text, api_image, api_search = gr.Button(), gr.Button(), gr.Button()
+            api_images = gr.File(file_count="multiple", label="images")
+            api_match_all = gr.Checkbox(label="match_all")
+            api_page = gr.Number(value=0, precision=0, label="page")
+        api_text.click(search_text, [query, text_k], [results, hits], validator=validate_text,
+                       api_name="search_text", concurrency_limit=CONCURRENCY, concurrency_id="text")
+        api_image.click(search_image, [picture, image_k], [results, hits], validator=validate_image,
+                        api_name="search_image", concurrency_limit=CONCURRENCY, concurrency_id="image")
+        api_search.click(search, [query, api_images, image_weight, negative, negative_weight, categories,
+                                  api_match_all, splits, collapse, text_k, api_page], [results, hits],
+                         api_name="search", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         more.click(fn=search_similar, inputs=[selected, similar_k], outputs=[results, hits],
-                   validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY)
+                   validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY,
+                   ).then(similar_state, [selected, similar_k], [last_query, next_page], api_visibility="private")
         # Results belong to the search tabs: the About tab hides them.
         about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
         for tab in (text_tab, image_tab):
