@@ -70,10 +70,14 @@ def search(searcher: Searcher, vector: np.ndarray, k: int = 5, *, page: int = 0,
         return []
     want = (page + 1) * k
     depth = min(len(gallery), want * 4 if collapse else want)
-    scores, rows = _nearest(gallery, np.asarray(vector, np.float32).reshape(1, -1), depth, allowed)
-    found = [(float(s), int(r)) for s, r in zip(scores, rows) if r >= 0]
-    if collapse:
-        found = _collapse(gallery, found)
+    while True:
+        scores, rows = _nearest(gallery, np.asarray(vector, np.float32).reshape(1, -1), depth, allowed)
+        found = [(float(s), int(r)) for s, r in zip(scores, rows) if r >= 0]
+        if collapse:
+            found = _collapse(gallery, found)
+        if len(found) >= want or depth >= len(gallery):
+            break
+        depth = min(len(gallery), depth * 4)  # duplicates ate the candidates: look deeper
     page_found = found[page * k:want]
     hits = searcher.hits_for(page_found, query_text)
     for offset, hit in enumerate(hits):
