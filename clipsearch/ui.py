@@ -163,21 +163,52 @@ def build_ui(service: Service) -> gr.Blocks:
     # --- named API endpoints (the contract; concurrent calls share encoder passes in the micro-batchers) ---
     @_gpu
     def search_text(text: str, k: int):
+        """Find the COCO images that best match a description.
+
+        Args:
+            text: what the image shows, in plain words, e.g. "a dog catching a frisbee".
+            k: how many results, 1 to 50.
+        """
         return _outputs(lambda: searcher.search_text(text, k))
 
     @_gpu
     def search_image(image: str, k: int):
+        """Find the COCO images that look most like a given picture.
+
+        Args:
+            image: the example picture.
+            k: how many results, 1 to 50.
+        """
         return _outputs(lambda: searcher.search_image(decoded.pop(image) or image, k))
 
-    def search_similar(image_id, k):
+    def search_similar(image_id: int, k: int):
+        """More like this: the images most similar to one already in the gallery, by its COCO image id.
+
+        Args:
+            image_id: the COCO image id of a result (the image_id field of a hit).
+            k: how many results, 1 to 50.
+        """
         return _outputs(lambda: searcher.search_similar(int(image_id), k))
 
     @_gpu
     def search(text: str, images: list[str] | None, image_weight: float, negative: str, negative_weight: float,
                categories: list[str] | None, match_all: bool, splits: list[str] | None, collapse: bool, k: int,
                page: int):
-        """Composed search: text and/or example images (averaged, mixed by image_weight), minus negative text,
-        restricted to COCO categories (any, or all with match_all) and splits; page 0 is the first k results."""
+        """Composed search over the COCO images, with filters and paging.
+
+        Args:
+            text: a description (optional when images are given).
+            images: example pictures, averaged (optional when text is given).
+            image_weight: 0 to 1, the share of the pictures when text is given too.
+            negative: a description of what the results should not look like (optional).
+            negative_weight: 0 to 1, how strongly to move away from the negative description.
+            categories: COCO category names such as "dog"; only images with any of them (all, with match_all).
+            match_all: require every listed category instead of any.
+            splits: only these splits, e.g. ["val2017"]; empty for all.
+            collapse: hide near-duplicate shots.
+            k: results per page, 1 to 50.
+            page: 0 for the first page, 1 for the next k results, and so on.
+        """
         query = Query(text=text, images=list(images or []), image_weight=image_weight, negative=negative,
                       negative_weight=negative_weight)
         return _outputs(lambda: _run(query, categories, match_all, splits, collapse, k, page)[0])

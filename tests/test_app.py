@@ -173,3 +173,19 @@ def test_a_newer_format_version_is_refused_with_a_sentence(tmp_path, shapes_arti
                                   tmp_path / "future.log")
     assert process.returncode not in (0, None)
     assert "format_version 99" in message and "update the app" in message
+
+
+def test_search_is_offered_as_mcp_tools(app_server):
+    import httpx
+
+    from clipsearch.ui import build_ui, launch
+
+    demo = build_ui(app_server[1])
+    launch(demo, app_server[1], prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, mcp_server=True)
+    try:
+        tools = {tool["name"]: tool for tool in httpx.get(demo.local_url + "gradio_api/mcp/schema").json()}
+    finally:
+        demo.close()
+    assert {"search_text", "search_image", "search", "search_similar"} <= set(tools)
+    assert "best match a description" in tools["search_text"]["description"]
+    assert "plain words" in tools["search_text"]["inputSchema"]["properties"]["text"]["description"]

@@ -23,7 +23,7 @@ def test_card_front_matter_is_complete_and_pinned():
     assert front["preload_from_hub"][0].startswith(front["models"][0])
     assert len(front["short_description"]) <= 60
     requirements = (ROOT / "requirements.txt").read_text()
-    assert f"gradio=={gradio.__version__}" in requirements
+    assert f"gradio[mcp]=={gradio.__version__}" in requirements
 
 
 def test_deploy_uploads_exactly_what_the_space_needs(hub):
