@@ -43,13 +43,57 @@ def _recall(ranks: np.ndarray) -> dict[str, float]:
     return {f"R@{k}": round(float((ranks < k).mean()) * 100, 2) for k in KS}
 
 
-def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], splits: list[str],
-             mode: str = "val", seed: int = 0) -> dict:
-    """Recall on the val set (val2017, else a seeded 5k sample of captioned rows) and, in 'full' mode, with
-    the same caption queries against the whole gallery and the val images against every gallery caption."""
-    captioned = [row for row, texts in enumerate(captions) if texts]
-    if mode == "none" or not captioned:
+def category_precision(vectors: np.ndarray, categories: list[list[str]], splits: list[str], seed: int = 0) -> dict:
+    """Image->image precision@1/5/10 and mAP with COCO categories as relevance (a hit is relevant when it shares at
+    least one category with the query), each val image querying the other val images."""
+    labelled = [row for row, names in enumerate(categories) if names]
+    rows = [row for row in labelled if splits[row] == VAL_SPLIT] or sorted(
+        np.random.default_rng(seed).choice(labelled, size=min(SAMPLE, len(labelled)), replace=False).tolist()
+        if labelled else [])
+    if len(rows) < 2:
         return {}
+    names = sorted({name for row in rows for name in categories[row]})
+    onehot = np.zeros((len(rows), len(names)), np.float32)
+    for i, row in enumerate(rows):
+        onehot[i, [names.index(n) for n in categories[row]]] = 1
+    keys = torch.from_numpy(np.ascontiguousarray(vectors[rows]))
+    labels = torch.from_numpy(onehot)
+    precision = {k: 0.0 for k in KS}
+    average_precision = 0.0
+    for start in range(0, len(rows), 512):
+        scores = keys[start:start + 512] @ keys.T
+        idx = torch.arange(start, min(start + 512, len(rows)))
+        scores[torch.arange(len(idx)), idx] = -torch.inf  # a query never retrieves itself
+        order = torch.argsort(scores, dim=1, descending=True)[:, :-1]
+        relevant = ((labels[start:start + 512] @ labels.T) > 0).float()
+        relevant[torch.arange(len(idx)), idx] = 0
+        ranked = torch.gather(relevant, 1, order)
+        for k in KS:
+            precision[k] += float(ranked[:, :k].mean(dim=1).sum())
+        hits = ranked.cumsum(dim=1)
+        positions = torch.arange(1, ranked.shape[1] + 1, dtype=torch.float32)
+        totals = ranked.sum(dim=1).clamp(min=1)
+        average_precision += float(((hits / positions) * ranked).sum(dim=1).div(totals).sum())
+    name = VAL_SPLIT if splits[rows[0]] == VAL_SPLIT else "sample"
+    return {"images": len(rows), "queries_from": name,
+            **{f"P@{k}": round(precision[k] / len(rows) * 100, 2) for k in KS},
+            "mAP": round(average_precision / len(rows) * 100, 2)}
+
+
+def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], splits: list[str],
+             mode: str = "val", seed: int = 0, categories: list[list[str]] | None = None) -> dict:
+    """Recall on the val set (val2017, else a seeded 5k sample of captioned rows) and, in 'full' mode, with
+    the same caption queries against the whole gallery and the val images against every gallery caption;
+    plus image->image precision by COCO category where the gallery has categories."""
+    if mode == "none":
+        return {}
+    results = {}
+    by_category = category_precision(vectors, categories, splits, seed) if categories else {}
+    if by_category:
+        results["image_to_image_by_category"] = by_category
+    captioned = [row for row, texts in enumerate(captions) if texts]
+    if not captioned:
+        return results
     val_rows = [row for row in captioned if splits[row] == VAL_SPLIT]
     if not val_rows:
         rng = np.random.default_rng(seed)
@@ -62,11 +106,11 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
     local_owner = np.searchsorted(np.asarray(val_rows), owner)
     firsts = np.searchsorted(local_owner, np.arange(len(val_rows)))
     lasts = np.searchsorted(local_owner, np.arange(len(val_rows)), side="right")
-    results = {name: {
+    results[name] = {
         "images": len(val_rows), "captions": len(texts),
         "text_to_image": _recall(_ranks(text_vectors, image_vectors, lambda q: [int(local_owner[q])])),
         "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
-    }}
+    }
     if mode == "full" and len(captioned) > len(val_rows):
         all_texts, all_owner = _flatten(captions, captioned)
         log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))

@@ -84,7 +84,8 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
 def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None) -> str:
     evaluation = "".join(
         f"- recall on {name}: text→image R@5 {result['text_to_image']['R@5']:.1f}, "
-        f"image→text R@5 {result['image_to_text']['R@5']:.1f}\n" for name, result in manifest.evaluation.items())
+        f"image→text R@5 {result['image_to_text']['R@5']:.1f}\n" for name, result in manifest.evaluation.items()
+        if "text_to_image" in result)
     return (
         "---\nlicense: cc-by-4.0\npretty_name: COCO CLIP search index\ntags:\n- clip\n- faiss\n"
         "- image-retrieval\n---\n"

@@ -122,11 +122,18 @@ def about_markdown(service: Service) -> str:
     if source.notice:
         lines.append(f"- ⚠️ {source.notice}")
     for name, result in manifest.evaluation.items():
+        if "text_to_image" not in result:
+            continue
         row = " | ".join(f"{result['text_to_image'][k]:.1f}" for k in ("R@1", "R@5", "R@10"))
         row2 = " | ".join(f"{result['image_to_text'][k]:.1f}" for k in ("R@1", "R@5", "R@10"))
         lines.append(f"\n**Recall on {name}** ({result['images']:,} images, {result['captions']:,} captions)\n\n"
                      f"| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|\n| text → image | {row} |\n"
                      f"| image → text | {row2} |")
+    if by_category := manifest.evaluation.get("image_to_image_by_category"):
+        lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
+                     "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"
+                     f"| {by_category['P@1']:.1f} | {by_category['P@5']:.1f} | {by_category['P@10']:.1f} | "
+                     f"{by_category['mAP']:.1f} |")
     lines.append(
         "\n### Use it from Python\n```python\nfrom gradio_client import Client, handle_file\n"
         "client = Client(\"<this Space's id or URL>\")\n"

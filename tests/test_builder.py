@@ -91,6 +91,9 @@ def test_coco_folder_build_joins_captions_and_categories(tmp_path, coco_dir, tin
                 "truncated": "truncated"}[kind] in reasons[name].lower()
     val = manifest.evaluation["val2017"]
     assert val["images"] == 20 and val["captions"] == 40
+    by_category = manifest.evaluation["image_to_image_by_category"]
+    assert by_category["images"] == 20 and by_category["queries_from"] == "val2017"
+    assert 0 <= by_category["P@1"] <= 100 and 0 < by_category["mAP"] <= 100
     assert manifest.sources[0].kind == "coco-dir" and manifest.sources[0].splits == ["train2017", "val2017"]
 
 
@@ -215,3 +218,17 @@ def test_changed_settings_do_not_mix_with_a_partial_build(tmp_path, capsys, shap
     assert run_build("--images", shapes_folder[0], "--model", tiny_clip, "--out", out, "--batch-size", "8",
                      "--fresh") == 0
     assert json.loads((out / ".work" / "settings.json").read_text())["batch_size"] == 8
+
+
+def test_category_precision_rewards_galleries_that_cluster_by_category():
+    from builder.evaluate import category_precision
+
+    rng = np.random.default_rng(0)
+    categories = [["dog"] if i % 2 else ["cat", "sofa"] for i in range(60)]
+    noise = rng.normal(size=(60, 16)).astype(np.float32)
+    clustered = noise + np.where(np.arange(60)[:, None] % 2, 4.0, -4.0) * np.eye(16, dtype=np.float32)[0]
+    splits = ["val2017"] * 60
+    good = category_precision(clustered / np.linalg.norm(clustered, axis=1, keepdims=True), categories, splits)
+    chance = category_precision(noise / np.linalg.norm(noise, axis=1, keepdims=True), categories, splits)
+    assert good["P@1"] == 100.0 and good["mAP"] > 95
+    assert 30 < chance["P@5"] < 70 and chance["mAP"] < good["mAP"]
