@@ -59,25 +59,52 @@ def compose(searcher: Searcher, query: Query) -> tuple[np.ndarray, str | None]:
     return _unit(vector), text
 
 
+def with_feedback(searcher: Searcher, vector: np.ndarray, more_like: list[int] | None = None,
+                  less_like: list[int] | None = None, *, alpha: float = 1.0, beta: float = 0.75,
+                  gamma: float = 0.25) -> np.ndarray:
+    """Rocchio relevance feedback from stored gallery vectors (no re-encoding): toward the images marked
+    'more like this', away from those marked 'less like this'."""
+    def mean_of(ids):
+        rows = [searcher.gallery.row_of(int(i)) for i in ids or []]
+        if any(row is None for row in rows):
+            raise QueryError("A feedback image id is not in this gallery.")
+        return np.mean([searcher.gallery.vector(row) for row in rows], axis=0) if rows else 0.0
+
+    refined = alpha * np.asarray(vector, np.float32) + beta * mean_of(more_like) - gamma * mean_of(less_like)
+    if not np.linalg.norm(refined) > 1e-6:
+        raise QueryError("The feedback cancels the query out; mark fewer images as 'less like this'.")
+    return _unit(refined)
+
+
 def search(searcher: Searcher, vector: np.ndarray, k: int = 5, *, page: int = 0, filters: Filters | None = None,
-           collapse: bool = False, query_text: str | None = None) -> list[Hit]:
-    """Page `page` (0-based) of the k best images among those matching the filters; exact for a flat index."""
+           collapse: bool = False, query_text: str | None = None, diversity: float = 0.0,
+           min_score: float | None = None) -> list[Hit]:
+    """Page `page` (0-based) of the k best images among those matching the filters; exact for a flat index.
+
+    diversity > 0 re-ranks by maximal marginal relevance (0 = pure similarity, 1 = mostly variety); min_score
+    drops hits less similar than that cosine."""
     k, page = check_k(k), _check_page(page, k)
+    if not 0.0 <= float(diversity) <= 1.0:
+        raise QueryError("diversity must be between 0 (off) and 1.")
     gallery = searcher.gallery
     allowed = gallery.mask(filters.categories, filters.match_all, filters.splits) if filters and filters.active() \
         else None
     if allowed is not None and not allowed.any():
         return []
     want = (page + 1) * k
-    depth = min(len(gallery), want * 4 if collapse else want)
+    depth = min(len(gallery), want * 4 if collapse or diversity else want)
     while True:
         scores, rows = _nearest(gallery, np.asarray(vector, np.float32).reshape(1, -1), depth, allowed)
         found = [(float(s), int(r)) for s, r in zip(scores, rows) if r >= 0]
+        if min_score is not None:
+            found = [(s, r) for s, r in found if s >= float(min_score)]
         if collapse:
             found = _collapse(gallery, found)
-        if len(found) >= want or depth >= len(gallery):
+        if len(found) >= want or depth >= len(gallery) or min_score is not None and len(found) < depth:
             break
         depth = min(len(gallery), depth * 4)  # duplicates ate the candidates: look deeper
+    if diversity:
+        found = _mmr(gallery, found, float(diversity), want)
     page_found = found[page * k:want]
     hits = searcher.hits_for(page_found, query_text)
     for offset, hit in enumerate(hits):
@@ -114,6 +141,24 @@ def _collapse(gallery, found: list[tuple[float, int]]) -> list[tuple[float, int]
     return kept
 
 
+def _mmr(gallery, found: list[tuple[float, int]], diversity: float, want: int) -> list[tuple[float, int]]:
+    """Maximal marginal relevance: each next hit balances similarity to the query against the closest hit
+    already chosen; scores stay the true cosine to the query."""
+    if not found:
+        return found
+    vectors = np.stack([gallery.vector(row) for _, row in found])
+    relevance = np.asarray([score for score, _ in found], np.float32)
+    chosen: list[int] = [0]
+    closest = vectors @ vectors[0]
+    while len(chosen) < min(want, len(found)):
+        value = (1.0 - diversity) * relevance - diversity * closest
+        value[chosen] = -np.inf
+        pick = int(np.argmax(value))
+        chosen.append(pick)
+        closest = np.maximum(closest, vectors @ vectors[pick])
+    return [found[i] for i in chosen]
+
+
 def _check_page(page, k: int) -> int:
     if isinstance(page, float) and page.is_integer():
         page = int(page)
@@ -129,4 +174,4 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
-__all__ = ["Filters", "Query", "compose", "search", "MAX_K", "MAX_DEPTH"]
+__all__ = ["Filters", "Query", "compose", "search", "with_feedback", "MAX_K", "MAX_DEPTH"]

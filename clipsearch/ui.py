@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 
 from .images import ImageError
-from .query import Filters, Query, compose
+from .query import Filters, Query, compose, with_feedback
 from .query import search as run_search
 from .search import MAX_K, Hit, QueryError, check_k, clean_text
 from .service import Service
@@ -199,7 +199,8 @@ def build_ui(service: Service) -> gr.Blocks:
 
     @_gpu
     def search(text: str, images: list[str] | None, image_weight: float, negative: str, negative_weight: float,
-               categories: list[str] | None, match_all: bool, splits: list[str] | None, collapse: bool, k: int,
+               categories: list[str] | None, match_all: bool, splits: list[str] | None, collapse: bool,
+               diversity: float, min_score: float, more_like: list[int] | None, less_like: list[int] | None, k: int,
                page: int):
         """Composed search over the COCO images, with filters and paging.
 
@@ -213,32 +214,44 @@ def build_ui(service: Service) -> gr.Blocks:
             match_all: require every listed category instead of any.
             splits: only these splits, e.g. ["val2017"]; empty for all.
             collapse: hide near-duplicate shots.
+            diversity: 0 to 1; above 0 re-ranks for varied results (maximal marginal relevance).
+            min_score: drop results less similar than this cosine (0 = keep all).
+            more_like: image ids of results to move toward (relevance feedback, no re-encoding).
+            less_like: image ids of results to move away from.
             k: results per page, 1 to 50.
             page: 0 for the first page, 1 for the next k results, and so on.
         """
         query = Query(text=text, images=list(images or []), image_weight=image_weight, negative=negative,
                       negative_weight=negative_weight)
-        return _outputs(lambda: _run(query, categories, match_all, splits, collapse, k, page)[0])
+        shape = {"collapse": collapse, "diversity": diversity, "min_score": min_score}
+        return _outputs(lambda: _run(query, categories, match_all, splits, shape, k, page, more_like, less_like)[0])
 
-    def _run(query: Query, categories, match_all, splits, collapse, k, page):
+    def _run(query: Query, categories, match_all, splits, shape: dict, k, page, more_like=None, less_like=None):
         vector, text = compose(searcher, query)
+        if more_like or less_like:
+            vector = with_feedback(searcher, vector, more_like, less_like)
         filters = Filters(categories=list(categories or []), match_all=bool(match_all), splits=list(splits or []))
-        hits = run_search(searcher, vector, k, page=int(page or 0), filters=filters, collapse=bool(collapse),
-                          query_text=text)
-        state = {"vector": vector.tolist(), "text": text, "filters": vars(filters), "collapse": bool(collapse),
-                 "k": int(k), "page": int(page or 0)}
-        return hits, state
+        state = {"vector": vector.tolist(), "text": text, "filters": vars(filters), "k": int(k),
+                 "page": int(page or 0), "collapse": bool(shape.get("collapse")),
+                 "diversity": float(shape.get("diversity") or 0.0), "min_score": float(shape.get("min_score") or 0)}
+        return _from_state(state), state
+
+    def _from_state(state: dict) -> list[Hit]:
+        return run_search(searcher, np.asarray(state["vector"], np.float32), state["k"], page=state["page"],
+                          filters=Filters(**state["filters"]), collapse=state["collapse"], query_text=state["text"],
+                          diversity=state["diversity"], min_score=state["min_score"] or None)
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector ---
     def ui_search(text, picture, extra_text, extras, image_weight, negative, negative_weight, categories, match,
-                  splits, collapse, k, from_image: bool):
+                  splits, collapse, diversity, min_score, k, from_image: bool):
         images = ([picture] if from_image and picture else []) + [f for f in (extras or [])]
         if from_image and not picture:
             raise gr.Error("Please upload, paste or take a picture first.")
         query = Query(text=extra_text if from_image else text, images=images, image_weight=image_weight,
                       negative=negative, negative_weight=negative_weight)
         try:
-            hits, state = _run(query, categories, match == "all", splits, collapse, k, 0)
+            shape = {"collapse": collapse, "diversity": diversity, "min_score": min_score}
+            hits, state = _run(query, categories, match == "all", splits, shape, k, 0)
         except (QueryError, ImageError) as error:
             raise gr.Error(str(error)) from None
         return _page_outputs(hits, state)
@@ -248,9 +261,20 @@ def build_ui(service: Service) -> gr.Blocks:
             raise gr.Error("Search first, then ask for more results.")
         state = {**state, "page": state["page"] + 1}
         try:
-            hits = run_search(searcher, np.asarray(state["vector"], np.float32), state["k"], page=state["page"],
-                              filters=Filters(**state["filters"]), collapse=state["collapse"],
-                              query_text=state["text"])
+            hits = _from_state(state)
+        except QueryError as error:
+            raise gr.Error(str(error)) from None
+        return _page_outputs(hits, state)
+
+    def ui_feedback(state, liked, disliked):
+        if not state:
+            raise gr.Error("Search first, then mark results as more or less like what you want.")
+        if not liked and not disliked:
+            raise gr.Error("Mark at least one result as 'more like these' or 'less like these'.")
+        try:
+            vector = with_feedback(searcher, np.asarray(state["vector"], np.float32), liked, disliked)
+            state = {**state, "vector": vector.tolist(), "page": 0}
+            hits = _from_state(state)
         except QueryError as error:
             raise gr.Error(str(error)) from None
         return _page_outputs(hits, state)
@@ -258,8 +282,10 @@ def build_ui(service: Service) -> gr.Blocks:
     def _page_outputs(hits, state):
         first = state["page"] * state["k"] + 1
         label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
+        choices = [(f"#{hit.rank} {hit.caption[:48]}", hit.image_id) for hit in hits]
         return (gr.update(value=gallery_items(hits), label=label), hits_data(hits), state,
-                gr.update(visible=len(hits) == state["k"]))
+                gr.update(visible=len(hits) == state["k"]), gr.update(choices=choices, value=[]),
+                gr.update(choices=choices, value=[]))
 
     def similar_state(image_id, k):
         """After 'more like this', 'More results' pages on from the stored vector of that image."""
@@ -267,7 +293,7 @@ def build_ui(service: Service) -> gr.Blocks:
         if row is None:
             return None, gr.update(visible=False)
         state = {"vector": gallery.vector(row).tolist(), "text": None, "filters": vars(Filters()),
-                 "collapse": False, "k": int(k), "page": 0}
+                 "collapse": False, "diversity": 0.0, "min_score": 0.0, "k": int(k), "page": 0}
         return state, gr.update(visible=True)
 
     def show_details(hits: list[dict], event: gr.SelectData):
@@ -316,10 +342,18 @@ def build_ui(service: Service) -> gr.Blocks:
                                              scale=3)
                     match = gr.Radio(["any", "all"], value="any", label="Match categories", scale=1)
                     splits = gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2)
-                collapse = gr.Checkbox(label="Hide near-duplicate shots", value=False)
+                with gr.Row():
+                    collapse = gr.Checkbox(label="Hide near-duplicate shots", value=False)
+                    diversity = gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)")
+                    min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)")
             results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
                                  elem_id="results", show_label=True, interactive=False)
             next_page = gr.Button("More results", visible=False, size="sm")
+            with gr.Accordion("Not quite? Mark results and refine", open=False):
+                with gr.Row():
+                    liked = gr.Dropdown([], multiselect=True, label="More like these", scale=2)
+                    disliked = gr.Dropdown([], multiselect=True, label="Less like these", scale=2)
+                    refine_button = gr.Button("Refine results", scale=1)
             hits = gr.JSON(visible=False, label="hits")
             last_query = gr.State(None)
             with gr.Group():
@@ -329,14 +363,16 @@ def build_ui(service: Service) -> gr.Blocks:
                 selected = gr.Number(visible=False, precision=0, label="image id")
                 similar_k = gr.Number(visible=False, value=5, precision=0, label="k")
 
-        refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse]
-        paged = [results, hits, last_query, next_page]
+        refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse,
+                  diversity, min_score]
+        paged = [results, hits, last_query, next_page, liked, disliked]
         ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         for trigger in (text_button.click, query.submit):
             trigger(lambda *a: ui_search(*a, from_image=False), [query, picture, *refine, text_k], paged, **ui)
         image_button.click(lambda *a: ui_search(*a, from_image=True), [query, picture, *refine, image_k], paged,
                            **ui)
         next_page.click(ui_next_page, last_query, paged, **ui)
+        refine_button.click(ui_feedback, [last_query, liked, disliked], paged, **ui)
 
         # Named API endpoints, on hidden triggers so the visible UI can offer more than the contract's inputs.
         with gr.Row(visible=False):
@@ -344,12 +380,14 @@ def build_ui(service: Service) -> gr.Blocks:
             api_images = gr.File(file_count="multiple", label="images")
             api_match_all = gr.Checkbox(label="match_all")
             api_page = gr.Number(value=0, precision=0, label="page")
+            api_more_like, api_less_like = gr.JSON(label="more_like"), gr.JSON(label="less_like")
         api_text.click(search_text, [query, text_k], [results, hits], validator=validate_text,
                        api_name="search_text", concurrency_limit=CONCURRENCY, concurrency_id="text")
         api_image.click(search_image, [picture, image_k], [results, hits], validator=validate_image,
                         api_name="search_image", concurrency_limit=CONCURRENCY, concurrency_id="image")
         api_search.click(search, [query, api_images, image_weight, negative, negative_weight, categories,
-                                  api_match_all, splits, collapse, text_k, api_page], [results, hits],
+                                  api_match_all, splits, collapse, diversity, min_score, api_more_like,
+                                  api_less_like, text_k, api_page], [results, hits],
                          api_name="search", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         more.click(fn=search_similar, inputs=[selected, similar_k], outputs=[results, hits],
                    validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY,

@@ -128,12 +128,50 @@ def test_the_search_endpoint_composes_filters_and_pages(app_server, tmp_path):
     client = Client(app_server[0], verbose=False)
     picture = tmp_path / "blue-square.png"
     draw_shape("blue", "square", size=64, seed=4711).save(picture)
-    _, hits = client.predict("red", [handle_file(str(picture))], 0.5, "", 0.5, [], False, [], False, 3, 0,
-                             api_name="/search")
+    _, hits = client.predict("red", [handle_file(str(picture))], 0.5, "", 0.5, [], False, [], False, 0, 0, None,
+                             None, 3, 0, api_name="/search")
     assert len(hits) == 3 and hits[0]["rank"] == 1
-    _, second = client.predict("red", [handle_file(str(picture))], 0.5, "", 0.5, [], False, [], False, 3, 1,
-                               api_name="/search")
+    _, second = client.predict("red", [handle_file(str(picture))], 0.5, "", 0.5, [], False, [], False, 0, 0,
+                               None, None, 3, 1, api_name="/search")
     assert [h["rank"] for h in second] == [4, 5, 6]
     assert not {h["image_id"] for h in hits} & {h["image_id"] for h in second}
     with pytest.raises(Exception, match="'unicorn' .* is not in the list of choices"):
-        client.predict("red", [], 0.5, "", 0.5, ["unicorn"], False, [], False, 3, 0, api_name="/search")
+        client.predict("red", [], 0.5, "", 0.5, ["unicorn"], False, [], False, 0, 0, None, None, 3, 0,
+                       api_name="/search")
+    liked = [h["image_id"] for h in hits if "square" in h["caption"]][:1]
+    _, refined = client.predict("red", [handle_file(str(picture))], 0.5, "", 0.5, [], False, [], False, 0, 0,
+                                liked, None, 3, 0, api_name="/search")
+    assert len(refined) == 3
+
+
+def test_diversity_reranks_for_variety_and_min_score_drops_weak_hits(shapes):
+    vector, _ = compose(shapes, Query(text="a red circle"))
+    plain = search(shapes, vector, 6)
+    varied = search(shapes, vector, 6, diversity=0.7)
+    assert varied[0].image_id == plain[0].image_id  # the best match stays first
+
+    def spread(hits):
+        vectors = np.stack([shapes.gallery.vector(h.row) for h in hits])
+        similarity = vectors @ vectors.T
+        return float(similarity[np.triu_indices(len(hits), 1)].mean())
+
+    assert spread(varied) < spread(plain)
+    threshold = plain[2].score
+    assert [h.image_id for h in search(shapes, vector, 6, min_score=threshold)] == [h.image_id for h in plain[:3]]
+    with pytest.raises(QueryError, match="diversity must be between 0"):
+        search(shapes, vector, 6, diversity=2)
+
+
+def test_relevance_feedback_moves_toward_marked_results(shapes):
+    from clipsearch.query import with_feedback
+
+    vector, _ = compose(shapes, Query(text="a circle"))
+    first = search(shapes, vector, 10)
+    blue = [h.image_id for h in first if h.file_name.startswith("blue-")][:1]
+    others = [h.image_id for h in first if not h.file_name.startswith("blue-")][:2]
+    assert blue, "the query should surface at least one blue circle"
+    refined = search(shapes, with_feedback(shapes, vector, more_like=blue, less_like=others), 10)
+    blues = lambda hits: sum(h.file_name.startswith("blue-") for h in hits[:4])  # noqa: E731
+    assert blues(refined) > blues(first) or blues(first) == 4
+    with pytest.raises(QueryError, match="not in this gallery"):
+        with_feedback(shapes, vector, more_like=[987654321])
