@@ -80,6 +80,7 @@ class Gallery:
         self.thumbnails = thumbnails
         self._image_ids = table.column("image_id").to_numpy()
         self._row_of_id = {int(image_id): i for i, image_id in enumerate(self._image_ids)}
+        self.map_xy: np.ndarray | None = None  # 2-D PCA coordinates per row, for the embedding map
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -110,7 +111,10 @@ class Gallery:
             table.column("thumb_size").to_numpy(),
             thumb_cache or folder / ".thumbs",
         )
-        return cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS), thumbs)
+        gallery = cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS), thumbs)
+        if "map_x" in table.column_names:  # builds before the embedding map have no coordinates
+            gallery.map_xy = np.stack([table.column("map_x").to_numpy(), table.column("map_y").to_numpy()], axis=1)
+        return gallery
 
     @cached_property
     def _category_rows(self) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 
 from .images import ImageError
 from .query import Filters, Query, compose, with_feedback
@@ -101,6 +102,55 @@ def details_markdown(hit: dict) -> str:
         f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )
+
+
+MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
+MAP_LEGEND = 12  # the most common categories get their own colour; the rest share "other"
+HIGHLIGHT = "★ current results"
+
+
+class EmbeddingMap:
+    """The gallery's 2-D PCA coordinates as a sampled, category-coloured scatter with the current results on top."""
+
+    def __init__(self, gallery):
+        self.gallery = gallery
+        total = len(gallery)
+        rng = np.random.default_rng(0)
+        self.rows = np.sort(rng.choice(total, size=min(MAP_POINTS, total), replace=False))
+        records = gallery.rows(self.rows.tolist())
+        counts: dict[str, int] = {}
+        for record in records:
+            for name in record.categories:
+                counts[name] = counts.get(name, 0) + 1
+        legend = set(sorted(counts, key=lambda n: (-counts[n], n))[:MAP_LEGEND])
+
+        def colour(names: list[str]) -> str:
+            best = max(names, key=lambda n: (counts.get(n, 0), n), default=None)
+            return best if best in legend else ("other" if names else "no category")
+
+        self.base = pd.DataFrame({
+            "x": gallery.map_xy[self.rows, 0], "y": gallery.map_xy[self.rows, 1],
+            "category": [colour(r.categories) for r in records], "image_id": [r.image_id for r in records],
+            "caption": [(r.captions[0] if r.captions else r.file_name)[:60] for r in records],
+        })
+
+    def frame(self, hits: list[dict] | None = None) -> pd.DataFrame:
+        if not hits:
+            return self.base
+        rows = [self.gallery.row_of(h["image_id"]) for h in hits]
+        extra = pd.DataFrame({
+            "x": self.gallery.map_xy[rows, 0], "y": self.gallery.map_xy[rows, 1], "category": HIGHLIGHT,
+            "image_id": [h["image_id"] for h in hits], "caption": [h["caption"][:60] for h in hits],
+        })
+        return pd.concat([self.base, extra], ignore_index=True)
+
+    def region(self, x_range, count: int = 12) -> list[int]:
+        """Rows of the sampled points inside a brushed x-range, those nearest its middle first."""
+        low, high = sorted(float(v) for v in x_range)
+        xs = self.gallery.map_xy[self.rows, 0]
+        inside = np.flatnonzero((xs >= low) & (xs <= high))
+        order = inside[np.argsort(np.abs(xs[inside] - (low + high) / 2), kind="stable")][:count]
+        return self.rows[order].tolist()
 
 
 def about_markdown(service: Service) -> str:
@@ -283,9 +333,20 @@ def build_ui(service: Service) -> gr.Blocks:
         first = state["page"] * state["k"] + 1
         label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
         choices = [(f"#{hit.rank} {hit.caption[:48]}", hit.image_id) for hit in hits]
-        return (gr.update(value=gallery_items(hits), label=label), hits_data(hits), state,
+        data = hits_data(hits)
+        return (gr.update(value=gallery_items(hits), label=label), data, state,
                 gr.update(visible=len(hits) == state["k"]), gr.update(choices=choices, value=[]),
-                gr.update(choices=choices, value=[]))
+                gr.update(choices=choices, value=[]), embedding_map.frame(data) if embedding_map else None)
+
+    def ui_map_region(event: gr.SelectData):
+        if embedding_map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
+            return gr.update(), gr.update()
+        rows = embedding_map.region(event.index)
+        if not rows:
+            raise gr.Error("No images in that part of the map; drag across a wider area.")
+        found = [(float(gallery.vector(rows[0]) @ gallery.vector(row)), row) for row in rows]
+        hits = searcher.hits_for(found, None)
+        return gr.update(value=gallery_items(hits), label="Images from the map"), hits_data(hits)
 
     def similar_state(image_id, k):
         """After 'more like this', 'More results' pages on from the stored vector of that image."""
@@ -302,6 +363,7 @@ def build_ui(service: Service) -> gr.Blocks:
         hit = hits[event.index]
         return details_markdown(hit), hit["image_id"], gr.update(visible=True), len(hits)
 
+    embedding_map = EmbeddingMap(gallery) if gallery.map_xy is not None else None
     manifest = gallery.manifest
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description or by example picture.")
@@ -323,6 +385,19 @@ def build_ui(service: Service) -> gr.Blocks:
                         image_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
                         image_button = gr.Button("Find similar images", variant="primary")
                 gr.Examples(_example_images(searcher), inputs=picture, label="Or start from a gallery image")
+            with gr.Tab("Map") as map_tab:
+                if embedding_map is None:
+                    gr.Markdown("This index was built before the embedding map existed; rebuild it to get one.")
+                    map_plot = gr.State(None)
+                else:
+                    gr.Markdown(f"The gallery laid out by similarity ({len(embedding_map.rows):,} sampled images, "
+                                "2-D PCA of the CLIP vectors), coloured by COCO category. Your latest results are "
+                                f"marked {HIGHLIGHT}. Drag across an area to see its images below, then pick one "
+                                "for **More like this**.")
+                    map_plot = gr.ScatterPlot(embedding_map.frame(), x="x", y="y", color="category",
+                                              tooltip=["caption", "image_id", "category"], height=520,
+                                              x_title="first principal component",
+                                              y_title="second principal component", label="Embedding map")
             with gr.Tab("About") as about_tab:
                 gr.Markdown(about_markdown(service))
         with gr.Column() as results_area:
@@ -333,15 +408,17 @@ def build_ui(service: Service) -> gr.Blocks:
                     image_weight = gr.Slider(0, 1, value=0.5, step=0.05, scale=2,
                                              label="Picture vs words (1 = only the pictures)")
                 extras = gr.File(label="More example pictures (averaged with the query)", file_count="multiple",
-                                 file_types=["image"], height=90)
+                                 file_types=["image"], height=130)
                 with gr.Row():
                     negative = gr.Textbox(label="Not like", placeholder="e.g. a dog", scale=3)
                     negative_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="How strongly", scale=2)
-                with gr.Row():
+                with gr.Row(visible=bool(gallery.categories()) or len(gallery.splits()) > 1):  # folders have neither
                     categories = gr.Dropdown(gallery.categories(), multiselect=True, label="COCO categories",
-                                             scale=3)
-                    match = gr.Radio(["any", "all"], value="any", label="Match categories", scale=1)
-                    splits = gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2)
+                                             scale=3, visible=bool(gallery.categories()))
+                    match = gr.Radio(["any", "all"], value="any", label="Match categories", scale=1,
+                                     visible=bool(gallery.categories()))
+                    splits = gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2,
+                                              visible=len(gallery.splits()) > 1)
                 with gr.Row():
                     collapse = gr.Checkbox(label="Hide near-duplicate shots", value=False)
                     diversity = gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)")
@@ -365,7 +442,7 @@ def build_ui(service: Service) -> gr.Blocks:
 
         refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse,
                   diversity, min_score]
-        paged = [results, hits, last_query, next_page, liked, disliked]
+        paged = [results, hits, last_query, next_page, liked, disliked, map_plot]
         ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         for trigger in (text_button.click, query.submit):
             trigger(lambda *a: ui_search(*a, from_image=False), [query, picture, *refine, text_k], paged, **ui)
@@ -394,7 +471,9 @@ def build_ui(service: Service) -> gr.Blocks:
                    ).then(similar_state, [selected, similar_k], [last_query, next_page], api_visibility="private")
         # Results belong to the search tabs: the About tab hides them.
         about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
-        for tab in (text_tab, image_tab):
+        if embedding_map is not None:
+            map_plot.select(ui_map_region, None, [results, hits], api_visibility="private")
+        for tab in (text_tab, image_tab, map_tab):
             tab.select(lambda: gr.update(visible=True), None, results_area, api_visibility="private", queue=False)
         results.select(show_details, inputs=hits, outputs=[details, selected, more, similar_k],
                        api_visibility="private", queue=False)
