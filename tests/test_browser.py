@@ -21,7 +21,7 @@ PHONE = {"width": 390, "height": 844}
 WAIT = 30_000  # ms; generous for a 2-core machine, but bounded
 
 TITLE = "COCO CLIP visual search"
-TABS = ["Text → Image", "Image → Image", "About"]
+TABS = ["Text → Image", "Image → Image", "Map", "About"]
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +138,22 @@ def test_image_search(open_page, app_server, tmp_path):
     shot(page, "3-image-search")
 
 
+def test_map_tab_draws_the_gallery(open_page):
+    page = open_page(DESKTOP)
+    page.get_by_role("tab", name="Map").click()
+    panel = page.get_by_role("tabpanel")
+    expect(panel).to_contain_text("laid out by similarity", timeout=WAIT)
+    expect(panel.locator("canvas, svg.marks").first).to_be_visible(timeout=WAIT)
+    shot(page, "4-map")
+
+
 def test_about_tab(open_page):
     page = open_page(DESKTOP)
     page.get_by_role("tab", name="About").click()
     panel = page.get_by_role("tabpanel")
     expect(panel.get_by_text("This build")).to_be_visible(timeout=WAIT)
     expect(panel).to_contain_text("/search_text")
-    shot(page, "4-about")
+    shot(page, "5-about")
 
 
 def test_empty_query_shows_validation_message(open_page):
@@ -165,13 +174,13 @@ def test_phone_layout(open_page):
         bounds = element.bounding_box()
         assert bounds and bounds["x"] >= 0 and bounds["x"] + bounds["width"] <= PHONE["width"] + 1, bounds
     assert_no_horizontal_overflow(page)
-    shot(page, "5-phone")
+    shot(page, "6-phone")
 
     box.fill("a red circle")
     button.click()
     wait_for_results(page)
     assert_no_horizontal_overflow(page)
-    shot(page, "6-phone-results")
+    shot(page, "7-phone-results")
 
 
 def assert_no_horizontal_overflow(page: Page) -> None:
