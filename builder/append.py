@@ -1,0 +1,163 @@
+"""Incremental add: embed only new images and append them to an existing artifact set (ids of old rows stay)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from clipsearch.encoder import DEFAULT_MODEL, Encoder, pick_device
+from clipsearch.manifest import (
+    EMBEDDINGS,
+    INDEX,
+    MANIFEST,
+    METADATA,
+    THUMBS_PATTERN,
+    ArtifactError,
+    Manifest,
+    ThumbnailInfo,
+    hash_files,
+    verify_files,
+    write_manifest,
+)
+
+from .embed import embed_shards, shard_ranges
+from .evaluate import evaluate
+from .index import build_index
+from .pack import SCHEMA, pack, project_2d
+from .sources import ImageFolderSource, Source
+
+log = logging.getLogger("builder")
+APPEND_WORK = ".work-append"
+
+
+def fetch_base(repo: str, out: Path) -> None:
+    """Start from a published build: download it (pinned by the tag or commit given) into --out."""
+    from huggingface_hub import snapshot_download
+
+    from .sources import parse_repo
+
+    repo_id, revision = parse_repo(repo)
+    snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out,
+                      ignore_patterns=["README.md", ".gitattributes"])
+
+
+def new_records(source: Source, table: pa.Table) -> int:
+    """Drop images already in the index and give folder images fresh ids after the highest existing one."""
+    seen = set(zip(table.column("split").to_pylist(), table.column("file_name").to_pylist()))
+    source.records = [r for r in source.records if (r.split, r.file_name) not in seen]
+    if isinstance(source, ImageFolderSource):
+        first = int(pc.max(table.column("image_id")).as_py() or 0) + 1
+        for number, record in enumerate(source.records):
+            record.image_id = first + number
+    taken = set(table.column("image_id").to_pylist())
+    clashes = [r.image_id for r in source.records if r.image_id in taken]
+    if clashes:
+        raise ArtifactError(f"--append: image ids {clashes[:5]} are already in the index under other file names; "
+                            "ids must stay unique.")
+    return len(source.records)
+
+
+def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
+    """Embed `source`'s new images with the index's own model and write the combined artifact set into `out`.
+
+    Everything is assembled in a staging folder first (old thumbnail packs hard-linked, so nothing big is copied)
+    and moved into `out` with the manifest last; a run killed at any point is finished by running it again.
+    """
+    started = time.perf_counter()
+    if not (out / MANIFEST).exists() and (staged := _finished_stage(out)):
+        log.info("completing an append that was interrupted while its files were being moved into place")
+        return _commit(staged, out)
+    base = Manifest.read(out)
+    verify_files(out, base)
+    model = base.model
+    if args.model not in (DEFAULT_MODEL, model["model_id"]):
+        raise ArtifactError(f"--append: the index was built with {model['model_id']}; appending must use the same "
+                            "model (leave out --model).")
+    table = pq.read_table(out / METADATA)
+    if new_records(source, table) == 0:
+        log.info("nothing to add: every image is already in the index")
+        return base
+    device = pick_device(args.device)
+    encoder = Encoder.load(model["model_id"], model.get("revision"), device)
+    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
+    shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
+    key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
+    work = out / APPEND_WORK / key  # per base build, so a resumed append never mixes bases
+    work.mkdir(parents=True, exist_ok=True)
+    workers = args.num_workers if args.num_workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
+    log.info("appending %d new images to %d (model %s)", len(source.records), base.count, model["model_id"])
+    speed = embed_shards(source, encoder, work, batch_size=batch_size, shard_size=shard_size, num_workers=workers)
+
+    stage = work / "next"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    packed = pack(source, work, stage, len(shard_ranges(len(source.records), shard_size)), encoder.info.dim)
+    # Old thumbnail packs stay byte-identical (the Hub stores them once); new ones continue the numbering.
+    first_pack = len(base.thumbnails.files)
+    new_files = [THUMBS_PATTERN.format(first_pack + n) for n in range(len(packed.thumb_files))]
+    for name, target in reversed(list(zip(packed.thumb_files, new_files))):  # reversed: never overwrite a source
+        os.replace(stage / name, stage / target)
+    for name in base.thumbnails.files:
+        _link_or_copy(out / name, stage / name)
+    added = pq.read_table(stage / METADATA)
+    added = added.set_column(added.schema.get_field_index("thumb_shard"), "thumb_shard",
+                             pc.add(added.column("thumb_shard"), first_pack).cast(pa.int16()))
+    vectors = np.concatenate([np.load(out / EMBEDDINGS, allow_pickle=False), packed.vectors]).astype(np.float32)
+    combined = pa.concat_tables([table.select(SCHEMA.names), added.select(SCHEMA.names)])
+    xy = project_2d(vectors)  # the map is recomputed for all rows: PCA axes move with the gallery
+    combined = combined.set_column(combined.schema.get_field_index("map_x"), "map_x", pa.array(xy[:, 0]))
+    combined = combined.set_column(combined.schema.get_field_index("map_y"), "map_y", pa.array(xy[:, 1]))
+    np.save(stage / EMBEDDINGS, vectors, allow_pickle=False)
+    pq.write_table(combined, stage / METADATA, compression="zstd", row_group_size=16384, store_schema=False)
+    index, index_info = build_index(vectors, base.index.factory, base.index.search_params)
+    faiss.write_index(index, str(stage / INDEX))
+    rows = combined.select(["captions", "split", "categories"]).to_pydict()
+    mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
+    evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], mode, categories=rows["categories"])
+    names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = replace(
+        base, count=len(vectors), index=index_info, sources=base.sources + source.infos,
+        skipped=base.skipped + packed.skipped, evaluation=evaluation,
+        thumbnails=ThumbnailInfo(files=base.thumbnails.files + new_files, max_side=base.thumbnails.max_side),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=device.type,
+        build_seconds=round(time.perf_counter() - started, 1),
+        images_per_second=round(speed["images_per_second"], 1), files=hash_files(stage, names), **settings_extra,
+    )
+    write_manifest(stage, manifest)
+    return _commit(stage, out)
+
+
+def _finished_stage(out: Path) -> Path | None:
+    stages = sorted((out / APPEND_WORK).glob("*/next/" + MANIFEST)) if (out / APPEND_WORK).is_dir() else []
+    return stages[0].parent if stages else None
+
+
+def _commit(stage: Path, out: Path) -> Manifest:
+    """Move the staged set into `out`: the old manifest goes first, the new one last."""
+    manifest = Manifest.read(stage)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for name in manifest.files:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    os.replace(stage / MANIFEST, out / MANIFEST)
+    shutil.rmtree(stage.parent, ignore_errors=True)
+    return manifest
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem: a copy costs time, never correctness
+        shutil.copy2(source, target)
