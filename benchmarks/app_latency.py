@@ -9,7 +9,6 @@ starts `python app.py` on it, and times POST /gradio_api/call/<endpoint> + readi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import socket
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import ROOT, coco_like_jpegs, machine, vit_b32_clip
+from common import ROOT, call, coco_like_jpegs, machine, upload, vit_b32_clip
 
 
 def build(cache: Path, count: int) -> Path:
@@ -32,25 +31,6 @@ def build(cache: Path, count: int) -> Path:
         subprocess.run([sys.executable, "-m", "builder.build", "--images", str(folder), "--model", str(model),
                         "--out", str(out), "--limit", str(count), "--quiet", "--eval", "none"], cwd=ROOT, check=True)
     return out
-
-
-def call(client: httpx.Client, endpoint: str, data: list) -> dict:
-    event = client.post(f"/gradio_api/call/{endpoint}", json={"data": data}).json()["event_id"]
-    with client.stream("GET", f"/gradio_api/call/{endpoint}/{event}") as response:
-        kind = None
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind in ("complete", "error"):
-                if kind == "error":
-                    raise RuntimeError(line)
-                return json.loads(line[5:])
-    raise RuntimeError("no result")
-
-
-def upload(client: httpx.Client, path: Path) -> dict:
-    response = client.post("/gradio_api/upload", files={"files": (path.name, path.read_bytes(), "image/jpeg")})
-    return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
+import torch
 
 from clipsearch.encoder import DEFAULT_MODEL, Encoder, EncoderError, pick_device
 from clipsearch.hub import DEFAULT_INDEX_REPO
@@ -28,6 +29,7 @@ from clipsearch.manifest import (
     write_manifest,
 )
 
+from .distributed import Group, Ranks, rank_device, rank_threads, rank_workers
 from .embed import THUMB_SIDE, embed_shards, shard_ranges
 from .evaluate import evaluate
 from .index import EXACT, IndexBuildError, build_index
@@ -57,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m builder.build",
         description="Embed an image gallery with a CLIP-family model and write (and optionally push) a search index.",
+        epilog="Several GPUs or nodes: launch the same command with torchrun (or accelerate launch), e.g. "
+               "'torchrun --nproc_per_node 8 -m builder.build ...': each process embeds its share of the shards "
+               "and rank 0 writes one index; across nodes --out must be shared storage (see builder/distributed.py).",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--coco-dir", type=Path, help="local COCO: DIR/<split>/*.jpg + DIR/annotations/*_<split>.json")
@@ -81,6 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval", default="auto", choices=["auto", "none", "val", "full"],
                         help="caption recall: val (5k), full (also whole gallery); auto = full on GPU, val on CPU")
     parser.add_argument("--fresh", action="store_true", help="discard the resume cache and start over")
+    parser.add_argument("--append", action="store_true", help="add the source's new images to the build in --out "
+                        "(embeds only those; old rows, ids and thumbnails stay); with --base, start from a published "
+                        "build")
+    parser.add_argument("--base", metavar="REPO[@REV]", help="with --append: download this published index into --out "
+                        "first")
     parser.add_argument("--push", nargs="?", const="", default=None, metavar="REPO_ID",
                         help=f"publish to a Hub dataset repo (default: $INDEX_REPO or {DEFAULT_INDEX_REPO})")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private (with --push)")
@@ -149,35 +159,66 @@ def builder_version() -> str:
         return "unknown"
 
 
-def run(args: argparse.Namespace) -> Manifest:
+def run(args: argparse.Namespace) -> Manifest | None:
+    """One build. Under torchrun / accelerate launch every process runs this (see builder.distributed): each embeds
+    its own shards, and rank 0 alone finishes the build and returns the manifest; the other ranks return None."""
+    if args.append:
+        return run_append(args)
+    ranks = Ranks.from_env()
+    with Group(ranks) as group:
+        return _run(args, ranks, group)
+
+
+def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | None:
     started = time.perf_counter()
     out = args.out
-    check_writable(out)
+    if (threads := rank_threads(ranks)) is not None:
+        torch.set_num_threads(threads)  # ranks sharing a node split its cores instead of oversubscribing them
     repo_id = None
-    if args.push is not None:
-        require_token()  # fail before hours of embedding, not after
-        repo_id = args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
-    device = pick_device(args.device)
-    log.info("stage 1/6 load: listing images")
-    source = make_source(args)
-    if args.limit:
-        source.records = source.records[:args.limit]
-    log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
-    log.info("stage 2/6 model: %s", args.model)
-    encoder = Encoder.load(args.model, args.model_revision, device)
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
-    shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
-    workers = args.num_workers if args.num_workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
-    settings = {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
-                "batch_size": batch_size, "shard_size": shard_size, "thumb_side": THUMB_SIDE,
-                "device": device.type, "format_version": FORMAT_VERSION}
-    work = prepare_work(out, settings, args.fresh)
-    clear_artifacts(out)
-    log.info("stage 3/6 embed: %d images, batch %d, %d workers, %s", len(source.records), batch_size, workers,
-             device)
-    speed = embed_shards(source, encoder, work, batch_size=batch_size, shard_size=shard_size, num_workers=workers)
+    if ranks.main:
+        # Rank 0 checks, downloads (into the caches the other ranks then read) and resets --out before anyone embeds;
+        # a failure here reaches the other ranks as a message, not as a hang.
+        try:
+            check_writable(out)
+            if args.push is not None:
+                require_token()  # fail before hours of embedding, not after
+                repo_id = args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
+            source, encoder, plan = _load(args, ranks)
+            work = prepare_work(out, plan["settings"], args.fresh)
+            clear_artifacts(out)
+        except Exception as error:
+            group.broadcast({"error": f"{type(error).__name__}: {error}"})
+            raise
+        group.broadcast({"settings": plan["settings"]})
+    else:
+        ready = group.broadcast(None)
+        if "error" in ready:
+            raise BuildError(f"rank 0 could not start the build ({ready['error']}).")
+    try:
+        if not ranks.main:
+            source, encoder, plan = _load(args, ranks)
+            work = _joined_work(out, plan["settings"], ready["settings"])
+        batch_size, shard_size, workers = plan["batch_size"], plan["shard_size"], plan["workers"]
+        device = encoder.device
+        shards = len(shard_ranges(len(source.records), shard_size))
+        mine = ranks.shards(shards)
+        log.info("stage 3/6 embed: %d images, batch %d, %d workers, %s%s", len(source.records), batch_size,
+                 workers, device, f", {len(mine)} of {shards} shards on this rank" if ranks.distributed else "")
+        speed = embed_shards(source, encoder, work, batch_size=batch_size, shard_size=shard_size,
+                             num_workers=workers, shards=mine, progress=ranks.main)
+    except Exception as error:
+        group.gather({"error": f"rank {ranks.rank}: {type(error).__name__}: {error}"})  # rank 0 says why, then ends
+        raise
+    speeds = group.gather(speed)  # also the barrier: every shard is on disk once this returns
+    if not ranks.main:
+        return None  # rank 0 finishes the build
+    failed = [s["error"] for s in speeds if "error" in s]
+    if failed:
+        raise BuildError(f"{'; '.join(failed)}. Finished shards are kept: re-run the same command to resume.")
+    if ranks.distributed:
+        speed = _combined(speeds)
+        _use_every_core()  # the other ranks are done; indexing and evaluation get the whole node
     log.info("stage 4/6 pack: thumbnails and metadata")
-    shards = len(shard_ranges(len(source.records), shard_size))
     packed = pack(source, work, out, shards, encoder.info.dim)
     log.info("stage 5/6 index: %s over %d vectors", args.index, len(packed.vectors))
     index, index_info = build_index(packed.vectors, args.index, args.index_params)
@@ -185,7 +226,8 @@ def run(args: argparse.Namespace) -> Manifest:
     mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
     log.info("stage 6/6 evaluate: %s", mode)
     records = [source.records[i] for i in packed.rows]
-    evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records], mode)
+    evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records], mode,
+                          categories=[r.categories for r in records])
     names = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, count=len(packed.rows),
@@ -204,13 +246,86 @@ def run(args: argparse.Namespace) -> Manifest:
     return manifest
 
 
+def run_append(args: argparse.Namespace) -> Manifest:
+    """--append: embed only the new images of the source and add them to the build in --out (one process)."""
+    from .append import append, fetch_base
+
+    check_writable(args.out)
+    repo_id = None
+    if args.push is not None:
+        require_token()
+        repo_id = args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
+    if args.base:
+        log.info("downloading the base build %s into %s", args.base, args.out)
+        fetch_base(args.base, args.out)
+    if not (args.out / MANIFEST).exists() and not (args.out / ".work-append").exists():
+        raise BuildError(f"--append: {args.out} holds no finished build; build it first, pass --base REPO to start "
+                         "from a published one, or drop --append.")
+    source = make_source(args)
+    manifest = append(args, source, args.out, {"builder_version": builder_version()})
+    print(f"\nThe index in {args.out.resolve()} now holds {manifest.count:,} images.")
+    if repo_id:
+        published = push(args.out, manifest, repo_id)
+        print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
+    return manifest
+
+
+def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[Source, Encoder, dict]:
+    """Stages 1-2 (gallery listing, model) and the settings that shape the result; every rank runs this."""
+    device = rank_device(pick_device(args.device), ranks)
+    log.info("stage 1/6 load: listing images")
+    source = make_source(args)
+    if args.limit:
+        source.records = source.records[:args.limit]
+    log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
+    log.info("stage 2/6 model: %s", args.model)
+    encoder = Encoder.load(args.model, args.model_revision, device)
+    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
+    shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
+    workers = args.num_workers if args.num_workers is not None else rank_workers(ranks)
+    settings = {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
+                "batch_size": batch_size, "shard_size": shard_size, "thumb_side": THUMB_SIDE,
+                "device": device.type, "format_version": FORMAT_VERSION}
+    return source, encoder, {"settings": settings, "batch_size": batch_size, "shard_size": shard_size,
+                             "workers": workers}
+
+
+def _joined_work(out: Path, mine: dict, main: dict) -> Path:
+    """A rank other than 0 checks that it sees the same build and the same folder as rank 0."""
+    if mine != main:
+        changed = sorted(k for k in set(mine) | set(main) if mine.get(k) != main.get(k))
+        raise BuildError(f"this process sees a different build than rank 0 ({', '.join(changed)}): every process "
+                         "must be given the same arguments, gallery and model.")
+    work = out / WORK
+    try:
+        shared = json.loads((work / "settings.json").read_text()) == main
+    except (OSError, ValueError):
+        shared = False
+    if not shared:
+        raise BuildError(f"--out {out} is not the folder rank 0 prepared: on several nodes, --out must be on "
+                         "storage that every node mounts at the same path.")
+    return work
+
+
+def _combined(speeds: list[dict]) -> dict:
+    images, seconds = sum(s["images"] for s in speeds), max(s["seconds"] for s in speeds)
+    return {"images": images, "seconds": seconds, "images_per_second": images / seconds if seconds else 0.0,
+            "processes": len(speeds)}
+
+
+def _use_every_core() -> None:
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    faiss.omp_set_num_threads(cores)
+
+
 def summary(manifest: Manifest, out: Path, speed: dict) -> str:
     lines = [
         "",
         f"Built {manifest.count:,} images with {manifest.model['model_id']} (dim {manifest.dim}) "
         f"in {manifest.build_seconds:.0f} s",
         f"  embedding: {speed['images']:,} images this run at {speed['images_per_second']:.1f} images/s "
-        f"on {manifest.device}",
+        f"on {manifest.device}" + (f" ({speed['processes']} processes)" if speed.get("processes", 1) > 1 else ""),
         f"  skipped:   {len(manifest.skipped)} image(s)"
         + "".join(f"\n    {s.path}: {s.reason}" for s in manifest.skipped[:10])
         + (f"\n    ... and {len(manifest.skipped) - 10} more (see manifest.json)"
@@ -219,17 +334,24 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         f"{manifest.index.recall_at_5:.4f}",
     ]
     for name, result in manifest.evaluation.items():
+        if "text_to_image" not in result:
+            continue
         t2i = " ".join(f"{k} {v:.1f}" for k, v in result["text_to_image"].items())
         i2t = " ".join(f"{k} {v:.1f}" for k, v in result["image_to_text"].items())
         lines.append(f"  recall ({name}, {result['images']:,} images): text->image {t2i} | image->text {i2t}")
+    if by_category := manifest.evaluation.get("image_to_image_by_category"):
+        lines.append(f"  image->image by category ({by_category['queries_from']}, {by_category['images']:,} images): "
+                     + " ".join(f"{k} {by_category[k]:.1f}" for k in ("P@1", "P@5", "P@10", "mAP")))
     lines.append(f"  files:     {out.resolve()} ({sum(f.size for f in manifest.files.values()) / 2**20:.1f} MB)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    where = Ranks.from_env().label()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=f"%(asctime)s %(levelname)s {f'[{where}] ' if where else ''}%(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     try:
         run(args)
     except (BuildError, *USER_ERRORS) as error:

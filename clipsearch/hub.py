@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
 )
 
 from .gallery import Gallery
-from .manifest import MANIFEST, ArtifactError
+from .manifest import MANIFEST, ArtifactError, Manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -133,4 +133,13 @@ def _open(source: IndexSource, work_dir: Path) -> Gallery:
     # Thumbnails are materialised per build (keyed by the manifest's hash), so a rebuild never shows stale ones.
     manifest = source.folder / MANIFEST
     key = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "none"
+    if source.repo_id and source.folder.parent.name == "snapshots":
+        # A download in the HF cache: its snapshot folder only links into blobs/, and a blob that is still there is
+        # never fetched again, so deleting the snapshot folder alone would bring the same damaged bytes back.
+        listed = Manifest.read(source.folder)
+        try:
+            verify_files(source.folder, listed, work_dir)
+        except ArtifactError as error:
+            raise ArtifactError(f"{error} For this download that means deleting {source.folder.parent.parent} "
+                                "(the Hugging Face cache of the repo), then restarting.") from None
     return Gallery.open(source.folder, stamp_dir=work_dir, thumb_cache=work_dir / "thumbs" / key)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +19,16 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger than any camera photo, far smaller than a bomb
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
+# Decoding holds every pixel in memory at once, whatever the file size (3 bytes each: 300 MB for a 100-MP PNG of a
+# few hundred KB). At most two such big decodes run at a time per process, so a burst of big uploads (validators
+# decode outside the queue's concurrency limits) waits its turn instead of exhausting the Space's memory.
+BIG_DECODE_PIXELS = 16_000_000
+_big_decodes = threading.BoundedSemaphore(2)
+# PIL allocates pixels in 16 MB blocks by default: below glibc's largest mmap threshold (32 MB), so the memory of a
+# big decode stayed in that thread's malloc arena after it was freed (1.5 GB resident after six 81-MP decodes on six
+# request threads). In 64 MB blocks it is mapped and unmapped, back to the system as soon as the image is freed;
+# pictures smaller than a block still get exactly their own size.
+Image.core.set_block_size(max(Image.core.get_block_size(), 64 * 2**20))
 
 
 class ImageError(ValueError):
@@ -33,7 +45,8 @@ def open_image(
     """Open, check and fully decode an image into an upright RGB PIL image, or raise ImageError.
 
     draft_size lets JPEG decoding skip straight to the smallest DCT scale whose sides are both >= draft_size
-    (up to 8x less work for large photos); callers pass the smallest side they will need.
+    (up to 8x less work for large photos), and shrinks other huge pictures right after decoding (see _reduced);
+    callers pass the smallest side they will need.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -47,23 +60,43 @@ def open_image(
             f"The image is {width}x{height} pixels ({width * height / 1e6:.0f} MP); "
             f"the limit is {max_pixels / 1e6:.0f} MP. Please use a smaller image."
         )
-    try:
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        drafted = image.size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC chunks it can still decode
-            image.seek(0)  # animations: the first frame is the picture people expect
-            image.load()
-            image = ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_short(error)}).") \
-            from None
-    rgb = to_rgb(image)
+    owned = not isinstance(source, Image.Image)
+    if draft_size and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    big = image.size[0] * image.size[1] > BIG_DECODE_PIXELS
+    with _big_decodes if big else contextlib.nullcontext():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # PIL warns about odd EXIF/ICC chunks it can still decode
+                image.seek(0)  # animations: the first frame is the picture people expect
+                image.load()
+                drafted = image.size
+                if owned:  # upright, in place: no second full-size copy of an image we opened ourselves
+                    ImageOps.exif_transpose(image, in_place=True)
+                else:  # the caller's image stays as it is
+                    image = ImageOps.exif_transpose(image)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+            raise ImageError(f"The image file is damaged or truncated and could not be decoded ({_short(error)}).") \
+                from None
+        rotated = image.size != drafted
+        rgb = to_rgb(image)
+        if draft_size:
+            rgb = _reduced(rgb, draft_size)
     # The size of the upright original, before draft scaling: what the metadata reports as width x height.
-    rotated = rgb.size != drafted
     rgb.info["original_size"] = (height, width) if rotated else (width, height)
     return rgb
+
+
+def _reduced(image: Image.Image, draft_size: int) -> Image.Image:
+    """Shrink a huge decoded picture by a whole factor (box filter) while both sides stay >= 2 x draft_size, so it
+    does not stay huge in memory (a 100-MP PNG is 300 MB of RGB; a query needs 224 px). JPEG's draft mode already
+    decodes at a reduced scale; this does the same after decoding for every other format."""
+    factor = min(image.size) // (2 * draft_size)
+    if factor < 2:
+        return image
+    reduced = image.reduce(factor)
+    reduced.info = dict(image.info)
+    return reduced
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

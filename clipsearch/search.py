@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from .images import open_image
 
 MAX_K = 50
 MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
+TEXT_CACHE_SIZE = 1024  # recent text queries whose vectors are kept (2 KB each at 512 dims): repeats skip the model
 
 
 @dataclass
@@ -53,11 +56,24 @@ class Searcher:
         self._encode_text = MicroBatcher(lambda texts: list(encoder.encode_texts(texts)), text_batch, "text-encoder")
         self._encode_image = MicroBatcher(lambda images: list(encoder.encode_images(images)), image_batch,
                                           "image-encoder")
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see search_text
+        self._text_lock = threading.Lock()
 
     # --- queries --------------------------------------------------------------------------------------------------
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
         query, k = clean_text(text), check_k(k)
-        return self.search_vector(self._encode_text(query), k, query_text=query)
+        with self._text_lock:
+            vector = self._text_vectors.get(query)
+            if vector is not None:
+                self._text_vectors.move_to_end(query)
+        if vector is None:
+            # micro-batched with other visitors' queries; a copy, so the cache does not pin the whole batch
+            vector = np.array(self._encode_text(query), dtype=np.float32)
+            with self._text_lock:
+                self._text_vectors[query] = vector
+                while len(self._text_vectors) > TEXT_CACHE_SIZE:
+                    self._text_vectors.popitem(last=False)
+        return self.search_vector(vector, k, query_text=query)
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         k = check_k(k)

@@ -83,6 +83,17 @@ class QueryImage(gr.Image):
         return "image"  # rendered by the standard image component
 
 
+class QuerySlider(gr.Slider):
+    """gr.Slider for k that hands any value to our validators, which answer with the allowed range in a sentence
+    (gr.Slider's own range check would answer an API caller with a bare HTTP 400)."""
+
+    def preprocess(self, payload):
+        return payload
+
+    def get_block_name(self) -> str:
+        return "slider"
+
+
 def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
     return [(hit.thumbnail, f"{hit.score:.3f} · {hit.caption}") for hit in hits]
 
@@ -375,14 +386,14 @@ def build_ui(service: Service) -> gr.Blocks:
                     query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
                                        max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                     text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
-                text_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
+                text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
                 gr.Examples(EXAMPLE_QUERIES, inputs=query, label="Try")
             with gr.Tab("Image → Image") as image_tab:
                 with gr.Row():
                     picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
                                          label="Your image", height=260)
                     with gr.Column():
-                        image_k = gr.Slider(1, MAX_K, value=5, step=1, label="Number of results")
+                        image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
                         image_button = gr.Button("Find similar images", variant="primary")
                 gr.Examples(_example_images(searcher), inputs=picture, label="Or start from a gallery image")
             with gr.Tab("Map") as map_tab:
@@ -502,10 +513,31 @@ def _example_images(searcher, count: int = 6) -> list[str]:
     return [str(searcher.gallery.thumbnails.path(row)) for row in rows]
 
 
-def launch(demo: gr.Blocks, service: Service, **kwargs):
-    """Queue sized for a 2-vCPU Space: requests wait their turn (and are batched) instead of thrashing the CPU."""
-    demo.queue(default_concurrency_limit=1, max_size=128)
+def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs):
+    """Queue sized for a 2-vCPU Space: requests wait their turn (and are batched) instead of thrashing the CPU.
+
+    When `queue_size` requests are already waiting, the next one is turned away at once (HTTP 503 with Retry-After
+    and a sentence saying the search is busy; gradio_client raises QueueError, the browser says "busy, try again")
+    instead of waiting without end."""
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def busy(request, error: HTTPException):
+        if error.status_code == 503 and str(error.detail).startswith("Queue is full"):  # Gradio's queue, full
+            return JSONResponse({"detail": f"The search is busy right now ({queue_size} searches are waiting); "
+                                           "please try again in a few seconds."},
+                                status_code=503, headers={"Retry-After": "5"})
+        return await http_exception_handler(request, error)
+
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}), HTTPException: busy}
+    # Gradio keeps per-session state (a copy of every component's config, ~135 KB here) for its newest N sessions,
+    # and every raw-HTTP API call is a new session: its default of 10,000 held ~1.3 GB. 500 keeps it near 70 MB;
+    # a visitor whose session was dropped only loses "More results" paging (a sentence asks to search again).
+    kwargs.setdefault("state_session_capacity", 500)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo.launch(
         theme=gr.themes.Soft(), css=CSS, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],
-        max_file_size="25mb", show_error=True, **kwargs,
+        max_file_size="25mb", show_error=True, app_kwargs=app_kwargs, **kwargs,
     )

@@ -1,0 +1,517 @@
+"""Index scale curve: build time, memory, single-query p50 and recall@5 against exact search, from 10k to 10M vectors.
+
+    python benchmarks/scale_curve.py                                  # 10k, 123,287 (COCO) and 1M vectors
+    python benchmarks/scale_curve.py --sizes 10000,123287             # a quick look
+    python benchmarks/scale_curve.py --sizes 10000000                 # 10M: compressed indexes only (RAM)
+
+Writes benchmarks/results/scale_curve.md (the table) and scale_curve.png (p50 and recall@5 against size, drawn
+with PIL: no plotting dependency). Pass --no-write to only print.
+
+The vectors are synthetic but shaped like CLIP image embeddings, not uniform noise (on which every ANN index is
+at its worst): dim 512, L2-normalised, a mixture of 1,000 Gaussian clusters of uneven size around a shared mean
+direction (random pairs have cosine ~0.25), each cluster spread along its own 32-dimensional subspace plus
+isotropic noise. Queries are held-out points from the same mixture with a small perturbation (a new photo of a
+familiar scene). Ground truth is exact top-5 inner product over the whole set, streamed chunk by chunk.
+
+Candidates at each size: the exact `Flat` index (the builder's default), `HNSW32` (graph over the full vectors;
+efSearch tuned), and inverted lists with compressed codes, `IVF{nlist},SQ8` (8-bit, 4x smaller than fp32) and
+`IVF{nlist},SQfp16` (2x smaller), nlist ~ 4*sqrt(n), nprobe tuned (an HNSW coarse quantizer above 4,096 lists).
+A search parameter is tuned on 500 queries to the smallest value reaching recall@5 >= 0.985, then recall@5 and
+latency are measured on 1,000 other queries (the margin keeps held-out recall >= 0.98). Latency is one query at a
+time (nq=1, as the app runs them) on one FAISS thread: p50 and p95 of wall time, and p50 of the query's CPU time,
+which is what it costs on an idle core (on a shared machine, wall time also holds other processes' time slices).
+Memory is the serialised index size, which is what the app holds in RAM for it. An index is skipped where it
+would not fit in this machine's memory or would take hours to build on it (--flat-max, --hnsw-max); the table
+then gives an estimate from the biggest size it ran at, marked as one.
+
+The vectors are generated once for the biggest size into a memory-mapped scratch file (4 GB per million;
+--scratch to place it) and removed at the end. Run time on 2 cores: about 20 min for the default sizes; 10M adds
+about an hour and needs ~12 GB of free RAM for the compressed indexes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from faiss.contrib.clustering import two_level_clustering
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine  # noqa: E402
+
+DIM = 512
+K = 5
+TARGET_RECALL = 0.98
+TUNE_TARGET = 0.985  # tuned with a margin, so that recall on the held-out queries stays >= TARGET_RECALL
+TARGET_P50_MS = 10.0
+CHUNK = 250_000
+TUNE_QUERIES, EVAL_QUERIES = 500, 1000
+EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+class Synthetic:
+    """Clustered, anisotropic, L2-normalised vectors; row i of a size-N set is row i of every bigger set."""
+
+    def __init__(self, dim: int = DIM, clusters: int = 1000, rank: int = 32, spread: float = 0.9, noise: float = 0.35,
+                 shared: float = 0.6, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        mean = rng.standard_normal(dim)
+        mean /= np.linalg.norm(mean)
+        centers = rng.standard_normal((clusters, dim)) / math.sqrt(dim) + shared * mean
+        self.centers = torch.from_numpy((centers / np.linalg.norm(centers, axis=1, keepdims=True)).astype(np.float32))
+        decay = np.arange(1, rank + 1) ** -0.5  # a decaying spectrum within each cluster, as in real embeddings
+        decay *= spread / np.sqrt((decay ** 2).sum())
+        bases = rng.standard_normal((clusters, rank, dim)) / math.sqrt(dim) * decay[None, :, None]
+        self.bases = torch.from_numpy(bases.astype(np.float32))
+        self.weights = rng.dirichlet(np.full(clusters, 2.0))
+        self.dim, self.rank, self.noise = dim, rank, noise
+
+    def chunk(self, n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(n, self.weights)
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, self.dim, generator=generator) * (self.noise / math.sqrt(self.dim))
+        z = torch.randn(n, self.rank, generator=generator)
+        labels = torch.from_numpy(np.repeat(np.arange(len(counts)), counts))
+        x += self.centers[labels]
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for cluster in np.flatnonzero(counts):  # rows are grouped by cluster, each gets its own subspace
+            lo, hi = starts[cluster], starts[cluster + 1]
+            x[lo:hi] += z[lo:hi] @ self.bases[cluster]
+        x = torch.nn.functional.normalize(x, dim=1)
+        return x[torch.from_numpy(rng.permutation(n))].numpy()
+
+    def queries(self, n: int, jitter: float = 0.15) -> np.ndarray:
+        x = torch.from_numpy(self.chunk(n, seed=7))
+        x += torch.randn(x.shape, generator=torch.Generator().manual_seed(8)) * (jitter / math.sqrt(self.dim))
+        return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+# --- indexes -------------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    size: int
+    name: str
+    factory: str
+    params: str = ""
+    build_s: float | None = None
+    memory_mb: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    cpu_p50_ms: float | None = None
+    recall: float | None = None
+    note: str = ""
+
+    @property
+    def meets(self) -> bool:
+        return self.recall is not None and self.p50_ms is not None and \
+            self.recall >= TARGET_RECALL and self.p50_ms <= TARGET_P50_MS
+
+
+def nlist_for(n: int) -> int:
+    """About 4*sqrt(n) inverted lists, a power of two: ~250-1,000 vectors per list."""
+    return int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(n))))))
+
+
+def candidates(n: int) -> list[tuple[str, str, str, float]]:
+    """(name, FAISS factory, the search parameter to tune, bytes per vector in RAM, roughly).
+
+    Up to 4,096 lists the coarse quantizer is exact (0.3 ms per query at 4,096); beyond, an HNSW graph over the
+    centroids (adding 10M vectors to 16,384 exact centroids is ~170 TFLOP), searched with quantizer_efSearch
+    >= 2*nprobe: at its default of 16 it misses lists and caps recall (0.95 with every list probed).
+    """
+    nlist = nlist_for(n)
+    ivf = f"IVF{nlist}" if nlist <= 4096 else f"IVF{nlist}_HNSW32"
+    return [("Flat", "Flat", "", 4 * DIM), ("HNSW32", "HNSW32", "efSearch", 4 * DIM + 300),
+            ("IVF-SQ8", f"{ivf},SQ8", "nprobe", DIM + 8), ("IVF-SQfp16", f"{ivf},SQfp16", "nprobe", 2 * DIM + 8)]
+
+
+class Vectors:
+    """The synthetic gallery, generated once for the biggest size into a memory-mapped file and read as prefixes."""
+
+    def __init__(self, data: Synthetic, count: int, folder: Path, log):
+        self.path = folder / f"vectors-{count}.f32"
+        self.array = np.memmap(self.path, dtype=np.float32, mode="w+", shape=(count, DIM))
+        started = time.perf_counter()
+        for number, start in enumerate(range(0, count, CHUNK)):
+            stop = min(count, start + CHUNK)
+            self.array[start:stop] = data.chunk(CHUNK, seed=1000 + number)[:stop - start]
+            if number % 8 == 7:
+                log(f"generated {stop:,} of {count:,} vectors")
+        self.array.flush()
+        self.seconds = time.perf_counter() - started
+
+    def chunks(self, n: int):
+        for start in range(0, n, CHUNK):
+            yield np.ascontiguousarray(self.array[start:min(n, start + CHUNK)])
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def exact_top(vectors: Vectors, n: int, queries: np.ndarray) -> np.ndarray:
+    heap = faiss.ResultHeap(len(queries), K, keep_max=True)
+    offset = 0
+    for chunk in vectors.chunks(n):
+        exact = faiss.IndexFlatIP(DIM)
+        exact.add(chunk)
+        scores, ids = exact.search(queries, K)
+        heap.add_result(scores, np.where(ids >= 0, ids + offset, -1))
+        offset += len(chunk)
+    heap.finalize()
+    return heap.I
+
+
+def tune(index, knob: str, queries: np.ndarray, truth: np.ndarray) -> tuple[str, float]:
+    """The smallest setting of `knob` that reaches TUNE_TARGET on the tuning queries (else the largest tried)."""
+    params = faiss.ParameterSpace()
+    if knob == "efSearch":
+        grid = [f"efSearch={v}" for v in EF_SEARCH]
+    else:
+        ivf = faiss.extract_index_ivf(index)
+        graph = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+        grid = [f"nprobe={v}" + (f",quantizer_efSearch={max(64, 2 * v)}" if graph else "")
+                for v in NPROBE if v <= ivf.nlist]
+    best = ("", 0.0)
+    for setting in grid:
+        params.set_index_parameters(index, setting)
+        got = recall(index.search(queries, K)[1], truth)
+        best = (setting, got)
+        if got >= TUNE_TARGET:
+            break
+    return best
+
+
+def latencies(index, queries: np.ndarray, budget_s: float = 20.0) -> tuple[float, float, float]:
+    """Wall p50, wall p95 and CPU-time p50 of one-query searches, in ms; stops early on slow (exact, big) indexes.
+
+    One FAISS thread: a single query runs on one thread in Flat, HNSW and IVF alike, and OpenMP's fan-out only adds
+    wake-up jitter. CPU time is what the query costs on an idle core; wall time also holds the time slices other
+    processes took, which on a shared machine is most of the tail.
+    """
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        for q in queries[:5]:
+            index.search(q[None], K)
+        wall, cpu, started = [], [], time.perf_counter()
+        for q in queries:
+            t, c = time.perf_counter(), time.thread_time()
+            index.search(q[None], K)
+            wall.append((time.perf_counter() - t) * 1e3)
+            cpu.append((time.thread_time() - c) * 1e3)
+            if len(wall) >= 30 and time.perf_counter() - started > budget_s:
+                break
+    finally:
+        faiss.omp_set_num_threads(threads)
+    wall.sort()
+    return statistics.median(wall), wall[min(len(wall) - 1, int(0.95 * len(wall)))], statistics.median(cpu)
+
+
+def index_megabytes(index, folder: Path) -> float:
+    path = folder / "index.faiss"
+    faiss.write_index(index, str(path))
+    size = path.stat().st_size / 2**20
+    path.unlink()
+    return size
+
+
+def coarse_centroids(vectors: Vectors, n: int, nlist: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Inverted-list centroids trained on 40 gallery vectors per list (the first rows: their order is random).
+
+    Two-level k-means (sqrt(nlist) coarse clusters, then each split in proportion to its size) instead of FAISS's
+    flat k-means: at nlist=16,384 flat k-means over FAISS's default sample costs ~100 TFLOP, hours on 2 cores;
+    two-level costs ~1% of that for lists of near-equal quality. Centroids are normalised, as the vectors are
+    (spherical k-means, for inner product). Returns centroids, the training sample and the seconds it took.
+    """
+    started = time.perf_counter()
+    sample = np.ascontiguousarray(vectors.array[:min(n, 40 * nlist)])
+    centroids, _ = two_level_clustering(sample, int(math.sqrt(nlist)), nlist, clustering_niter=10)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    return centroids, sample, time.perf_counter() - started
+
+
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 2**62
+
+
+def run_size(n: int, vectors: Vectors, queries: np.ndarray, args, folder: Path, log) -> list[Row]:
+    started = time.perf_counter()
+    truth = exact_top(vectors, n, queries)
+    log(f"  {n:,}: exact top-{K} of {len(queries):,} queries in {time.perf_counter() - started:.0f} s")
+    tune_q, eval_q = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
+    tune_truth, eval_truth = truth[:TUNE_QUERIES], truth[TUNE_QUERIES:]
+    rows, coarse = [], None
+    for name, factory, knob, per_vector in candidates(n):
+        row = Row(n, name, factory)
+        rows.append(row)
+        need = n * per_vector * 1.15 + 2**30
+        if name == "Flat" and n > args.flat_max or name == "HNSW32" and n > args.hnsw_max:
+            row.note = f"not run (--{name.lower().replace('32', '')}-max): " + (
+                "fp32 vectors alone exceed this machine's RAM" if name == "Flat" else
+                "hours to build on 2 cores, and the fp32 vectors alone exceed this machine's RAM")
+            continue
+        if need > available_bytes():
+            row.note = f"not run: needs ~{need / 2**30:.0f} GiB, {available_bytes() / 2**30:.0f} GiB available"
+            continue
+        index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
+        build = 0.0
+        if not index.is_trained:
+            ivf = faiss.extract_index_ivf(index)
+            if coarse is None:
+                coarse = coarse_centroids(vectors, n, ivf.nlist)
+                log(f"  {n:,}: {ivf.nlist:,} list centroids from {len(coarse[1]):,} vectors in {coarse[2]:.0f} s")
+            started = time.perf_counter()
+            ivf.quantizer.add(coarse[0])
+            index.train(coarse[1])  # the quantizer is complete, so this trains the scalar quantizer only
+            build = coarse[2] + time.perf_counter() - started
+        for chunk in vectors.chunks(n):
+            started = time.perf_counter()
+            index.add(chunk)
+            build += time.perf_counter() - started
+        row.build_s = build
+        row.memory_mb = index_megabytes(index, folder)
+        if knob:
+            row.params, tuned = tune(index, knob, tune_q, tune_truth)
+            log(f"  {n:,}: {factory} tuned to {row.params} (recall {tuned:.4f} on the tuning queries)")
+            row.recall = recall(index.search(eval_q, K)[1], eval_truth)
+        else:
+            row.recall = 1.0  # exact search: the ground truth itself
+            row.note = "exact"
+        row.p50_ms, row.p95_ms, row.cpu_p50_ms = latencies(index, eval_q)
+        log(f"  {n:,}: {name} {row.params} recall@5 {row.recall:.4f} p50 {row.p50_ms:.2f} ms "
+            f"(cpu {row.cpu_p50_ms:.2f}) build {row.build_s:.0f} s {row.memory_mb:,.0f} MB")
+        del index
+    return rows
+
+
+def extrapolate(rows: list[Row]) -> None:
+    """For indexes not run at a size, an estimate from the biggest size they ran at, said to be one."""
+    for name in ("Flat", "HNSW32"):
+        ran = [r for r in rows if r.name == name and r.p50_ms is not None]
+        if not ran:
+            continue
+        base = max(ran, key=lambda r: r.size)
+        for row in rows:
+            if row.name != name or row.p50_ms is not None or row.size <= base.size or "estimate" in row.note:
+                continue
+            scale = row.size / base.size
+            if name == "Flat":  # a scan: time and memory grow linearly
+                row.note += (f"; estimate from {_short(base.size)}: p50 ≈ {base.cpu_p50_ms * scale:,.0f} ms, "
+                             f"{base.memory_mb * scale / 1024:,.0f} GiB")
+            else:  # graph build ~ n log n; search grows slowly (more efSearch)
+                hours = base.build_s * scale * math.log(row.size) / math.log(base.size) / 3600
+                row.note += (f"; estimate from {_short(base.size)}: build ≈ {hours:.1f} h here, "
+                             f"{base.memory_mb * scale / 1024:,.0f} GiB")
+
+
+# --- the builder's choice ------------------------------------------------------------------------------------------
+def recommended(n: int) -> str:
+    """This script's reading of its own table, used when builder.index has no choose_index: exact search while a
+    scan stays well under 10 ms on 2 cores (~0.09 ms per 1,000 vectors), then inverted lists with fp16 codes (no
+    measurable recall loss) while the index stays under ~2 GB, and 8-bit codes beyond (10M: 5 GB instead of 10)."""
+    if n <= 50_000:
+        return "Flat"
+    if n <= 2_000_000:
+        return "IVF-SQfp16"
+    return "IVF-SQ8"
+
+
+def builder_choice(n: int) -> tuple[str, str, str]:
+    """(factory, params, where the choice came from): builder.index.choose_index when the builder has one that
+    answers for a bare count, else this script's rule (its params are the ones tuned here)."""
+    try:
+        from builder.index import choose_index
+
+        choice = choose_index(n)
+    except Exception:  # noqa: BLE001 - not there yet, or a different signature: fall back, and say so
+        return {c[0]: c[1] for c in candidates(n)}[recommended(n)], "", "scale_curve.recommended"
+    if isinstance(choice, str):
+        return choice, "", "builder.index.choose_index"
+    if isinstance(choice, tuple):
+        return choice[0], str(choice[1]) if len(choice) > 1 else "", "builder.index.choose_index"
+    params = getattr(choice, "params", "") or getattr(choice, "search_params", "")
+    return str(getattr(choice, "factory", choice)), params, "builder.index.choose_index"
+
+
+# --- output --------------------------------------------------------------------------------------------------------
+def fmt(value, pattern: str) -> str:
+    return "—" if value is None else format(value, pattern)
+
+
+def markdown(rows: list[Row], seconds: float, sizes: list[int], choices: dict) -> str:
+    lines = [
+        "# Index scale curve",
+        "",
+        f"`python benchmarks/scale_curve.py --sizes {','.join(map(str, sizes))}` on {machine()}, "
+        f"{_ram_gib():.0f} GiB RAM, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} FAISS threads; "
+        f"{seconds / 60:.0f} min in all. Synthetic CLIP-like vectors (dim {DIM}, see the script's docstring), "
+        f"{EVAL_QUERIES} held-out perturbed queries; search parameters tuned on {TUNE_QUERIES} other queries to the "
+        f"smallest value reaching recall@5 >= {TUNE_TARGET}. p50/p95: wall time of one query at a time on one "
+        "FAISS thread; p50 CPU: that query's CPU time (what it costs on an idle core). "
+        f"Target for the builder's choice: recall@5 >= {TARGET_RECALL} and p50 <= {TARGET_P50_MS:g} ms.",
+        "",
+        "| vectors | index | FAISS factory | search params | build (s) | index size (MB) | p50 (ms) | p95 (ms) "
+        "| p50 CPU (ms) | recall@5 vs exact | meets target | note |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|:---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.size:,} | {row.name} | `{row.factory}` | {row.params or '—'} | {fmt(row.build_s, '.1f')} | "
+            f"{fmt(row.memory_mb, ',.0f')} | {fmt(row.p50_ms, '.2f')} | {fmt(row.p95_ms, '.2f')} | "
+            f"{fmt(row.cpu_p50_ms, '.2f')} | {fmt(row.recall, '.4f')} | "
+            f"{'yes' if row.meets else ('no' if row.recall is not None else '—')} | {row.note} |")
+    sources = sorted({source for _, _, source in choices.values()})
+    lines += ["", f"Builder's choice (from `{'`, `'.join(sources)}`): " + "; ".join(
+        f"{_short(n)} → `{factory}`" + (f" {params}" if params else "") for n, (factory, params, _) in choices.items())
+        + "."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    """Two panels, log-x: p50 latency (log-y) and recall@5, one line per index; PIL only."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width, height, pad = 1100, 480, 70
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=14)
+    colors = {"Flat": (31, 119, 180), "HNSW32": (214, 39, 40), "IVF-SQ8": (44, 160, 44),
+              "IVF-SQfp16": (148, 103, 189)}
+    measured = [r for r in rows if r.p50_ms is not None]
+    if not measured:
+        return
+    sizes = sorted({r.size for r in rows})
+    x_lo, x_hi = math.log10(min(sizes)) - 0.15, math.log10(max(sizes)) + 0.15
+    panels = [
+        ("p50 latency per query (ms, log)", lambda r: math.log10(r.p50_ms), _log_ticks(measured), 0),
+        ("recall@5 vs exact", lambda r: r.recall, [0.9, 0.92, 0.94, 0.96, 0.98, 1.0], 1),
+    ]
+    panel_w = (width - 3 * pad) // 2
+    for title, value, ticks, column in panels:
+        left, top, right, bottom = pad + column * (panel_w + pad), 40, pad + column * (panel_w + pad) + panel_w, \
+            height - 70
+        values = [value(r) for r in measured] + [t[0] if isinstance(t, tuple) else t for t in ticks]
+        y_lo, y_hi = min(values), max(values)
+        if column == 1:
+            y_lo = min(y_lo, 0.9)
+        span = (y_hi - y_lo) or 1.0
+        y_lo, y_hi = y_lo - 0.05 * span, y_hi + 0.05 * span
+
+        def to_xy(size, y, left=left, right=right, top=top, bottom=bottom, y_lo=y_lo, y_hi=y_hi):
+            return (left + (math.log10(size) - x_lo) / (x_hi - x_lo) * (right - left),
+                    bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+        draw.rectangle([left, top, right, bottom], outline="black")
+        draw.text((left, top - 22), title, fill="black", font=font)
+        for tick in ticks:
+            y, label = tick if isinstance(tick, tuple) else (tick, f"{tick:.2f}")
+            if y_lo <= y <= y_hi:
+                _, ty = to_xy(sizes[0], y)
+                draw.line([left, ty, right, ty], fill=(225, 225, 225))
+                draw.text((left - 8, ty), label, fill="black", font=font, anchor="rm")
+        target = math.log10(TARGET_P50_MS) if column == 0 else TARGET_RECALL
+        _, ty = to_xy(sizes[0], target)
+        draw.line([left, ty, right, ty], fill=(120, 120, 120), width=2)
+        draw.text((right - 4, ty - 4), "target", fill=(90, 90, 90), font=font, anchor="rb")
+        for size in sizes:
+            tx, _ = to_xy(size, y_lo)
+            draw.line([tx, bottom, tx, bottom + 5], fill="black")
+            draw.text((tx, bottom + 8), _short(size), fill="black", font=font, anchor="mt")
+        draw.text(((left + right) / 2, bottom + 30), "vectors (log scale)", fill="black", font=font, anchor="mt")
+        for name, color in colors.items():
+            points = [to_xy(r.size, value(r)) for r in sorted(measured, key=lambda r: r.size) if r.name == name]
+            if len(points) > 1:
+                draw.line(points, fill=color, width=3)
+            for px, py in points:
+                draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=color)
+    for number, (name, color) in enumerate(colors.items()):
+        x = pad + number * 160
+        draw.rectangle([x, height - 22, x + 14, height - 8], fill=color)
+        draw.text((x + 20, height - 15), name, fill="black", font=font, anchor="lm")
+    image.save(path, optimize=True)
+
+
+def _log_ticks(rows: list[Row]) -> list[tuple[float, str]]:
+    lo = math.floor(math.log10(min(r.p50_ms for r in rows)))
+    hi = math.ceil(math.log10(max(r.p50_ms for r in rows)))
+    return [(e, f"{10.0 ** e:g}") for e in range(lo, hi + 1)]
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k"
+
+
+def _ram_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,123287,1000000", help="comma-separated vector counts")
+    parser.add_argument("--flat-max", type=int, default=2_000_000, help="largest size for the exact index (RAM)")
+    parser.add_argument("--hnsw-max", type=int, default=2_000_000, help="largest size to build HNSW32 at (time)")
+    parser.add_argument("--scratch", default=None, help="folder for the memory-mapped vectors (4 GB per 1M; "
+                        "default: the system temp folder); removed at the end")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f} s] {message}", flush=True)
+
+    data = Synthetic()
+    queries = data.queries(TUNE_QUERIES + EVAL_QUERIES)
+    rows: list[Row] = []
+    choices: dict[int, tuple[str, str, str]] = {}
+    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+        vectors = Vectors(data, max(sizes), Path(scratch), log)
+        log(f"generated {max(sizes):,} vectors in {vectors.seconds:.0f} s")
+        for n in sizes:
+            log(f"{n:,} vectors")
+            measured = run_size(n, vectors, queries, args, Path(scratch), log)
+            choices[n] = builder_choice(n)
+            auto = next((r for r in measured if r.factory == choices[n][0]), None)
+            if auto is not None:
+                auto.note = "**builder's choice**" + ("; " + auto.note if auto.note else "")
+            rows.extend(measured)
+            if n != sizes[-1]:
+                write(rows, choices, time.perf_counter() - started, sizes, args, final=False)  # kept if 10M fails
+        del vectors
+    write(rows, choices, time.perf_counter() - started, sizes, args, final=True)
+    return 0
+
+
+def write(rows: list[Row], choices: dict, seconds: float, sizes: list[int], args, final: bool) -> None:
+    extrapolate(rows)
+    table = markdown(rows, seconds, sizes, choices)
+    if final:
+        print(table)
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "scale_curve.md").write_text(table if final else table + "\n(partial: still running)\n")
+        plot(rows, RESULTS / "scale_curve.png")
+        if final:
+            print(f"wrote {RESULTS / 'scale_curve.md'} and {RESULTS / 'scale_curve.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
