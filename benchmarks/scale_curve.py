@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -56,6 +57,7 @@ TUNE_TARGET = 0.985  # tuned with a margin, so that recall on the held-out queri
 TARGET_P50_MS = 10.0
 CHUNK = 250_000
 TUNE_QUERIES, EVAL_QUERIES = 500, 1000
+CHOICE = "**builder's choice**"
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -126,17 +128,29 @@ def nlist_for(n: int) -> int:
     return int(min(65536, max(64, 2 ** round(math.log2(4 * math.sqrt(n))))))
 
 
-def candidates(n: int) -> list[tuple[str, str, str, float]]:
-    """(name, FAISS factory, the search parameter to tune, bytes per vector in RAM, roughly).
+CANDIDATES = ("Flat", "auto", "HNSW32", "IVF-SQ8", "IVF-SQfp16")
+DEFAULT_CANDIDATES = "Flat,auto,IVF-SQ8,IVF-SQfp16"
 
-    Up to 4,096 lists the coarse quantizer is exact (0.3 ms per query at 4,096); beyond, an HNSW graph over the
-    centroids (adding 10M vectors to 16,384 exact centroids is ~170 TFLOP), searched with quantizer_efSearch
-    >= 2*nprobe: at its default of 16 it misses lists and caps recall (0.95 with every list probed).
+
+def candidates(n: int, auto: tuple[str, str, str], wanted: list[str]) -> list[tuple[str, str, str, float]]:
+    """(name, FAISS factory, the search parameter to tune or "=PARAMS" to use as given, bytes per vector in RAM).
+
+    "auto" is the builder's own choice for n (builder_choice), built as build_index builds it and searched with
+    its parameters as given; it is left out where another candidate is the same index. HNSW32 is FAISS's default
+    graph (efConstruction 40). Up to 4,096 lists the IVF coarse quantizer is exact (0.3 ms per query at 4,096);
+    beyond, an HNSW graph over the centroids (adding 10M vectors to 16,384 exact centroids is ~170 TFLOP), searched
+    with quantizer_efSearch >= 2*nprobe: at its default of 16 it misses lists and caps recall (0.95 with every
+    list probed).
     """
     nlist = nlist_for(n)
     ivf = f"IVF{nlist}" if nlist <= 4096 else f"IVF{nlist}_HNSW32"
-    return [("Flat", "Flat", "", 4 * DIM), ("HNSW32", "HNSW32", "efSearch", 4 * DIM + 300),
+    rows = [("Flat", "Flat", "", 4 * DIM), ("HNSW32", "HNSW32", "efSearch", 4 * DIM + 300),
             ("IVF-SQ8", f"{ivf},SQ8", "nprobe", DIM + 8), ("IVF-SQfp16", f"{ivf},SQfp16", "nprobe", 2 * DIM + 8)]
+    factory, params, _ = auto
+    if factory not in {r[1] for r in rows} or params:
+        code = 2 * DIM if "SQfp16" in factory else DIM if "SQ8" in factory else 4 * DIM
+        rows.insert(1, ("auto", factory, "=" + params, code + (300 if factory.startswith("HNSW") else 8)))
+    return [r for r in rows if r[0] in wanted]
 
 
 class Vectors:
@@ -252,43 +266,59 @@ def available_bytes() -> int:
     return 2**62
 
 
-def run_size(n: int, vectors: Vectors, queries: np.ndarray, args, folder: Path, log) -> list[Row]:
+def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str, str], args, folder: Path,
+             log) -> list[Row]:
     started = time.perf_counter()
     truth = exact_top(vectors, n, queries)
     log(f"  {n:,}: exact top-{K} of {len(queries):,} queries in {time.perf_counter() - started:.0f} s")
     tune_q, eval_q = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
     tune_truth, eval_truth = truth[:TUNE_QUERIES], truth[TUNE_QUERIES:]
-    rows, coarse = [], None
-    for name, factory, knob, per_vector in candidates(n):
+    rows, coarse = [], {}
+    for name, factory, knob, per_vector in candidates(n, auto, args.candidates):
         row = Row(n, name, factory)
         rows.append(row)
         need = n * per_vector * 1.15 + 2**30
-        if name == "Flat" and n > args.flat_max or name == "HNSW32" and n > args.hnsw_max:
-            row.note = f"not run (--{name.lower().replace('32', '')}-max): " + (
+        graph = factory.startswith("HNSW")
+        if name == "Flat" and n > args.flat_max or graph and n > args.hnsw_max:
+            row.note = f"not run (--{'flat' if name == 'Flat' else 'hnsw'}-max): " + (
                 "fp32 vectors alone exceed this machine's RAM" if name == "Flat" else
-                "hours to build on 2 cores, and the fp32 vectors alone exceed this machine's RAM")
+                "hours to build on 2 cores" + (", and the fp32 vectors alone exceed this machine's RAM"
+                                               if per_vector >= 4 * DIM else ""))
             continue
         if need > available_bytes():
             row.note = f"not run: needs ~{need / 2**30:.0f} GiB, {available_bytes() / 2**30:.0f} GiB available"
             continue
         index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
         build = 0.0
+        if graph and name == "auto":  # as build_index builds it
+            index.hnsw.efConstruction = max(index.hnsw.efConstruction, _builder_ef_construction())
         if not index.is_trained:
             ivf = faiss.extract_index_ivf(index)
-            if coarse is None:
-                coarse = coarse_centroids(vectors, n, ivf.nlist)
-                log(f"  {n:,}: {ivf.nlist:,} list centroids from {len(coarse[1]):,} vectors in {coarse[2]:.0f} s")
+            if ivf.nlist not in coarse:
+                coarse[ivf.nlist] = coarse_centroids(vectors, n, ivf.nlist)
+                log(f"  {n:,}: {ivf.nlist:,} list centroids from {len(coarse[ivf.nlist][1]):,} vectors in "
+                    f"{coarse[ivf.nlist][2]:.0f} s")
+            centroids, sample, seconds = coarse[ivf.nlist]
             started = time.perf_counter()
-            ivf.quantizer.add(coarse[0])
-            index.train(coarse[1])  # the quantizer is complete, so this trains the scalar quantizer only
-            build = coarse[2] + time.perf_counter() - started
-        for chunk in vectors.chunks(n):
+            ivf.quantizer.add(centroids)
+            index.train(sample)  # the quantizer is complete, so this trains the codes only (if they need it)
+            build = seconds + time.perf_counter() - started
+        for number, chunk in enumerate(vectors.chunks(n)):
             started = time.perf_counter()
             index.add(chunk)
             build += time.perf_counter() - started
+            if graph and number % 4 == 3:
+                log(f"  {n:,}: {factory} {(number + 1) * CHUNK:,} vectors added, {build:.0f} s")
         row.build_s = build
         row.memory_mb = index_megabytes(index, folder)
-        if knob:
+        if knob.startswith("="):
+            row.params = knob[1:]
+            if row.params:
+                faiss.ParameterSpace().set_index_parameters(index, row.params)
+            row.note = "as the builder builds it" + (f" (efConstruction {index.hnsw.efConstruction})"
+                                                     if graph else "") + "; params as given, not tuned"
+            row.recall = recall(index.search(eval_q, K)[1], eval_truth)
+        elif knob:
             row.params, tuned = tune(index, knob, tune_q, tune_truth)
             log(f"  {n:,}: {factory} tuned to {row.params} (recall {tuned:.4f} on the tuning queries)")
             row.recall = recall(index.search(eval_q, K)[1], eval_truth)
@@ -296,30 +326,38 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, args, folder: Path, 
             row.recall = 1.0  # exact search: the ground truth itself
             row.note = "exact"
         row.p50_ms, row.p95_ms, row.cpu_p50_ms = latencies(index, eval_q)
-        log(f"  {n:,}: {name} {row.params} recall@5 {row.recall:.4f} p50 {row.p50_ms:.2f} ms "
+        log(f"  {n:,}: {name} {factory} {row.params} recall@5 {row.recall:.4f} p50 {row.p50_ms:.2f} ms "
             f"(cpu {row.cpu_p50_ms:.2f}) build {row.build_s:.0f} s {row.memory_mb:,.0f} MB")
         del index
     return rows
 
 
+def _builder_ef_construction() -> int:
+    try:
+        from builder.index import HNSW_EF_CONSTRUCTION
+    except ImportError:
+        return 40
+    return int(HNSW_EF_CONSTRUCTION)
+
+
 def extrapolate(rows: list[Row]) -> None:
-    """For indexes not run at a size, an estimate from the biggest size they ran at, said to be one."""
-    for name in ("Flat", "HNSW32"):
-        ran = [r for r in rows if r.name == name and r.p50_ms is not None]
+    """For indexes not run at a size, an estimate from the biggest size the same index ran at, said to be one."""
+    for row in rows:
+        if row.p50_ms is not None or "estimate" in row.note or not (row.name == "Flat" or "HNSW" in row.factory):
+            continue
+        ran = [r for r in rows if r.factory.split("IVF")[0] == row.factory.split("IVF")[0] and r.name == row.name
+               and r.p50_ms is not None and r.size < row.size]
         if not ran:
             continue
         base = max(ran, key=lambda r: r.size)
-        for row in rows:
-            if row.name != name or row.p50_ms is not None or row.size <= base.size or "estimate" in row.note:
-                continue
-            scale = row.size / base.size
-            if name == "Flat":  # a scan: time and memory grow linearly
-                row.note += (f"; estimate from {_short(base.size)}: p50 ≈ {base.cpu_p50_ms * scale:,.0f} ms, "
-                             f"{base.memory_mb * scale / 1024:,.0f} GiB")
-            else:  # graph build ~ n log n; search grows slowly (more efSearch)
-                hours = base.build_s * scale * math.log(row.size) / math.log(base.size) / 3600
-                row.note += (f"; estimate from {_short(base.size)}: build ≈ {hours:.1f} h here, "
-                             f"{base.memory_mb * scale / 1024:,.0f} GiB")
+        scale = row.size / base.size
+        memory = base.memory_mb * scale
+        size = f"{memory / 1024:,.1f} GiB" if memory >= 1024 else f"{memory:,.0f} MB"
+        if row.name == "Flat":  # a scan: time and memory grow linearly
+            row.note += f"; estimate from {_short(base.size)}: p50 CPU ≈ {base.cpu_p50_ms * scale:,.0f} ms, {size}"
+        else:  # graph build ~ n log n
+            hours = base.build_s * scale * math.log(row.size) / math.log(base.size) / 3600
+            row.note += f"; estimate from {_short(base.size)}: build ≈ {hours:.1f} h here, {size}"
 
 
 # --- the builder's choice ------------------------------------------------------------------------------------------
@@ -356,17 +394,22 @@ def fmt(value, pattern: str) -> str:
     return "—" if value is None else format(value, pattern)
 
 
-def markdown(rows: list[Row], seconds: float, sizes: list[int], choices: dict) -> str:
+def markdown(rows: list[Row], runs: list[str], choices: dict) -> str:
     lines = [
         "# Index scale curve",
         "",
-        f"`python benchmarks/scale_curve.py --sizes {','.join(map(str, sizes))}` on {machine()}, "
-        f"{_ram_gib():.0f} GiB RAM, faiss {faiss.__version__}, {faiss.omp_get_max_threads()} FAISS threads; "
-        f"{seconds / 60:.0f} min in all. Synthetic CLIP-like vectors (dim {DIM}, see the script's docstring), "
-        f"{EVAL_QUERIES} held-out perturbed queries; search parameters tuned on {TUNE_QUERIES} other queries to the "
-        f"smallest value reaching recall@5 >= {TUNE_TARGET}. p50/p95: wall time of one query at a time on one "
-        "FAISS thread; p50 CPU: that query's CPU time (what it costs on an idle core). "
+        f"On {machine()}, {_ram_gib():.0f} GiB RAM, faiss {faiss.__version__}; the machine was shared with other "
+        "work while these ran, so wall times (build, p50, p95) are noisy and CPU times are the steadier figure. "
+        f"Synthetic CLIP-like vectors (dim {DIM}, see the script's docstring), {EVAL_QUERIES} held-out perturbed "
+        f"queries; search parameters tuned on {TUNE_QUERIES} other queries to the smallest value reaching recall@5 "
+        f">= {TUNE_TARGET}, except the builder's own choice (\"auto\"), searched with its parameters as given. "
+        "p50/p95: wall time of one query at a time on one FAISS thread; p50 CPU: that query's CPU time (what it "
+        "costs on an idle core). Index size: the serialised index, what the app holds in RAM for it (the app also "
+        "keeps embeddings.npy, 2 KB per vector). "
         f"Target for the builder's choice: recall@5 >= {TARGET_RECALL} and p50 <= {TARGET_P50_MS:g} ms.",
+        "",
+        "Runs:",
+        *[f"- {run}" for run in runs],
         "",
         "| vectors | index | FAISS factory | search params | build (s) | index size (MB) | p50 (ms) | p95 (ms) "
         "| p50 CPU (ms) | recall@5 vs exact | meets target | note |",
@@ -393,8 +436,9 @@ def plot(rows: list[Row], path: Path) -> None:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=14)
-    colors = {"Flat": (31, 119, 180), "HNSW32": (214, 39, 40), "IVF-SQ8": (44, 160, 44),
+    colors = {"Flat": (31, 119, 180), "auto": (255, 127, 14), "HNSW32": (214, 39, 40), "IVF-SQ8": (44, 160, 44),
               "IVF-SQfp16": (148, 103, 189)}
+    colors = {name: color for name, color in colors.items() if any(r.name == name for r in rows)}
     measured = [r for r in rows if r.p50_ms is not None]
     if not measured:
         return
@@ -430,7 +474,7 @@ def plot(rows: list[Row], path: Path) -> None:
         target = math.log10(TARGET_P50_MS) if column == 0 else TARGET_RECALL
         _, ty = to_xy(sizes[0], target)
         draw.line([left, ty, right, ty], fill=(120, 120, 120), width=2)
-        draw.text((right - 4, ty - 4), "target", fill=(90, 90, 90), font=font, anchor="rb")
+        draw.text((left + 6, ty - 4), "target", fill=(90, 90, 90), font=font, anchor="lb")
         for size in sizes:
             tx, _ = to_xy(size, y_lo)
             draw.line([tx, bottom, tx, bottom + 5], fill="black")
@@ -456,7 +500,7 @@ def _log_ticks(rows: list[Row]) -> list[tuple[float, str]]:
 
 
 def _short(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}k"
+    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
 def _ram_gib() -> float:
@@ -466,14 +510,23 @@ def _ram_gib() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,123287,1000000", help="comma-separated vector counts")
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
+                        help=f"indexes to measure, from {','.join(CANDIDATES)} (default %(default)s)")
     parser.add_argument("--flat-max", type=int, default=2_000_000, help="largest size for the exact index (RAM)")
-    parser.add_argument("--hnsw-max", type=int, default=2_000_000, help="largest size to build HNSW32 at (time)")
+    parser.add_argument("--hnsw-max", type=int, default=2_000_000, help="largest size to build HNSW graphs at (time)")
     parser.add_argument("--scratch", default=None, help="folder for the memory-mapped vectors (4 GB per 1M; "
                         "default: the system temp folder); removed at the end")
+    parser.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in "
+                        "scale_curve.md (e.g. a separate 10M run) and replace those of --sizes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
+    args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if unknown := set(args.candidates) - set(CANDIDATES):
+        parser.error(f"--candidates: unknown {', '.join(sorted(unknown))} (choose from {', '.join(CANDIDATES)})")
     started = time.perf_counter()
+    measuring = {(n, c[0]) for n in sizes for c in candidates(n, builder_choice(n), args.candidates)}
+    kept, runs = read_table(RESULTS / "scale_curve.md", measuring) if args.merge else ([], [])
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f} s] {message}", flush=True)
@@ -481,28 +534,35 @@ def main(argv: list[str] | None = None) -> int:
     data = Synthetic()
     queries = data.queries(TUNE_QUERIES + EVAL_QUERIES)
     rows: list[Row] = []
-    choices: dict[int, tuple[str, str, str]] = {}
+    run = f"`python benchmarks/scale_curve.py --sizes {','.join(map(str, sizes))}`"
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         vectors = Vectors(data, max(sizes), Path(scratch), log)
         log(f"generated {max(sizes):,} vectors in {vectors.seconds:.0f} s")
         for n in sizes:
             log(f"{n:,} vectors")
-            measured = run_size(n, vectors, queries, args, Path(scratch), log)
-            choices[n] = builder_choice(n)
-            auto = next((r for r in measured if r.factory == choices[n][0]), None)
-            if auto is not None:
-                auto.note = "**builder's choice**" + ("; " + auto.note if auto.note else "")
-            rows.extend(measured)
-            if n != sizes[-1]:
-                write(rows, choices, time.perf_counter() - started, sizes, args, final=False)  # kept if 10M fails
+            rows.extend(run_size(n, vectors, queries, builder_choice(n), args, Path(scratch), log))
+            if n != sizes[-1]:  # kept if a later size fails
+                write(kept + rows, runs + [f"{run} (running)"], args, final=False)
         del vectors
-    write(rows, choices, time.perf_counter() - started, sizes, args, final=True)
+    minutes = (time.perf_counter() - started) / 60
+    write(kept + rows, runs + [f"{run}: {minutes:.0f} min, {time.strftime('%Y-%m-%d')}"], args, final=True)
     return 0
 
 
-def write(rows: list[Row], choices: dict, seconds: float, sizes: list[int], args, final: bool) -> None:
+def write(rows: list[Row], runs: list[str], args, final: bool) -> None:
+    rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
+    choices = {n: builder_choice(n) for n in sorted({r.size for r in rows})}
+    for row in rows:  # mark the builder's choice (again: a merged table may predate the current rule)
+        row.note = row.note.replace(CHOICE + "; ", "").replace(CHOICE, "")
+        factory, params, _ = choices[row.size]
+        if row.factory == factory and (row.name == "auto" or not params):
+            row.note = CHOICE + ("; " + row.note if row.note else "")
+    for n, (factory, params, _) in choices.items():  # a merged size measured before this choice existed
+        if not any(r.size == n and CHOICE in r.note for r in rows):
+            rows.append(Row(n, "auto", factory, params, note=CHOICE + "; not run at this size in these runs"))
+    rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
     extrapolate(rows)
-    table = markdown(rows, seconds, sizes, choices)
+    table = markdown(rows, runs, choices)
     if final:
         print(table)
     if not args.no_write:
@@ -511,6 +571,34 @@ def write(rows: list[Row], choices: dict, seconds: float, sizes: list[int], args
         plot(rows, RESULTS / "scale_curve.png")
         if final:
             print(f"wrote {RESULTS / 'scale_curve.md'} and {RESULTS / 'scale_curve.png'}")
+
+
+def read_table(path: Path, replaced: set[tuple[int, str]]) -> tuple[list[Row], list[str]]:
+    """The rows of an earlier scale_curve.md that this run does not measure again (by size and index), and the
+    runs that made them."""
+    if not path.exists():
+        return [], []
+    text = path.read_text()
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 12 or not cells[0].replace(",", "").isdigit():
+            continue
+        size = int(cells[0].replace(",", ""))
+        if (size, cells[1]) in replaced:
+            continue
+        numbers = [None if c in ("—", "") else float(c.replace(",", "")) for c in cells[4:10]]
+        note = cells[11].split("; estimate from")[0]
+        if "not run at this size in these runs" in note:
+            continue  # a placeholder, made again if still needed
+        rows.append(Row(size, cells[1], cells[2].strip("`"), "" if cells[3] == "—" else cells[3], *numbers,
+                        note=note))
+    runs = [line[2:] for line in text.splitlines() if line.startswith("- `python benchmarks/scale_curve.py")]
+    for old in re.finditer(r"(`python benchmarks/scale_curve.py --sizes [\d,]+`) on .*?; (\d+) min in all", text):
+        runs.append(f"{old.group(1)}: {old.group(2)} min")  # the first format of this file
+    kept_sizes = {r.size for r in rows}
+    runs = [r for r in runs if kept_sizes & {int(x) for x in r.split("--sizes ")[1].split("`")[0].split(",")}]
+    return rows, runs
 
 
 if __name__ == "__main__":

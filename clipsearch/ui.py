@@ -83,6 +83,16 @@ class QueryImage(gr.Image):
         return "image"  # rendered by the standard image component
 
 
+class QueryNumber(gr.Number):
+    """gr.Number that hands any value to our validators (see QuerySlider)."""
+
+    def preprocess(self, payload):
+        return payload
+
+    def get_block_name(self) -> str:
+        return "number"
+
+
 class QuerySlider(gr.Slider):
     """gr.Slider for k that hands any value to our validators, which answer with the allowed range in a sentence
     (gr.Slider's own range check would answer an API caller with a bare HTTP 400)."""
@@ -224,7 +234,11 @@ def build_ui(service: Service) -> gr.Blocks:
 
     def validate_similar(image_id, k):
         def known():
-            if image_id is None or gallery.row_of(int(image_id)) is None:
+            try:
+                row = gallery.row_of(int(image_id)) if image_id is not None else None
+            except (TypeError, ValueError):
+                row = None
+            if row is None:
                 raise QueryError("Pick a result first, then ask for more like it.")
         return [_check(known), _check(lambda: check_k(k))]
 
@@ -288,6 +302,7 @@ def build_ui(service: Service) -> gr.Blocks:
         return _outputs(lambda: _run(query, categories, match_all, splits, shape, k, page, more_like, less_like)[0])
 
     def _run(query: Query, categories, match_all, splits, shape: dict, k, page, more_like=None, less_like=None):
+        k = check_k(k)
         vector, text = compose(searcher, query)
         if more_like or less_like:
             vector = with_feedback(searcher, vector, more_like, less_like)
@@ -448,8 +463,8 @@ def build_ui(service: Service) -> gr.Blocks:
                 details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
                 with gr.Row():
                     more = gr.Button("More like this", visible=False, variant="secondary", size="sm")
-                selected = gr.Number(visible=False, precision=0, label="image id")
-                similar_k = gr.Number(visible=False, value=5, precision=0, label="k")
+                selected = QueryNumber(visible=False, precision=0, label="image id")
+                similar_k = QueryNumber(visible=False, value=5, precision=0, label="k")
 
         refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse,
                   diversity, min_score]
@@ -479,7 +494,7 @@ def build_ui(service: Service) -> gr.Blocks:
                          api_name="search", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         more.click(fn=search_similar, inputs=[selected, similar_k], outputs=[results, hits],
                    validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY,
-                   ).then(similar_state, [selected, similar_k], [last_query, next_page], api_visibility="private")
+                   ).success(similar_state, [selected, similar_k], [last_query, next_page], api_visibility="private")
         # Results belong to the search tabs: the About tab hides them.
         about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
         if embedding_map is not None:
