@@ -28,28 +28,15 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import _detect_agent
 
 TOKEN = "hf_test_write_token"
 REPO = "tester/dataset"
 
 
 @pytest.fixture(autouse=True)
-def _hermetic_hf(monkeypatch, tmp_path):
-    """Isolate the client from the machine: no Xet, not offline, no stored/env token, no agent-registry fetch.
-
-    huggingface_hub reads HF_HUB_DISABLE_XET / HF_HUB_OFFLINE / HF_TOKEN_PATH at import time, so the
-    module constants are patched as well as the environment (see the header of hub_server.py).
-    """
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-stored-tokens"))
-    # Otherwise the first header build fetches {ENDPOINT}/api/agent-harnesses and caches it under HF_HOME.
-    monkeypatch.setattr(_detect_agent, "_registry", {"standardEnvVars": [], "harnesses": {}})
+def _hermetic(hermetic_hf):
+    """Every test here runs the real client isolated from this machine (conftest.hermetic_hf)."""
+    return hermetic_hf
 
 
 @pytest.fixture
