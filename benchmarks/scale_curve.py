@@ -32,6 +32,7 @@ about an hour and needs ~12 GB of free RAM for the compressed indexes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import re
@@ -46,6 +47,7 @@ import faiss
 import numpy as np
 import torch
 from faiss.contrib.clustering import two_level_clustering
+from faiss.contrib.ivf_tools import add_preassigned
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine  # noqa: E402
@@ -58,6 +60,7 @@ TARGET_P50_MS = 10.0
 CHUNK = 250_000
 TUNE_QUERIES, EVAL_QUERIES = 500, 1000
 CHOICE = "**builder's choice**"
+ASSIGN_EF_SEARCH = 128  # HNSW coarse quantizer's efSearch when adding vectors to lists (see add_to_lists)
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 RESULTS = ROOT / "benchmarks" / "results"
@@ -154,11 +157,24 @@ def candidates(n: int, auto: tuple[str, str, str], wanted: list[str]) -> list[tu
 
 
 class Vectors:
-    """The synthetic gallery, generated once for the biggest size into a memory-mapped file and read as prefixes."""
+    """The synthetic gallery, generated once for the biggest size into a memory-mapped file and read as prefixes.
+
+    In a --scratch folder the file is kept and reused by later runs (any kept file at least as big will do: the
+    data are deterministic and every size is a prefix of the bigger ones), as are the exact top-5 answers.
+    """
 
     def __init__(self, data: Synthetic, count: int, folder: Path, log):
+        self.folder, self.seconds = folder, 0.0
+        kept = sorted((int(f.stem.split("-")[1]), f) for f in folder.glob("vectors-*.f32"))
+        kept = [(have, f) for have, f in kept if have >= count and f.stat().st_size == have * DIM * 4]
+        if kept:
+            have, self.path = kept[0]
+            self.array = np.memmap(self.path, dtype=np.float32, mode="r", shape=(have, DIM))
+            log(f"reusing {have:,} vectors from {self.path}")
+            return
         self.path = folder / f"vectors-{count}.f32"
-        self.array = np.memmap(self.path, dtype=np.float32, mode="w+", shape=(count, DIM))
+        partial = self.path.with_suffix(".partial")
+        self.array = np.memmap(partial, dtype=np.float32, mode="w+", shape=(count, DIM))
         started = time.perf_counter()
         for number, start in enumerate(range(0, count, CHUNK)):
             stop = min(count, start + CHUNK)
@@ -166,6 +182,7 @@ class Vectors:
             if number % 8 == 7:
                 log(f"generated {stop:,} of {count:,} vectors")
         self.array.flush()
+        os.replace(partial, self.path)
         self.seconds = time.perf_counter() - started
 
     def chunks(self, n: int):
@@ -178,6 +195,9 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def exact_top(vectors: Vectors, n: int, queries: np.ndarray) -> np.ndarray:
+    cached = vectors.folder / f"truth-{n}-{len(queries)}.npy"
+    if cached.exists():
+        return np.load(cached)
     heap = faiss.ResultHeap(len(queries), K, keep_max=True)
     offset = 0
     for chunk in vectors.chunks(n):
@@ -187,6 +207,7 @@ def exact_top(vectors: Vectors, n: int, queries: np.ndarray) -> np.ndarray:
         heap.add_result(scores, np.where(ids >= 0, ids + offset, -1))
         offset += len(chunk)
     heap.finalize()
+    np.save(cached, heap.I)
     return heap.I
 
 
@@ -298,17 +319,19 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
                 coarse[ivf.nlist] = coarse_centroids(vectors, n, ivf.nlist)
                 log(f"  {n:,}: {ivf.nlist:,} list centroids from {len(coarse[ivf.nlist][1]):,} vectors in "
                     f"{coarse[ivf.nlist][2]:.0f} s")
-            centroids, sample, seconds = coarse[ivf.nlist]
+            centroids, sample, seconds = coarse[ivf.nlist][:3]
             started = time.perf_counter()
             ivf.quantizer.add(centroids)
             index.train(sample)  # the quantizer is complete, so this trains the codes only (if they need it)
             build = seconds + time.perf_counter() - started
-        for number, chunk in enumerate(vectors.chunks(n)):
-            started = time.perf_counter()
-            index.add(chunk)
-            build += time.perf_counter() - started
-            if graph and number % 4 == 3:
-                log(f"  {n:,}: {factory} {(number + 1) * CHUNK:,} vectors added, {build:.0f} s")
+            build += add_to_lists(index, vectors, n, coarse, log)
+        else:
+            for number, chunk in enumerate(vectors.chunks(n)):
+                started = time.perf_counter()
+                index.add(chunk)
+                build += time.perf_counter() - started
+                if graph and number % 4 == 3:
+                    log(f"  {n:,}: {factory} {(number + 1) * CHUNK:,} vectors added, {build:.0f} s")
         row.build_s = build
         row.memory_mb = index_megabytes(index, folder)
         if knob.startswith("="):
@@ -322,6 +345,8 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
             row.params, tuned = tune(index, knob, tune_q, tune_truth)
             log(f"  {n:,}: {factory} tuned to {row.params} (recall {tuned:.4f} on the tuning queries)")
             row.recall = recall(index.search(eval_q, K)[1], eval_truth)
+            if name == "HNSW32":
+                row.note = f"efConstruction {index.hnsw.efConstruction} (FAISS default)"
         else:
             row.recall = 1.0  # exact search: the ground truth itself
             row.note = "exact"
@@ -330,6 +355,34 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
             f"(cpu {row.cpu_p50_ms:.2f}) build {row.build_s:.0f} s {row.memory_mb:,.0f} MB")
         del index
     return rows
+
+
+def add_to_lists(index, vectors: Vectors, n: int, coarse: dict, log) -> float:
+    """Add n vectors to an IVF index; returns the seconds a build would spend (assignment included).
+
+    Each vector goes to its nearest centroid. With an HNSW coarse quantizer that needs ASSIGN_EF_SEARCH: at
+    FAISS's default efSearch of 16, 32% of vectors land in a wrong list at 16,384 lists (2% at 64, 0.4% at 128),
+    and no nprobe finds them again. The assignment is computed once per list count and shared by the indexes
+    that use the same centroids; each is charged its full time.
+    """
+    ivf = faiss.extract_index_ivf(index)
+    entry = coarse[ivf.nlist]
+    if len(entry) == 3:
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = ASSIGN_EF_SEARCH
+        started, lists = time.perf_counter(), []
+        for chunk in vectors.chunks(n):
+            lists.append(ivf.quantizer.assign(chunk, 1).ravel())
+        coarse[ivf.nlist] = entry = (*entry, np.concatenate(lists), time.perf_counter() - started)
+        log(f"  {n:,}: assigned to {ivf.nlist:,} lists in {entry[4]:.0f} s")
+    assignment, seconds = entry[3], entry[4]
+    started, offset = time.perf_counter(), 0
+    for chunk in vectors.chunks(n):
+        add_preassigned(ivf, chunk, assignment[offset:offset + len(chunk)])
+        offset += len(chunk)
+    index.ntotal = ivf.ntotal
+    return seconds + time.perf_counter() - started
 
 
 def _builder_ef_construction() -> int:
@@ -514,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"indexes to measure, from {','.join(CANDIDATES)} (default %(default)s)")
     parser.add_argument("--flat-max", type=int, default=2_000_000, help="largest size for the exact index (RAM)")
     parser.add_argument("--hnsw-max", type=int, default=2_000_000, help="largest size to build HNSW graphs at (time)")
-    parser.add_argument("--scratch", default=None, help="folder for the memory-mapped vectors (4 GB per 1M; "
-                        "default: the system temp folder); removed at the end")
+    parser.add_argument("--scratch", default=None, help="keep the memory-mapped vectors (4 GB per 1M) and exact "
+                        "answers in this folder, for later runs (default: a temporary folder, removed at the end)")
     parser.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in "
                         "scale_curve.md (e.g. a separate 10M run) and replace those of --sizes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
@@ -535,9 +588,12 @@ def main(argv: list[str] | None = None) -> int:
     queries = data.queries(TUNE_QUERIES + EVAL_QUERIES)
     rows: list[Row] = []
     run = f"`python benchmarks/scale_curve.py --sizes {','.join(map(str, sizes))}`"
-    with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
+    if args.scratch:
+        Path(args.scratch).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(args.scratch) if args.scratch else tempfile.TemporaryDirectory()) as scratch:
         vectors = Vectors(data, max(sizes), Path(scratch), log)
-        log(f"generated {max(sizes):,} vectors in {vectors.seconds:.0f} s")
+        if vectors.seconds:
+            log(f"generated {max(sizes):,} vectors in {vectors.seconds:.0f} s")
         for n in sizes:
             log(f"{n:,} vectors")
             rows.extend(run_size(n, vectors, queries, builder_choice(n), args, Path(scratch), log))
