@@ -162,9 +162,11 @@ def builder_version() -> str:
 def run(args: argparse.Namespace) -> Manifest | None:
     """One build. Under torchrun / accelerate launch every process runs this (see builder.distributed): each embeds
     its own shards, and rank 0 alone finishes the build and returns the manifest; the other ranks return None."""
-    if args.append:
-        return run_append(args)
     ranks = Ranks.from_env()
+    if args.append:
+        if ranks.distributed:  # every rank would append the same images to the same folder at once
+            raise BuildError("--append runs in one process: launch it with python -m builder.build, not torchrun.")
+        return run_append(args)
     with Group(ranks) as group:
         return _run(args, ranks, group)
 
