@@ -199,17 +199,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# Until clipsearch/service.py passes precision="auto" to Encoder.load itself, the benchmarks start app.py through
-# this shim, which makes "auto" the default of Encoder.load in the app process (and says so in their output).
-SHIM = ("import runpy, clipsearch.encoder as e; load = e.Encoder.load.__func__; "
-        "e.Encoder.load = classmethod(lambda cls, *a, **k: load(cls, *a, **{'precision': 'auto', **k})); "
-        "runpy.run_path('app.py', run_name='__main__')")
-
-
-def service_picks_precision() -> bool:
-    return "precision=" in (ROOT / "clipsearch" / "service.py").read_text()
-
-
 class App:
     """`python app.py` serving `index` on a free port; `with App(...) as app:` waits until it is ready."""
 
@@ -228,8 +217,7 @@ class App:
 
     def __enter__(self) -> App:
         started = time.perf_counter()
-        command = ["app.py"] if service_picks_precision() else ["-c", SHIM]
-        self.process = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env,
                                         stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         while "Running on local URL" not in self.log.read_text():
             if self.process.poll() is not None:

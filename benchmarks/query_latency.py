@@ -26,7 +26,6 @@ from common import (
     coco_like_jpegs,
     machine,
     percentile,
-    service_picks_precision,
     synthetic_artifacts,
     text_queries,
     upload,
@@ -135,7 +134,6 @@ def main() -> None:
     print(f"app: index {manifest.index.factory} {manifest.index.search_params} ({manifest.index.faiss_type}, "
           f"recall@5 vs exact {manifest.index.recall_at_5:.4f}), encoder {precision or '?'}; "
           f"naive: transformers fp32 + IndexFlatIP; resident memory of the app after the run {rss:.0f} MB"
-          + ("" if service_picks_precision() else "; app started through the precision=auto shim (common.SHIM)")
           + "\n")
     print("| endpoint | app p50 ms | app p90 ms | naive p50 ms | naive p90 ms | app/naive (p50) | target p50 "
           "| search core in-process p50 ms | n |")

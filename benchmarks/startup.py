@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, App, machine, service_picks_precision, synthetic_artifacts
+from common import ROOT, App, machine, synthetic_artifacts
 
 TARGET_SECONDS, TARGET_MB = 10.0, 1200.0  # the issue: ready in <= 10 s, resident memory <= 1.2 GB
 
@@ -75,7 +75,6 @@ def main() -> None:
           f"({wall:.1f} s from process start, {ready:.1f} s after imports); resident memory ≤ {TARGET_MB:.0f} MB: "
           f"{'met' if max(ready_rss, rss) <= TARGET_MB else 'NOT met'} ({ready_rss:.0f} MB at ready, {rss:.0f} MB "
           f"serving); encoder {precision or '?'}"
-          + ("" if service_picks_precision() else "; app started through the precision=auto shim (common.SHIM)")
           + "\n")
     if stages:
         print("Where start-up time and memory go (the same steps replayed in a child process):\n")

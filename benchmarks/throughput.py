@@ -23,7 +23,6 @@ from common import (
     coco_like_jpegs,
     machine,
     percentile,
-    service_picks_precision,
     synthetic_artifacts,
     text_queries,
     upload,
@@ -98,7 +97,6 @@ def main() -> None:
     print(f"\nThroughput, {args.clients} concurrent clients x {args.seconds:.0f} s per endpoint, raw HTTP, "
           f"{args.count:,} images, ViT-B/32 size, encoder {precision or '?'}, CPU ({header})\n")
     print(f"resident memory of the app after the run: {rss:.0f} MB"
-          + ("" if service_picks_precision() else "; app started through the precision=auto shim (common.SHIM)")
           + "\n")
     print("| endpoint | queries/s | p50 ms | p95 ms | done | errors | target |\n|---|---:|---:|---:|---:|---:|---|")
     for name, result in results.items():

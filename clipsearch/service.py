@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .encoder import Encoder
+from .encoder import PRECISIONS, Encoder, EncoderError
 from .hub import DEFAULT_INDEX_REPO, IndexSource, open_gallery
 from .search import Searcher
 
@@ -26,16 +26,22 @@ class Settings:
     index_revision: str | None
     endpoint: str | None
     token: str | None
+    precision: str = "auto"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        precision = env.get("CLIPSEARCH_PRECISION") or "auto"
+        if precision not in PRECISIONS:
+            raise EncoderError(f"CLIPSEARCH_PRECISION={precision!r}: choose one of {', '.join(PRECISIONS)} "
+                               "(auto: the fastest path that agrees with fp32 on this CPU).")
         return cls(
             index_dir=env.get("INDEX_DIR") or None,
             index_repo=env.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
             index_revision=env.get("INDEX_REVISION") or None,
             endpoint=env.get("HF_ENDPOINT") or None,
             token=env.get("HF_TOKEN") or None,
+            precision=precision,
         )
 
 
@@ -65,7 +71,8 @@ def start(settings: Settings) -> Service:
     gallery, source = open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
                                    revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
     model = gallery.manifest.model
-    encoder = Encoder.load(model["model_id"], model.get("revision"), device="cpu")
+    # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
+    encoder = Encoder.load(model["model_id"], model.get("revision"), device="cpu", precision=settings.precision)
     service = Service(Searcher(gallery, encoder), source, time.perf_counter() - started, rss_mb())
     log.info("ready: %d images, model %s, started in %.1f s, resident memory %.0f MB", len(gallery),
              model["model_id"], service.startup_seconds, service.rss_mb)
