@@ -71,7 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(REPO[@REVISION]; default %(default)s)")
     parser.add_argument("--hf-captions", default=DEFAULT_HF_CAPTIONS, help="Hub dataset with captions and urls, "
                         "joined by image id (REPO[@REVISION]; '' for none; default %(default)s)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="CLIP-family checkpoint: Hub id or folder "
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="CLIP-family checkpoint (text and image search) or "
+                        "an image-only model such as facebook/dinov2-small (image search only): Hub id or folder "
                         "(default %(default)s; alternative: openai/clip-vit-base-patch32)")
     parser.add_argument("--model-revision", default=None, help="branch, tag or commit of --model")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default %(default)s)")
@@ -335,6 +336,9 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         f"  index:     {manifest.index.factory} ({manifest.index.faiss_type}), recall@5 vs exact "
         f"{manifest.index.recall_at_5:.4f}",
     ]
+    if not manifest.model.get("has_text", True):
+        lines.append(f"  text side: none ({manifest.model['architecture']} is an image-only model): the app serves "
+                     "image -> image search only")
     for name, result in manifest.evaluation.items():
         if "text_to_image" not in result:
             continue

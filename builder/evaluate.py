@@ -1,4 +1,4 @@
-"""Evaluation stage: text->image and image->text Recall@1/5/10 on the captions (COCO val2017 5k and full gallery)."""
+"""Evaluation stage: caption Recall@1/5/10 both ways (COCO val2017 5k, full gallery) and image->image by category."""
 
 from __future__ import annotations
 
@@ -92,6 +92,9 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
     if by_category:
         results["image_to_image_by_category"] = by_category
     captioned = [row for row, texts in enumerate(captions) if texts]
+    if not encoder.info.has_text:
+        log.info("image-only model: no caption recall (it cannot embed the captions)")
+        return results
     if not captioned:
         return results
     val_rows = [row for row in captioned if splits[row] == VAL_SPLIT]

@@ -112,7 +112,9 @@ def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None)
         "- image-retrieval\n---\n"
         f"# {repo_id}\n\nSearch index built by `python -m builder.build` for COCO CLIP visual search. "
         f"This commit is tagged `{tag}` and replaces `{parent or 'nothing'}`.\n\n"
-        f"- model: `{manifest.model['model_id']}` @ `{manifest.model.get('revision')}`\n"
+        f"- model: `{manifest.model['model_id']}` @ `{manifest.model.get('revision')}`"
+        + ("" if manifest.model.get("has_text", True) else " (image-only: image → image search, no text side)")
+        + "\n"
         f"- images: {manifest.count:,}; dim {manifest.dim}; index {manifest.index.factory} "
         f"(recall@5 vs exact {manifest.index.recall_at_5:.4f})\n{evaluation}"
         f"- built {manifest.created_at} by builder `{manifest.builder_version}`\n\n"

@@ -1,4 +1,7 @@
-"""The one CLIP-family encoder both the builder and the app use: model loading, preprocessing, dtype, L2 norm."""
+"""The one encoder both the builder and the app use: model loading, preprocessing, dtype, L2 norm.
+
+CLIP-family checkpoints (CLIP, SigLIP: paired text and image towers) embed both; image-only backbones (DINOv2, ViT,
+ResNet, ... through the Auto classes) embed images only, for galleries where visual similarity matters most."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ CALIBRATION_TEXTS = (
 
 
 class EncoderError(ValueError):
-    """A model that cannot serve as a CLIP-family encoder; the message names the setting that fixes it."""
+    """A model that cannot serve as an encoder; the message names the setting that fixes it."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,12 @@ class ModelInfo:
     image_size: int
     text_max_length: int
     preprocess: dict = field(default_factory=dict)
+    # False for image-only backbones: the index then has no text side (the app hides text search and says why).
+    has_text: bool = True
+    # How an image becomes one vector: "projection" (the CLIP family's own image features), "cls" (the class token
+    # of the last layer: ViT, DINOv2), "pooler" (the model's pooled output: global average pooling in ResNet,
+    # ConvNeXt, Swin) or "mean" (mean of the last hidden states, where a model has neither).
+    pooling: str = "projection"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,38 +134,47 @@ class Encoder:
             config = AutoConfig.from_pretrained(folder)
         except (OSError, ValueError) as error:
             raise EncoderError(f"--model {model_id}: not a transformers model folder ({_first_line(error)}).") from None
-        if not (hasattr(config, "text_config") and hasattr(config, "vision_config")):
-            raise EncoderError(
-                f"--model {model_id}: a '{config.model_type}' model has no paired text and image towers; "
-                "pass a CLIP-family checkpoint such as CLIP, SigLIP or SigLIP 2."
-            )
+        paired = hasattr(config, "text_config") and hasattr(config, "vision_config")
         try:
             model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-            # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
-            # must come from identical pixels whichever host runs the code.
-            image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
-            tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError, KeyError) as error:
             raise EncoderError(f"--model {model_id}: could not be loaded ({_first_line(error)}).") from None
-        if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
             raise EncoderError(
                 f"--model {model_id}: {type(model).__name__} cannot embed both text and images; "
                 "pass a CLIP-family checkpoint such as CLIP, SigLIP or SigLIP 2."
             )
+        if not paired and getattr(model, "main_input_name", None) != "pixel_values":
+            raise EncoderError(
+                f"--model {model_id}: a '{config.model_type}' model does not take images; pass a CLIP-family "
+                "checkpoint (CLIP, SigLIP: text and image search) or an image model such as DINOv2, ViT or ResNet "
+                "(image search only)."
+            )
+        try:
+            # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
+            # must come from identical pixels whichever host runs the code.
+            image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+            tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
+        except (OSError, ValueError, KeyError) as error:
+            raise EncoderError(f"--model {model_id}: could not be loaded ({_first_line(error)}).") from None
         torch_device = device if isinstance(device, torch.device) else pick_device(device)
         if torch_device.type != "cpu" and precision in ("bf16", "int8"):
             raise EncoderError(f"precision {precision}: the fast paths are for CPU inference; on {torch_device.type} "
                                "the encoder uses bf16 autocast (use precision auto or fp32).")
         model.eval().to(torch_device)
+        image_size = _image_size(image_processor, config)
+        pooling = "projection" if paired else _vision_pooling(model)
         info = ModelInfo(
             model_id=model_id if resolved else str(folder),
             revision=resolved,
             architecture=type(model).__name__,
             model_type=config.model_type,
-            dim=_projection_dim(config),
-            image_size=_image_size(image_processor, config),
-            text_max_length=_text_max_length(tokenizer, config),
+            dim=_projection_dim(config) if paired else _vision_dim(model, pooling, image_processor, image_size),
+            image_size=image_size,
+            text_max_length=_text_max_length(tokenizer, config) if paired else 0,
             preprocess=_jsonable(image_processor.to_dict()),
+            has_text=paired,
+            pooling=pooling,
         )
         encoder = cls(model, image_processor, tokenizer, info, torch_device,
                       "bf16-autocast" if torch_device.type == "cuda" else "fp32")
@@ -171,15 +189,17 @@ class Encoder:
     def _use_fast_path(self, precision: str, reload_fp32) -> None:
         """Switch this (fp32, CPU) encoder to bf16 or int8 if it stays within MIN_CALIBRATION_COSINE of fp32."""
         candidates = [precision] if precision != "auto" else auto_precisions()
-        texts, images = list(CALIBRATION_TEXTS), calibration_images(self.info.image_size)
-        reference = self.encode_texts(texts), self.encode_images(images)
+        texts = list(CALIBRATION_TEXTS) if self.info.has_text else []
+        images = calibration_images(self.info.image_size)
+        reference = self.encode_texts(texts) if texts else None, self.encode_images(images)
         for candidate in candidates:
             if self.precision != "fp32":  # a previous candidate failed: start again from the fp32 weights
                 self.model, self.precision, self._input_dtype = reload_fp32(), "fp32", torch.float32
             try:
                 self._convert(candidate)
-                cosine = min(float(np.min(np.sum(reference[0] * self.encode_texts(texts), axis=1))),
-                             float(np.min(np.sum(reference[1] * self.encode_images(images), axis=1))))
+                cosine = float(np.min(np.sum(reference[1] * self.encode_images(images), axis=1)))
+                if texts:
+                    cosine = min(cosine, float(np.min(np.sum(reference[0] * self.encode_texts(texts), axis=1))))
             except (RuntimeError, NotImplementedError, AssertionError) as error:  # kernel missing on this build
                 log.warning("precision %s unavailable here (%s)", candidate, _first_line(error))
                 cosine = None
@@ -228,7 +248,10 @@ class Encoder:
     def encode_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
         pixel_values = pixel_values.to(self.device, dtype=self._input_dtype, non_blocking=True)
         with self._autocast():
-            features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+            if self.info.has_text:
+                features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+            else:
+                features = _pool(self.model(pixel_values=pixel_values), self.info.pooling)
         return _normalise(features)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -236,6 +259,9 @@ class Encoder:
 
     # --- text ---------------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if not self.info.has_text:
+            raise EncoderError(f"{self.info.model_id} is an image-only model ({self.info.architecture}): it cannot "
+                               "embed text. Build with a CLIP-family --model for text search.")
         padding = "max_length" if self.info.model_type in PAD_TO_MAX_LENGTH else True
         return self.tokenizer(
             list(texts), padding=padding, truncation=True, max_length=self.info.text_max_length, return_tensors="pt"
@@ -352,6 +378,32 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
+def _vision_pooling(model) -> str:
+    """'cls' for transformers with a class token (ViT, DeiT, DINOv2, BEiT: their last layer is normalised, and the
+    class token is what they were trained to summarise with; ViT's tanh pooler is often untrained), else 'pooler'."""
+    embeddings = getattr(model, "embeddings", None)
+    if getattr(embeddings, "cls_token", None) is not None:
+        return "cls"
+    return "pooler"
+
+
+def _pool(output, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return output.last_hidden_state[:, 0]
+    pooled = getattr(output, "pooler_output", None)
+    if pooling == "pooler" and pooled is not None:
+        return pooled.flatten(1)  # ResNet's (B, C, 1, 1)
+    hidden = output.last_hidden_state
+    return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.flatten(2).mean(dim=-1)
+
+
+@torch.inference_mode()
+def _vision_dim(model, pooling: str, image_processor, image_size: int) -> int:
+    """An image-only model's vector width, from one forward pass (configs name it differently per family)."""
+    pixels = image_processor(images=calibration_images(image_size)[:1], return_tensors="pt")["pixel_values"]
+    return int(_pool(model(pixel_values=pixels.to(next(model.parameters()).device)), pooling).shape[-1])
+
+
 def _projection_dim(config) -> int:
     for name in ("projection_dim", "projection_size"):
         if getattr(config, name, None):
@@ -370,7 +422,8 @@ def _image_size(image_processor, config) -> int:
             value = values.get(key) if isinstance(values, dict) else None
             if value:
                 return int(value)
-    return int(config.vision_config.image_size)
+    vision = getattr(config, "vision_config", config)
+    return int(getattr(vision, "image_size", None) or 224)
 
 
 def _text_max_length(tokenizer, config) -> int:

@@ -114,13 +114,13 @@ def search(searcher: Searcher, vector: np.ndarray, k: int = 5, *, page: int = 0,
 
 def _nearest(gallery, vector: np.ndarray, depth: int, allowed: np.ndarray | None):
     if allowed is None:
-        scores, rows = gallery.index.search(vector, depth)
+        scores, rows = gallery.search(vector, depth)
         return scores[0], rows[0]
     if isinstance(faiss.downcast_index(gallery.index), faiss.IndexFlat):
         # A bitmap selector inside the flat scan: the k best *matching* images, never a post-filtered shortfall.
         bits = np.packbits(allowed, bitorder="little")
         params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)))
-        scores, rows = gallery.index.search(vector, depth, params=params)
+        scores, rows = gallery.search(vector, depth, params=params)
         return scores[0], rows[0]
     # Approximate indexes can miss matches under a selective filter; score the matching rows exactly instead.
     candidates = np.flatnonzero(allowed)

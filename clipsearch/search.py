@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .batcher import MicroBatcher
+from .batcher import ModelThread
 from .encoder import Encoder
 from .gallery import Gallery, QueryError
 from .images import open_image
@@ -44,23 +44,33 @@ class Hit:
 class Searcher:
     """Answers text, image and stored-vector queries against one gallery with one encoder.
 
-    Queries from concurrent callers are encoded together by micro-batchers (one forward pass for many visitors),
-    while decoding, validation and the FAISS search run on the callers' own threads.
+    Queries from concurrent callers are encoded together on the model thread (one forward pass for many visitors),
+    while decoding, validation and the FAISS search run on the callers' own threads. Pass the ModelThread the
+    encoder was loaded on (see clipsearch.service.start); a new one is made otherwise.
     """
 
-    def __init__(self, gallery: Gallery, encoder: Encoder, text_batch: int = 16, image_batch: int = 8):
+    def __init__(self, gallery: Gallery, encoder: Encoder, model_thread: ModelThread | None = None,
+                 text_batch: int = 16, image_batch: int = 8):
         if encoder.info.dim != gallery.manifest.dim:
             raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
         self.gallery = gallery
         self.encoder = encoder
-        self._encode_text = MicroBatcher(lambda texts: list(encoder.encode_texts(texts)), text_batch, "text-encoder")
-        self._encode_image = MicroBatcher(lambda images: list(encoder.encode_images(images)), image_batch,
-                                          "image-encoder")
+        self.has_text = encoder.info.has_text
+        self.model_thread = model_thread or ModelThread()
+        self._encode_text = self.model_thread.lane("text", lambda texts: list(encoder.encode_texts(texts)), text_batch)
+        self._encode_image = self.model_thread.lane("image", lambda images: list(encoder.encode_images(images)),
+                                                    image_batch)
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see search_text
         self._text_lock = threading.Lock()
 
     # --- queries --------------------------------------------------------------------------------------------------
+    def require_text(self) -> None:
+        """Image-only indexes (DINOv2, ViT, ResNet, ...) have no text side: a sentence instead of a search."""
+        if not self.has_text:
+            raise QueryError(text_unavailable(self.encoder.info.model_id))
+
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
+        self.require_text()
         query, k = clean_text(text), check_k(k)
         with self._text_lock:
             vector = self._text_vectors.get(query)
@@ -82,6 +92,7 @@ class Searcher:
 
     def encode_text(self, text: str) -> np.ndarray:
         """One cleaned text query as a unit vector, encoded together with concurrent queries."""
+        self.require_text()
         return self._encode_text(text)
 
     def encode_image(self, picture: Image.Image) -> np.ndarray:
@@ -100,7 +111,7 @@ class Searcher:
 
     def search_vector(self, vector: np.ndarray, k: int = 5, query_text: str | None = None) -> list[Hit]:
         k = check_k(k)
-        scores, rows = self.gallery.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), k)
+        scores, rows = self.gallery.search(vector, k)
         found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
         return self.hits_for(found, query_text)
 
@@ -117,6 +128,11 @@ class Searcher:
                 thumbnail=str(self.gallery.thumbnails.path(row)),
             ))
         return hits
+
+
+def text_unavailable(model_id: str) -> str:
+    return (f"This index was built with an image-only model ({model_id}), which cannot read text: search with a "
+            "picture instead (Image → Image, or the /search_image endpoint).")
 
 
 def clean_text(text) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .batcher import ModelThread
 from .encoder import PRECISIONS, Encoder, EncoderError
 from .hub import DEFAULT_INDEX_REPO, IndexSource, open_gallery
 from .search import Searcher
@@ -67,13 +68,16 @@ def rss_mb() -> float:
 def start(settings: Settings) -> Service:
     """Build the heavy objects once: verified artifacts, then exactly the model the manifest names."""
     started = time.perf_counter()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # Every forward pass runs on one thread (see ModelThread), loading and calibration included.
+    model_thread = ModelThread()
+    model_thread.run(torch.set_num_threads, max(1, os.cpu_count() or 1))
     gallery, source = open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
                                    revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
     model = gallery.manifest.model
     # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
-    encoder = Encoder.load(model["model_id"], model.get("revision"), device="cpu", precision=settings.precision)
-    service = Service(Searcher(gallery, encoder), source, time.perf_counter() - started, rss_mb())
+    encoder = model_thread.run(Encoder.load, model["model_id"], model.get("revision"), device="cpu",
+                               precision=settings.precision)
+    service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     log.info("ready: %d images, model %s, started in %.1f s, resident memory %.0f MB", len(gallery),
              model["model_id"], service.startup_seconds, service.rss_mb)
     return service

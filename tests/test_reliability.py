@@ -387,7 +387,6 @@ def test_raw_api_calls_do_not_pile_up_sessions(app_server):
 def test_an_overfull_queue_says_busy_try_again(app_server):
     """A second app on the same gallery with a two-place queue and an encoder held shut: once 16 searches run and
     2 wait, the next ones are refused at once with a readable 'busy' answer, and every accepted one completes."""
-    from clipsearch.batcher import MicroBatcher
     from clipsearch.search import Searcher
     from clipsearch.service import Service
     from clipsearch.ui import build_ui, launch
@@ -396,8 +395,7 @@ def test_an_overfull_queue_says_busy_try_again(app_server):
     gate = threading.Event()
     searcher = Searcher(service.searcher.gallery, service.searcher.encoder)
     real = searcher._encode_text
-    searcher._encode_text = MicroBatcher(lambda texts: (gate.wait(60), list(service.searcher.encoder.encode_texts(
-        texts)))[1], 16, "gated-text-encoder")
+    searcher._encode_text = lambda text: (gate.wait(60), real(text))[1]
     demo = build_ui(Service(searcher, service.source, 0.0, 0.0))
     launch(demo, Service(searcher, service.source, 0.0, 0.0), queue_size=2, prevent_thread_lock=True,
            server_name="127.0.0.1", quiet=True)
@@ -430,7 +428,6 @@ def test_an_overfull_queue_says_busy_try_again(app_server):
     finally:
         gate.set()
         demo.close()
-        del real
 
 
 # === 3. Faults =====================================================================================================
