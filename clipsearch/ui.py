@@ -20,6 +20,10 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
+# Gradio recomputes a usage summary with pandas over its last 10,000 events after every event (~3 ms a search,
+# growing with traffic); once per 1,000 events is plenty for the API page's statistics. Read when a Blocks is made.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+
 TITLE = "COCO CLIP visual search"
 EXAMPLE_QUERIES = [
     "a dog catching a frisbee in a park",
@@ -39,6 +43,93 @@ CSS = """
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 """
+
+
+class _LazyConfigValues(dict):
+    """A Gradio session's per-component configs, each computed when first used instead of all up front.
+
+    Gradio 6 builds a new session for every raw-HTTP API call (twice with a validator) and, at creation, computes
+    the config of every component on the page (~4 ms and ~135 KB with this UI) for deep links, which API calls never
+    ask for. Reading any entry computes it exactly as Gradio would; listing them computes the rest first."""
+
+    def __init__(self, blocks_config, live_ids):
+        super().__init__()
+        self._config = blocks_config
+        self._pending = {key: None for key in blocks_config.blocks if key in live_ids}  # Gradio's order
+
+    def _fill(self, key) -> None:
+        if self._pending.pop(key, 0) is None:
+            dict.__setitem__(self, key, self._config.config_for_block(key, [], self._config.blocks[key]))
+
+    def _fill_all(self) -> None:
+        for key in list(self._pending):
+            self._fill(key)
+
+    def __getitem__(self, key):
+        self._fill(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._fill(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self._pending or super().__contains__(key)
+
+    def __setitem__(self, key, value) -> None:
+        self._pending.pop(key, None)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        if self._pending.pop(key, 0) is None:
+            return
+        super().__delitem__(key)
+
+    def __iter__(self):
+        self._fill_all()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        return len(self._pending) + super().__len__()
+
+    def items(self):
+        self._fill_all()
+        return super().items()
+
+    def keys(self):
+        self._fill_all()
+        return super().keys()
+
+    def values(self):
+        self._fill_all()
+        return super().values()
+
+
+class _NoComponents:
+    """The Blocks as SessionState's constructor sees it, minus the components it would configure eagerly."""
+
+    def __init__(self, blocks):
+        self._blocks = blocks
+        self.blocks: dict = {}
+
+    def __getattr__(self, name):
+        return getattr(self._blocks, name)
+
+
+def _lazy_session_configs() -> None:
+    """Install _LazyConfigValues in Gradio's SessionState (once per process)."""
+    from gradio import state_holder
+
+    original = state_holder.SessionState.__init__
+    if getattr(original, "lazy_configs", False):
+        return
+
+    def __init__(self, blocks):
+        original(self, _NoComponents(blocks))
+        self.config_values = _LazyConfigValues(self.blocks_config, blocks.blocks)
+
+    __init__.lazy_configs = True
+    state_holder.SessionState.__init__ = __init__
 
 
 def _gpu(fn):
@@ -223,6 +314,7 @@ def about_markdown(service: Service) -> str:
 
 
 def build_ui(service: Service) -> gr.Blocks:
+    _lazy_session_configs()
     searcher = service.searcher
     gallery = searcher.gallery
     decoded = DecodedImages()
