@@ -338,8 +338,13 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
             row.params = knob[1:]
             if row.params:
                 faiss.ParameterSpace().set_index_parameters(index, row.params)
+            tuner = _builder_tuner()
+            if tuner is not None and row.params:  # build_index(..., "auto") tunes its search effort the same way
+                row.params = tuner(index, row.params, tune_q, tune_truth)
             row.note = "as the builder builds it" + (f" (efConstruction {index.hnsw.efConstruction})"
-                                                     if graph else "") + "; params as given, not tuned"
+                                                     if graph else "") + (
+                "; effort tuned by the builder's rule (builder.index.tune_params)" if tuner else
+                "; params as given, not tuned")
             row.recall = recall(index.search(eval_q, K)[1], eval_truth)
         elif knob:
             row.params, tuned = tune(index, knob, tune_q, tune_truth)
@@ -383,6 +388,14 @@ def add_to_lists(index, vectors: Vectors, n: int, coarse: dict, log) -> float:
         offset += len(chunk)
     index.ntotal = ivf.ntotal
     return seconds + time.perf_counter() - started
+
+
+def _builder_tuner():
+    try:
+        from builder.index import tune_params
+    except ImportError:
+        return None
+    return tune_params
 
 
 def _builder_ef_construction() -> int:

@@ -90,7 +90,10 @@ def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
         log.info("nothing to add: every image is already in the index")
         return base
     device = pick_device(args.device)
-    encoder = Encoder.load(model["model_id"], model.get("revision"), device)
+    # the base's own precision, so old and new rows come from the same arithmetic
+    encoder = Encoder.load(model["model_id"], model.get("revision"), device,
+                           precision=base.precision if device.type == "cpu" and base.precision in ("bf16", "int8")
+                           else "fp32")
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
     key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
@@ -131,7 +134,7 @@ def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
         base, count=len(vectors), index=index_info, sources=base.sources + source.infos,
         skipped=base.skipped + packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=base.thumbnails.files + new_files, max_side=base.thumbnails.max_side),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=device.type,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=device.type, precision=encoder.precision,
         build_seconds=round(time.perf_counter() - started, 1),
         images_per_second=round(speed["images_per_second"], 1), files=hash_files(stage, names), **settings_extra,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import faiss
 import torch
 
-from clipsearch.encoder import DEFAULT_MODEL, Encoder, EncoderError, pick_device
+from clipsearch.encoder import DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError, pick_device
 from clipsearch.hub import DEFAULT_INDEX_REPO
 from clipsearch.manifest import (
     FORMAT_VERSION,
@@ -32,7 +32,7 @@ from clipsearch.manifest import (
 from .distributed import Group, Ranks, rank_device, rank_threads, rank_workers
 from .embed import THUMB_SIDE, embed_shards, shard_ranges
 from .evaluate import evaluate
-from .index import EXACT, IndexBuildError, build_index
+from .index import AUTO, IndexBuildError, build_index
 from .pack import pack
 from .publish import PublishError, push, require_token
 from .sources import (
@@ -77,12 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-revision", default=None, help="branch, tag or commit of --model")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="CPU encoder: fp32 (default, the reference), or auto / int8 / bf16: faster, kept only "
+                        "if its vectors agree with fp32 at cosine >= 0.99 on a calibration batch (CUDA always uses "
+                        "bf16 autocast)"),
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default 256 GPU, 32 CPU)")
     parser.add_argument("--num-workers", type=int, default=None, help="decoding processes (default: cores-1, max 16)")
     parser.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick trial builds)")
-    parser.add_argument("--index", default=EXACT, help="FAISS factory string (default exact 'Flat'; e.g. "
-                        "'HNSW32', 'IVF4096,Flat' for big galleries: recall@5 vs exact is measured)")
+    parser.add_argument("--index", default=AUTO, help="'auto' (default: exact 'Flat' up to 20k vectors, "
+                        "HNSW32 over fp16 up to 500k, IVF lists with 8-bit codes above, search effort tuned to "
+                        "recall@5 >= 0.985 against exact), or any FAISS factory string such as 'Flat' or 'HNSW32'")
     parser.add_argument("--index-params", default="", help="search-time FAISS parameters, e.g. 'nprobe=32'")
     parser.add_argument("--eval", default="auto", choices=["auto", "none", "val", "full"],
                         help="caption recall: val (5k), full (also whole gallery); auto = full on GPU, val on CPU")
@@ -238,7 +243,7 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
         sources=source.infos, skipped=packed.skipped, evaluation=evaluation, builder_version=builder_version(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1),
-        images_per_second=round(speed["images_per_second"], 1), device=device.type,
+        images_per_second=round(speed["images_per_second"], 1), device=device.type, precision=encoder.precision,
         files=hash_files(out, names),
     )
     write_manifest(out, manifest)
@@ -282,13 +287,14 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[Source, Encoder, dict
         source.records = source.records[:args.limit]
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", args.model)
-    encoder = Encoder.load(args.model, args.model_revision, device)
+    encoder = Encoder.load(args.model, args.model_revision, device,
+                           precision=args.precision if device.type == "cpu" else "fp32")
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
     workers = args.num_workers if args.num_workers is not None else rank_workers(ranks)
     settings = {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
                 "batch_size": batch_size, "shard_size": shard_size, "thumb_side": THUMB_SIDE,
-                "device": device.type, "format_version": FORMAT_VERSION}
+                "device": device.type, "precision": encoder.precision, "format_version": FORMAT_VERSION}
     return source, encoder, {"settings": settings, "batch_size": batch_size, "shard_size": shard_size,
                              "workers": workers}
 
@@ -328,7 +334,8 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         f"Built {manifest.count:,} images with {manifest.model['model_id']} (dim {manifest.dim}) "
         f"in {manifest.build_seconds:.0f} s",
         f"  embedding: {speed['images']:,} images this run at {speed['images_per_second']:.1f} images/s "
-        f"on {manifest.device}" + (f" ({speed['processes']} processes)" if speed.get("processes", 1) > 1 else ""),
+        f"on {manifest.device} ({manifest.precision})"
+        + (f" ({speed['processes']} processes)" if speed.get("processes", 1) > 1 else ""),
         f"  skipped:   {len(manifest.skipped)} image(s)"
         + "".join(f"\n    {s.path}: {s.reason}" for s in manifest.skipped[:10])
         + (f"\n    ... and {len(manifest.skipped) - 10} more (see manifest.json)"

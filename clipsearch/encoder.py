@@ -154,6 +154,10 @@ class Encoder:
             # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
             # must come from identical pixels whichever host runs the code.
             image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+        except (OSError, ValueError, KeyError) as error:
+            raise EncoderError(f"--model {model_id}: it has no usable image processor (preprocessor_config.json: "
+                               f"{_first_line(error)}); save the model's image processor beside it.") from None
+        try:
             tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
         except (OSError, ValueError, KeyError) as error:
             raise EncoderError(f"--model {model_id}: could not be loaded ({_first_line(error)}).") from None

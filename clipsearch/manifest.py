@@ -79,6 +79,7 @@ class Manifest:
     build_seconds: float = 0.0
     images_per_second: float = 0.0
     device: str = ""
+    precision: str = ""  # what the encoder computed in: fp32, int8 or bf16 on CPU, bf16-autocast on CUDA
     files: dict[str, FileEntry] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -181,14 +181,18 @@ def test_user_errors_are_one_sentence_naming_the_flag(tmp_path, capsys, shapes_f
     assert message in err and "Traceback" not in err
 
 
-def test_a_model_without_text_and_image_towers_is_refused(tmp_path, capsys, shapes_folder):
+def test_a_model_that_cannot_embed_images_is_refused_with_a_sentence(tmp_path, capsys, shapes_folder):
+    from tiny_models import save_tiny_text_only
     from transformers import ViTConfig, ViTModel
 
-    folder = tmp_path / "vit"
+    folder = tmp_path / "vit"  # an image model saved without its image processor
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                        image_size=32, patch_size=8)).save_pretrained(folder)
     assert run_build("--images", shapes_folder[0], "--model", folder, "--out", tmp_path / "out") == 2
-    assert "no paired text and image towers" in capsys.readouterr().err
+    assert "has no usable image processor" in capsys.readouterr().err
+    bert = save_tiny_text_only(tmp_path / "bert")
+    assert run_build("--images", shapes_folder[0], "--model", bert, "--out", tmp_path / "out") == 2
+    assert "a 'bert' model does not take images" in capsys.readouterr().err
 
 
 def test_unwritable_out_is_refused_before_any_work(tmp_path, capsys, shapes_folder, tiny_clip):
@@ -232,3 +236,15 @@ def test_category_precision_rewards_galleries_that_cluster_by_category():
     chance = category_precision(noise / np.linalg.norm(noise, axis=1, keepdims=True), categories, splits)
     assert good["P@1"] == 100.0 and good["mAP"] > 95
     assert 30 < chance["P@5"] < 70 and chance["mAP"] < good["mAP"]
+
+
+def test_a_faster_cpu_precision_is_recorded_and_stays_close_to_fp32(tmp_path, shapes_model, shapes_folder,
+                                                                    shapes_artifacts):
+    out = tmp_path / "int8"
+    assert run_build("--images", shapes_folder[0], "--model", shapes_model, "--out", out, "--batch-size", "8",
+                     "--precision", "int8") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    reference = json.loads((shapes_artifacts / "manifest.json").read_text())
+    assert (reference["precision"], manifest["precision"]) == ("fp32", "int8")
+    fast, exact = np.load(out / "embeddings.npy"), np.load(shapes_artifacts / "embeddings.npy")
+    assert fast.shape == exact.shape and np.sum(fast * exact, axis=1).min() >= 0.99

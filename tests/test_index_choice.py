@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from builder.index import AUTO, EXACT, FLAT_MAX_FLOATS, build_index, choose_index, recall_at_5
+from builder.index import (
+    AUTO,
+    EXACT,
+    FLAT_MAX_FLOATS,
+    HNSW_MAX_COUNT,
+    KNOB_LADDERS,
+    TUNE_TARGET,
+    apply_params,
+    build_index,
+    choose_index,
+    ivf_lists,
+    perturbed_queries,
+    recall,
+    recall_at_5,
+    stronger_index,
+)
 
 
 def clustered_vectors(count: int, dim: int, seed: int = 0, per_topic: int = 120, subtopics: int = 8,
@@ -58,3 +73,55 @@ def test_auto_resolves_to_the_chosen_factory_and_records_it():
     vectors = clustered_vectors(2_000, 32, seed=1)
     _, info = build_index(vectors, AUTO)
     assert (info.factory, info.search_params, info.recall_at_5) == (EXACT, "", 1.0)
+
+
+def test_big_galleries_get_inverted_lists_with_8_bit_codes():
+    assert choose_index(HNSW_MAX_COUNT)[0] == "HNSW32_SQfp16"  # up to here the graph keeps its recall
+    assert choose_index(1_000_000) == ("IVF4096,SQ8", "nprobe=6")  # where HNSW32 measured recall@5 0.93
+    assert choose_index(10_000_000)[0] == "IVF4096,SQ8"  # lists capped: the coarse quantizer stays exact
+    assert ivf_lists(600_000) == 4096 and ivf_lists(100_000) == 1024
+
+
+def test_auto_tunes_the_search_effort_until_recall_reaches_the_target(monkeypatch):
+    """Above HNSW_MAX_COUNT (lowered here, as the exact limit) auto builds inverted lists and raises nprobe from the
+    chosen start until recall@5 on perturbed queries reaches 0.985; one rung lower would not have."""
+    import builder.index as index_module
+
+    monkeypatch.setattr(index_module, "HNSW_MAX_COUNT", 10_000)
+    monkeypatch.setattr(index_module, "FLAT_MAX_FLOATS", 1_000 * 64)
+    vectors = clustered_vectors(50_000, 256, seed=3, noise=1.3)
+    index, info = build_index(vectors, AUTO)
+    assert info.factory == f"IVF{ivf_lists(50_000)},SQ8" and info.faiss_type == "IndexIVFScalarQuantizer"
+    nprobe = int(info.search_params.split("=")[1])
+    assert info.recall_at_5 >= TUNE_TARGET and nprobe > 6, info
+    lower = KNOB_LADDERS["nprobe"][KNOB_LADDERS["nprobe"].index(nprobe) - 1]
+    queries, truth = perturbed_queries(vectors)
+    apply_params(index, f"nprobe={lower}")
+    assert recall(index.search(queries, 5)[1], truth) < TUNE_TARGET
+    apply_params(index, info.search_params)
+    assert recall_at_5(index, vectors, seed=99)[0] >= 0.98  # other queries, at the tuned setting
+
+
+def test_auto_moves_to_stronger_indexes_until_the_target_is_met(monkeypatch):
+    """Tight neighbourhoods in few dimensions: 8-bit codes cap recall@5 near 0.8 at any nprobe, so auto builds the
+    same lists with fp16 vectors; near-uniform data defeats inverted lists altogether, so auto ends exact."""
+    import builder.index as index_module
+
+    monkeypatch.setattr(index_module, "HNSW_MAX_COUNT", 10_000)
+    monkeypatch.setattr(index_module, "FLAT_MAX_FLOATS", 1_000 * 64)
+    vectors = clustered_vectors(50_000, 64, seed=3, noise=1.5)
+    _, info = build_index(vectors, AUTO)
+    assert info.factory in (f"IVF{ivf_lists(50_000)},SQfp16", f"IVF{ivf_lists(50_000)},Flat"), info
+    assert info.recall_at_5 >= TUNE_TARGET
+    _, info = build_index(clustered_vectors(50_000, 128, seed=3, noise=2.0), AUTO)
+    assert (info.factory, info.search_params) == (EXACT, "")
+    assert stronger_index("IVF1024,SQ8") == "IVF1024,SQfp16" and stronger_index("HNSW32_SQfp16") == "HNSW32"
+    assert stronger_index("IVF1024,Flat") == EXACT and stronger_index(EXACT) is None
+
+
+def test_recall_is_measured_on_queries_that_are_not_gallery_vectors():
+    vectors = clustered_vectors(5_000, 32, seed=2)
+    queries, truth = perturbed_queries(vectors, seed=4)
+    assert not any((vectors == q).all(axis=1).any() for q in queries[:50])
+    exact = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5]
+    assert (np.sort(exact, axis=1) == np.sort(truth, axis=1)).mean() > 0.999
