@@ -71,13 +71,16 @@ class Naive:
 
 def in_process_searcher(folder: Path, cache: Path):
     """The app's own search core in this process (no HTTP, no Gradio): shows where the round trip's time goes."""
+    from clipsearch.batcher import ModelThread
     from clipsearch.encoder import Encoder
     from clipsearch.gallery import Gallery
     from clipsearch.search import Searcher
 
     gallery = Gallery.open(folder, verify=False, thumb_cache=cache / "in-process-thumbs")
     model = gallery.manifest.model
-    return Searcher(gallery, Encoder.load(model["model_id"], model.get("revision"), "cpu", precision="auto"))
+    thread = ModelThread()  # as clipsearch.service.start does: the model loaded and run on one thread
+    encoder = thread.run(Encoder.load, model["model_id"], model.get("revision"), "cpu", precision="auto")
+    return Searcher(gallery, encoder, thread)
 
 
 def timed(fn, *args) -> float:
@@ -102,16 +105,21 @@ def main() -> None:
     vectors = np.load(folder / "embeddings.npy", mmap_mode="r")
     naive = Naive(Path(manifest.model["model_id"]), np.asarray(vectors))
     searcher = in_process_searcher(folder, args.cache)
+    # The baseline computes on the searcher's model thread too: one OpenMP team in this process, as in the app
+    # (two teams on 2 cores would slow both columns; see clipsearch.batcher.ModelThread).
+    on_model_thread = searcher.model_thread.run
     image_ids = [9 + 3 * row for row in range(0, args.count, max(1, args.count // 997))]
     texts = text_queries(args.queries + 5, seed=1)
     results: dict[str, tuple[list[float], list[float]]] = {}
     with App(folder, args.cache) as app, httpx.Client(base_url=app.url, timeout=120) as client:
         precision = app.log_line(r"precision \w+(-\w+)?")
         endpoints = {
-            "search_text": (lambda i: call(client, "search_text", [texts[i], 5]), lambda i: naive.text(texts[i]),
+            "search_text": (lambda i: call(client, "search_text", [texts[i], 5]),
+                            lambda i: on_model_thread(naive.text, texts[i]),
                             lambda i: searcher.search_text(texts[i], 5)),
             "search_image": (lambda i: call(client, "search_image", [upload(client, jpegs[i % 8]), 5]),
-                             lambda i: naive.image(jpegs[i % 8]), lambda i: searcher.search_image(jpegs[i % 8], 5)),
+                             lambda i: on_model_thread(naive.image, jpegs[i % 8]),
+                             lambda i: searcher.search_image(jpegs[i % 8], 5)),
             "search_similar": (lambda i: call(client, "search_similar", [image_ids[i % len(image_ids)], 5]),
                                lambda i: naive.similar((image_ids[i % len(image_ids)] - 9) // 3),
                                lambda i: searcher.search_similar(image_ids[i % len(image_ids)], 5)),
