@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from clipsearch.encoder import Encoder
+from clipsearch.encoder import Encoder, image_inputs
 from clipsearch.images import ImageError, make_thumbnail, open_image
 
 from .sources import Source
@@ -30,7 +30,7 @@ THUMB_SIDE = 256
 @dataclass
 class Decoded:
     index: int
-    pixels: torch.Tensor | None
+    pixels: dict[str, torch.Tensor] | None  # one image's model inputs (Encoder.preprocess, batch axis removed)
     thumbnail: bytes
     width: int
     height: int
@@ -53,7 +53,7 @@ class DecodeDataset(Dataset):
         record = self.source.records[index]
         try:
             image = open_image(self.source.read(record), max_bytes=None, draft_size=self.draft_size)
-            pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            pixels = {name: value[0] for name, value in image_inputs(self.image_processor, [image]).items()}
             width, height = image.info["original_size"]
             return Decoded(index, pixels, make_thumbnail(image, self.thumb_side), width, height, "")
         except ImageError as error:
@@ -64,9 +64,9 @@ class DecodeDataset(Dataset):
             return Decoded(index, None, b"", 0, 0, reason)
 
 
-def _collate(items: list[Decoded]) -> tuple[list[Decoded], torch.Tensor | None]:
+def _collate(items: list[Decoded]) -> tuple[list[Decoded], dict[str, torch.Tensor] | None]:
     good = [item for item in items if item.pixels is not None]
-    pixels = torch.stack([item.pixels for item in good]) if good else None
+    pixels = {name: torch.stack([item.pixels[name] for item in good]) for name in good[0].pixels} if good else None
     for item in good:
         item.pixels = None  # the stacked tensor carries them; keep the per-item records light
     return items, pixels

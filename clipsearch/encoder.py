@@ -244,18 +244,22 @@ class Encoder:
         _release_freed_memory()
 
     # --- images -------------------------------------------------------------------------------------------------
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Pixels the model sees; safe to call in DataLoader worker processes (no model involved)."""
-        return self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+        """What the model takes for these images; safe in DataLoader worker processes (no model involved)."""
+        return image_inputs(self.image_processor, images)
 
     @torch.inference_mode()
-    def encode_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        pixel_values = pixel_values.to(self.device, dtype=self._input_dtype, non_blocking=True)
+    def encode_pixels(self, inputs: dict[str, torch.Tensor] | torch.Tensor) -> np.ndarray:
+        """Vectors for preprocessed images: preprocess()'s dict (a bare tensor is taken as pixel_values)."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = {"pixel_values": inputs}
+        inputs = {name: value.to(self.device, dtype=self._input_dtype if name == "pixel_values" else None,
+                                 non_blocking=True) for name, value in inputs.items()}
         with self._autocast():
             if self.info.has_text:
-                features = self.model.get_image_features(pixel_values=pixel_values).pooler_output
+                features = self.model.get_image_features(**inputs).pooler_output
             else:
-                features = _pool(self.model(pixel_values=pixel_values), self.info.pooling)
+                features = _pool(self.model(**inputs), self.info.pooling)
         return _normalise(features)
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -284,6 +288,7 @@ class Encoder:
         return contextlib.nullcontext()
 
 
+IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 VOCABULARY_TABLE = 2**20  # embedding tables at least this big (token vocabularies: CLIP's is 49408 x 512) go fp16
 
 
@@ -382,6 +387,13 @@ def _normalise(features: torch.Tensor) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
+def image_inputs(image_processor, images: list[Image.Image]) -> dict[str, torch.Tensor]:
+    """The image processor's model inputs: pixel_values, plus pixel_attention_mask and spatial_shapes for NaFlex
+    processors (SigLIP 2), whose patches are padded to a fixed count so a batch stacks like any other."""
+    output = image_processor(images=images, return_tensors="pt")
+    return {name: output[name] for name in IMAGE_INPUTS if name in output}
+
+
 def _vision_pooling(model) -> str:
     """'cls' for transformers with a class token (ViT, DeiT, DINOv2, BEiT: their last layer is normalised, and the
     class token is what they were trained to summarise with; ViT's tanh pooler is often untrained), else 'pooler'."""
@@ -404,8 +416,9 @@ def _pool(output, pooling: str) -> torch.Tensor:
 @torch.inference_mode()
 def _vision_dim(model, pooling: str, image_processor, image_size: int) -> int:
     """An image-only model's vector width, from one forward pass (configs name it differently per family)."""
-    pixels = image_processor(images=calibration_images(image_size)[:1], return_tensors="pt")["pixel_values"]
-    return int(_pool(model(pixel_values=pixels.to(next(model.parameters()).device)), pooling).shape[-1])
+    device = next(model.parameters()).device
+    inputs = image_inputs(image_processor, calibration_images(image_size)[:1])
+    return int(_pool(model(**{name: value.to(device) for name, value in inputs.items()}), pooling).shape[-1])
 
 
 def _projection_dim(config) -> int:

@@ -8,6 +8,7 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import run_build, write_shapes_folder
 from PIL import Image
 from tiny_models import COLORS, SHAPES, caption_for, draw_shape
@@ -156,6 +157,37 @@ def test_siglip_checkpoints_build_and_search(tmp_path, tiny_siglip):
     assert manifest.model["model_type"] == "siglip" and manifest.count == len(COLORS) * len(SHAPES)
     hits = searcher_for(out).search_text("a green cross " * 40, 3)  # longer than the context: truncated
     assert len(hits) == 3
+
+
+def test_siglip2_naflex_inputs_reach_the_model_in_builds_and_queries(tmp_path):
+    """SigLIP 2's processor pads patches and returns pixel_attention_mask and spatial_shapes with the pixels; the
+    builder's batches and the app's queries must pass all three, or the vectors are wrong (or the call fails)."""
+    from tiny_models import save_tiny_clip
+    from transformers import AutoImageProcessor, AutoModel
+
+    model_dir = save_tiny_clip(tmp_path / "siglip2", "siglip2")
+    folder = tmp_path / "gallery"
+    truth = write_shapes_folder(folder, per_combo=1)
+    out = tmp_path / "out"
+    assert run_build("--images", folder, "--model", model_dir, "--out", out, "--batch-size", "4") == 0
+    manifest = Manifest.read(out)
+    assert manifest.model["model_type"] == "siglip2" and manifest.count == len(truth)
+
+    picture = Image.open(folder / truth[0]["file_name"]).convert("RGB")
+    inputs = AutoImageProcessor.from_pretrained(model_dir, backend="pil")(images=[picture], return_tensors="pt")
+    assert {"pixel_attention_mask", "spatial_shapes"} <= set(inputs)
+    with torch.inference_mode():
+        expected = AutoModel.from_pretrained(model_dir).eval().get_image_features(
+            pixel_values=inputs["pixel_values"], pixel_attention_mask=inputs["pixel_attention_mask"],
+            spatial_shapes=inputs["spatial_shapes"]).pooler_output
+    expected = torch.nn.functional.normalize(expected, dim=-1).numpy()[0]
+    gallery = Gallery.open(out)
+    names = [record.file_name for record in gallery.rows(list(range(len(gallery))))]
+    assert np.allclose(gallery.vector(names.index(truth[0]["file_name"])), expected, atol=1e-4)
+    searcher = searcher_for(out)
+    hits = searcher.search_image(folder / truth[0]["file_name"], 3)
+    assert hits[0].file_name == truth[0]["file_name"] and hits[0].score == pytest.approx(1.0, abs=1e-4)
+    assert len(searcher.search_text("a red circle", 3)) == 3
 
 
 def test_ann_index_records_measured_recall(tmp_path, shapes_model, shapes_folder):
