@@ -125,3 +125,36 @@ def test_the_app_hides_the_text_tab_and_explains(image_only_app):
     assert tabs["Text → Image"]["visible"] is False and tabs["Image → Image"].get("visible", True) is not False
     shown = " ".join(str(c["props"].get("value", "")) for c in components if c["type"] == "markdown")
     assert "image-only model" in shown and "search by description is off" in shown
+
+
+def test_in_a_browser_the_page_opens_on_image_search_and_finds_the_picture(image_only_app, coco_dir):
+    """Chromium: no Text → Image tab, the reason shown, Image → Image open at load; an upload finds itself."""
+    import re
+
+    from playwright.sync_api import expect
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WAIT, shot, wait_for_results
+
+    demo, _, _ = image_only_app
+    image_id, entry = next((i, e) for i, e in coco_dir[1].items() if e["split"] == "val2017" and "bad" not in e)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=DESKTOP)
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(demo.local_url, wait_until="domcontentloaded")
+        expect(page.get_by_text("search by description is off")).to_be_visible(timeout=WAIT)
+        expect(page.get_by_role("tab", name="Text → Image")).to_have_count(0)
+        expect(page.get_by_role("tab", name="Image → Image")).to_have_attribute("aria-selected", "true")
+        image = page.get_by_test_id("image")
+        expect(image).to_be_visible(timeout=WAIT)
+        image.locator("input[type=file]").set_input_files(coco_dir[0] / "val2017" / entry["file_name"])
+        expect(image.locator(".image-frame img")).to_have_attribute("src", re.compile(r"\.jpg$"), timeout=WAIT)
+        page.get_by_role("button", name="Find similar images").click()
+        wait_for_results(page)
+        page.locator("#results .thumbnail-item").first.click()
+        expect(page.locator("#details")).to_contain_text(f"Image {image_id}", timeout=WAIT)
+        shot(page, "7-image-only-index")
+        browser.close()
+    assert not errors, errors
