@@ -11,9 +11,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -267,6 +269,46 @@ def call(client, endpoint: str, data: list) -> dict:
 def upload(client, path: Path) -> dict:
     response = client.post("/gradio_api/upload", files={"files": (path.name, path.read_bytes(), "image/jpeg")})
     return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
+
+
+def drive_clients(url: str, clients: int, seconds: float, query, label=lambda number, sent: "all",
+                  **client_options) -> dict:
+    """`clients` threads, each with its own HTTP connection (httpx.Client options in `client_options`), calling
+    `query(client, number, sent)` back to back for `seconds`: number is the client's, sent how many it sent before.
+    Each latency is counted under `label(number, sent)`; an exception is counted as an error, never stops the run.
+    Returns {"latencies": {label: [ms, ...]}, "errors": ["label: Type: message"], "elapsed": s}; elapsed includes
+    finishing the requests in flight at the deadline."""
+    latencies: dict[str, list[float]] = {}
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client_loop(number: int) -> None:
+        with httpx.Client(base_url=url, **{"timeout": 120, **client_options}) as client:
+            start.wait()
+            sent = 0
+            while time.perf_counter() < deadline[0]:
+                kind = label(number, sent)
+                began = time.perf_counter()
+                try:
+                    query(client, number, sent)
+                    with lock:
+                        latencies.setdefault(kind, []).append((time.perf_counter() - began) * 1000)
+                except Exception as error:  # noqa: BLE001 - counted and reported, never stops the run
+                    with lock:
+                        errors.append(f"{kind}: {type(error).__name__}: {str(error)[:160]}")
+                sent += 1
+
+    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + seconds
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - began}
 
 
 def percentile(values: list[float], q: float) -> float:

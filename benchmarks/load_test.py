@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
 from app_latency import build
-from common import App, call, machine, percentile, text_queries, upload
+from common import App, call, drive_clients, machine, percentile, text_queries, upload
 
 K = 5
 
@@ -41,47 +39,23 @@ def _refusals(response: httpx.Response) -> None:
 def run_clients(url: str, clients: int, seconds: float, image_share: float, texts: list[str], jpegs: list[Path],
                 offset: int = 0) -> dict:
     """`clients` threads for `seconds`; query i of client n is an image query when it falls in the image share."""
-    latencies: dict[str, list[float]] = {"text": [], "image": []}
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-    deadline = [0.0]
     per_client = len(texts) // clients
     every = round(1 / image_share) if image_share > 0 else 0
 
-    def client_loop(number: int) -> None:
-        with httpx.Client(base_url=url, timeout=300, event_hooks={"response": [_refusals]}) as client:
-            start.wait()
-            sent = 0
-            while time.perf_counter() < deadline[0]:
-                kind = "image" if every and (sent + number) % every == 0 else "text"
-                began = time.perf_counter()
-                try:
-                    if kind == "image":
-                        data = [upload(client, jpegs[(number + sent) % len(jpegs)]), K]
-                        result = call(client, "search_image", data)
-                    else:
-                        result = call(client, "search_text", [texts[number * per_client + (offset + sent) %
-                                                                     per_client], K])
-                    if len(result[1]) != K:
-                        raise RuntimeError(f"{len(result[1])} hits instead of {K}")
-                    with lock:
-                        latencies[kind].append((time.perf_counter() - began) * 1000)
-                except Exception as error:  # noqa: BLE001 - counted and reported, never stops the run
-                    with lock:
-                        errors.append(f"{kind}: {type(error).__name__}: {str(error)[:160]}")
-                sent += 1
+    def kind(number: int, sent: int) -> str:
+        return "image" if every and (sent + number) % every == 0 else "text"
 
-    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    deadline[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began  # includes finishing the requests in flight at the deadline
-    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+    def query(client: httpx.Client, number: int, sent: int) -> None:
+        if kind(number, sent) == "image":
+            result = call(client, "search_image", [upload(client, jpegs[(number + sent) % len(jpegs)]), K])
+        else:
+            result = call(client, "search_text", [texts[number * per_client + (offset + sent) % per_client], K])
+        if len(result[1]) != K:
+            raise RuntimeError(f"{len(result[1])} hits instead of {K}")
+
+    run = drive_clients(url, clients, seconds, query, kind, timeout=300, event_hooks={"response": [_refusals]})
+    run["latencies"] = {"text": [], "image": [], **run["latencies"]}
+    return run
 
 
 def row(name: str, values: list[float], elapsed: float) -> str:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +19,7 @@ from common import (
     App,
     call,
     coco_like_jpegs,
+    drive_clients,
     machine,
     percentile,
     synthetic_artifacts,
@@ -32,38 +31,10 @@ TARGETS = {"search_text": 100.0, "search_image": 20.0}  # queries/s with 16 clie
 
 
 def hammer(url: str, endpoint: str, make, clients: int, seconds: float) -> dict:
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-    deadline = [0.0]
-
-    def client_loop(number: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            start.wait()
-            sent = 0
-            while time.perf_counter() < deadline[0]:
-                began = time.perf_counter()
-                try:
-                    call(client, endpoint, make(client, number, sent))
-                    with lock:
-                        latencies.append((time.perf_counter() - began) * 1000)
-                except Exception as error:  # noqa: BLE001 - counted and reported, never stops the run
-                    with lock:
-                        errors.append(f"{type(error).__name__}: {str(error)[:120]}")
-                sent += 1
-
-    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    deadline[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - began  # includes finishing the requests in flight at the deadline
-    return {"qps": len(latencies) / elapsed, "p50": statistics.median(latencies) if latencies else float("nan"),
-            "p95": percentile(latencies, 0.95), "done": len(latencies), "errors": errors}
+    run = drive_clients(url, clients, seconds, lambda client, n, i: call(client, endpoint, make(client, n, i)))
+    latencies = run["latencies"].get("all", [])
+    return {"qps": len(latencies) / run["elapsed"], "p50": statistics.median(latencies) if latencies else float("nan"),
+            "p95": percentile(latencies, 0.95), "done": len(latencies), "errors": run["errors"]}
 
 
 def main() -> None:
