@@ -91,10 +91,10 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
     by_category = category_precision(vectors, categories, splits, seed) if categories else {}
     if by_category:
         results["image_to_image_by_category"] = by_category
-    captioned = [row for row, texts in enumerate(captions) if texts]
     if not encoder.info.has_text:
         log.info("image-only model: no caption recall (it cannot embed the captions)")
         return results
+    captioned = [row for row, texts in enumerate(captions) if texts]
     if not captioned:
         return results
     val_rows = [row for row in captioned if splits[row] == VAL_SPLIT]

@@ -158,8 +158,7 @@ def perturbed_queries(vectors: np.ndarray, k: int = 5, seed: int = 0,
     best_rows = np.zeros((len(queries), k), np.int64)
     for start in range(0, len(vectors), 262_144):
         scores = queries @ np.asarray(vectors[start:start + 262_144], np.float32).T
-        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k] if scores.shape[1] > k else \
-            np.broadcast_to(np.arange(scores.shape[1]), (len(queries), scores.shape[1]))
+        top = np.argpartition(-scores, min(k, scores.shape[1]) - 1, axis=1)[:, :k]  # this chunk's best k, unsorted
         merged_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, 1)], axis=1)
         merged_rows = np.concatenate([best_rows, top + start], axis=1)
         keep = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]

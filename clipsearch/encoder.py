@@ -167,13 +167,13 @@ class Encoder:
                                "the encoder uses bf16 autocast (use precision auto or fp32).")
         model.eval().to(torch_device)
         image_size = _image_size(image_processor, config)
-        pooling = "projection" if paired else _vision_pooling(model)
+        pooling, vision_dim = ("projection", 0) if paired else _vision_head(model, image_processor, image_size)
         info = ModelInfo(
             model_id=model_id if resolved else str(folder),
             revision=resolved,
             architecture=type(model).__name__,
             model_type=config.model_type,
-            dim=_projection_dim(config) if paired else _vision_dim(model, pooling, image_processor, image_size),
+            dim=_projection_dim(config) if paired else vision_dim,
             image_size=image_size,
             text_max_length=_text_max_length(tokenizer, config) if paired else 0,
             preprocess=_jsonable(image_processor.to_dict()),
@@ -249,10 +249,8 @@ class Encoder:
         return image_inputs(self.image_processor, images)
 
     @torch.inference_mode()
-    def encode_pixels(self, inputs: dict[str, torch.Tensor] | torch.Tensor) -> np.ndarray:
-        """Vectors for preprocessed images: preprocess()'s dict (a bare tensor is taken as pixel_values)."""
-        if isinstance(inputs, torch.Tensor):
-            inputs = {"pixel_values": inputs}
+    def encode_pixels(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+        """Vectors for preprocessed images (preprocess()'s dict, batched)."""
         inputs = {name: value.to(self.device, dtype=self._input_dtype if name == "pixel_values" else None,
                                  non_blocking=True) for name, value in inputs.items()}
         with self._autocast():
@@ -394,31 +392,29 @@ def image_inputs(image_processor, images: list[Image.Image]) -> dict[str, torch.
     return {name: output[name] for name in IMAGE_INPUTS if name in output}
 
 
-def _vision_pooling(model) -> str:
-    """'cls' for transformers with a class token (ViT, DeiT, DINOv2, BEiT: their last layer is normalised, and the
-    class token is what they were trained to summarise with; ViT's tanh pooler is often untrained), else 'pooler'."""
-    embeddings = getattr(model, "embeddings", None)
-    if getattr(embeddings, "cls_token", None) is not None:
-        return "cls"
-    return "pooler"
+@torch.inference_mode()
+def _vision_head(model, image_processor, image_size: int) -> tuple[str, int]:
+    """How an image-only model's output becomes one vector, and its width, from one forward pass (configs name the
+    width differently per family): 'cls' for transformers with a class token (ViT, DeiT, DINOv2, BEiT: their last
+    layer is normalised and the class token is what they were trained to summarise with; ViT's tanh pooler is often
+    untrained), else 'pooler' where the model pools (ResNet, ConvNeXt, Swin), else 'mean'."""
+    device = next(model.parameters()).device
+    inputs = image_inputs(image_processor, calibration_images(image_size)[:1])
+    output = model(**{name: value.to(device) for name, value in inputs.items()})
+    if getattr(getattr(model, "embeddings", None), "cls_token", None) is not None:
+        pooling = "cls"
+    else:
+        pooling = "pooler" if getattr(output, "pooler_output", None) is not None else "mean"
+    return pooling, int(_pool(output, pooling).shape[-1])
 
 
 def _pool(output, pooling: str) -> torch.Tensor:
     if pooling == "cls":
         return output.last_hidden_state[:, 0]
-    pooled = getattr(output, "pooler_output", None)
-    if pooling == "pooler" and pooled is not None:
-        return pooled.flatten(1)  # ResNet's (B, C, 1, 1)
+    if pooling == "pooler":
+        return output.pooler_output.flatten(1)  # ResNet's (B, C, 1, 1)
     hidden = output.last_hidden_state
     return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.flatten(2).mean(dim=-1)
-
-
-@torch.inference_mode()
-def _vision_dim(model, pooling: str, image_processor, image_size: int) -> int:
-    """An image-only model's vector width, from one forward pass (configs name it differently per family)."""
-    device = next(model.parameters()).device
-    inputs = image_inputs(image_processor, calibration_images(image_size)[:1])
-    return int(_pool(model(**{name: value.to(device) for name, value in inputs.items()}), pooling).shape[-1])
 
 
 def _projection_dim(config) -> int:

@@ -55,7 +55,6 @@ class Searcher:
             raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
         self.gallery = gallery
         self.encoder = encoder
-        self.has_text = encoder.info.has_text
         self.model_thread = model_thread or ModelThread()
         self._encode_text = self.model_thread.lane("text", lambda texts: list(encoder.encode_texts(texts)), text_batch)
         self._encode_image = self.model_thread.lane("image", lambda images: list(encoder.encode_images(images)),
@@ -64,10 +63,16 @@ class Searcher:
         self._text_lock = threading.Lock()
 
     # --- queries --------------------------------------------------------------------------------------------------
+    @property
+    def has_text(self) -> bool:
+        return self.encoder.info.has_text
+
     def require_text(self) -> None:
         """Image-only indexes (DINOv2, ViT, ResNet, ...) have no text side: a sentence instead of a search."""
         if not self.has_text:
-            raise QueryError(text_unavailable(self.encoder.info.model_id))
+            raise QueryError(f"This index was built with an image-only model ({self.encoder.info.model_id}), which "
+                             "cannot read text: search with a picture instead (Image → Image, or the /search_image "
+                             "endpoint).")
 
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
         self.require_text()
@@ -128,11 +133,6 @@ class Searcher:
                 thumbnail=str(self.gallery.thumbnails.path(row)),
             ))
         return hits
-
-
-def text_unavailable(model_id: str) -> str:
-    return (f"This index was built with an image-only model ({model_id}), which cannot read text: search with a "
-            "picture instead (Image → Image, or the /search_image endpoint).")
 
 
 def clean_text(text) -> str:

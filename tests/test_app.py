@@ -189,3 +189,13 @@ def test_search_is_offered_as_mcp_tools(app_server):
     assert {"search_text", "search_image", "search", "search_similar"} <= set(tools)
     assert "best match a description" in tools["search_text"]["description"]
     assert "plain words" in tools["search_text"]["inputSchema"]["properties"]["text"]["description"]
+
+
+def test_the_query_precision_comes_from_the_environment_and_a_wrong_one_is_named():
+    from clipsearch.encoder import EncoderError
+    from clipsearch.service import Settings
+
+    assert Settings.from_env({}).precision == "auto"
+    assert Settings.from_env({"CLIPSEARCH_PRECISION": "fp32"}).precision == "fp32"
+    with pytest.raises(EncoderError, match=r"CLIPSEARCH_PRECISION='fp8': choose one of auto, fp32, bf16, int8"):
+        Settings.from_env({"CLIPSEARCH_PRECISION": "fp8"})
