@@ -43,14 +43,18 @@ APPEND_WORK = ".work-append"
 
 
 def fetch_base(repo: str, out: Path) -> None:
-    """Start from a published build: download it (pinned by the tag or commit given) into --out."""
-    from huggingface_hub import snapshot_download
+    """Start from a published build: download exactly the files its manifest lists (pinned to one commit) into --out,
+    the manifest last, so an interrupted download never looks like a finished build."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     from .sources import parse_repo
 
     repo_id, revision = parse_repo(repo)
-    snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=out,
-                      ignore_patterns=["README.md", ".gitattributes"])
+    commit = HfApi().dataset_info(repo_id, revision=revision).sha
+    listed = Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=commit))
+    names = sorted(Manifest.read(listed.parent).files)
+    snapshot_download(repo_id, repo_type="dataset", revision=commit, local_dir=out, allow_patterns=names)
+    shutil.copyfile(listed, out / MANIFEST)
 
 
 def new_records(source: Source, table: pa.Table) -> int:
@@ -129,7 +133,7 @@ def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
     rows = combined.select(["captions", "split", "categories"]).to_pydict()
     mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
     evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], mode, categories=rows["categories"])
-    names = sorted(p.name for p in stage.iterdir() if p.is_file() and p.name != MANIFEST)
+    names = sorted([INDEX, EMBEDDINGS, METADATA, *base.thumbnails.files, *new_files])  # what this append wrote
     manifest = replace(
         base, count=len(vectors), index=index_info, sources=base.sources + source.infos,
         skipped=base.skipped + packed.skipped, evaluation=evaluation,

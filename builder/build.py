@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,9 +20,11 @@ import torch
 from clipsearch.encoder import DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError, pick_device
 from clipsearch.hub import DEFAULT_INDEX_REPO
 from clipsearch.manifest import (
+    EMBEDDINGS,
     FORMAT_VERSION,
     INDEX,
     MANIFEST,
+    METADATA,
     ArtifactError,
     Manifest,
     ThumbnailInfo,
@@ -48,6 +51,10 @@ from .sources import (
 
 log = logging.getLogger("builder")
 WORK = ".work"  # resume cache inside --out; not an artifact, never published
+# Everything a build may create in --out besides its artifacts: the resume caches and huggingface_hub's download
+# metadata (--base); check_out_folder refuses a folder holding anything else.
+OWN_FOLDERS = (WORK, ".work-append", ".cache", ".write-test")
+THUMBS_RE = re.compile(r"thumbs-\d{5}\.bin")
 USER_ERRORS = (SourceError, EncoderError, ArtifactError, PublishError, IndexBuildError)
 
 
@@ -145,12 +152,43 @@ def prepare_work(out: Path, settings: dict, fresh: bool) -> Path:
     return work
 
 
+def artifact_names(out: Path) -> list[str]:
+    """The files in `out` that a build of ours wrote, by their known names: what a rebuild may replace."""
+    names = {MANIFEST, INDEX, EMBEDDINGS, METADATA}
+    names.update(p.name for p in out.glob("thumbs-*.bin") if THUMBS_RE.fullmatch(p.name))
+    try:
+        names.update(Manifest.read(out).files)  # older builds may have listed other names
+    except (ArtifactError, OSError, ValueError):
+        pass
+    return sorted(name for name in names if (out / name).is_file())
+
+
+def check_out_folder(out: Path, *, images: Path | None = None) -> None:
+    """Refuse an --out that holds anything this builder did not write: a rebuild replaces only its own files, so a
+    user's document or photo is never deleted, overwritten, listed in the manifest or pushed."""
+    if images is not None and out.resolve() == images.resolve():
+        raise BuildError(f"--out {out} is the --images folder itself; write the index to its own folder "
+                         f"(e.g. --out {out.name}-index), so that no picture can be overwritten.")
+    if not out.is_dir():
+        return
+    ours = set(artifact_names(out)) | set(OWN_FOLDERS)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise BuildError(f"--out {out} holds files this builder did not write ({shown}); nothing was changed. "
+                         "Choose an empty or new folder for --out.")
+    has_build = (out / MANIFEST).is_file() or (out / WORK).is_dir() or (out / ".work-append").is_dir()
+    if ours - set(OWN_FOLDERS) and not has_build:
+        raise BuildError(f"--out {out} holds {', '.join(sorted(ours - set(OWN_FOLDERS))[:3])} but no build of ours "
+                         "(no manifest.json, no .work/); nothing was changed. Choose an empty or new folder for --out.")
+
+
 def clear_artifacts(out: Path) -> None:
-    """The manifest goes first: from here until the new one is written, the folder is not a complete build."""
+    """Remove the previous build's files by name (check_out_folder has proved them ours). The manifest goes first:
+    from here until the new one is written, the folder is not a complete build."""
     (out / MANIFEST).unlink(missing_ok=True)
-    for path in out.iterdir():
-        if path.is_file() and path.name != MANIFEST:
-            path.unlink()
+    for name in artifact_names(out):
+        (out / name).unlink()
 
 
 def builder_version() -> str:
@@ -187,6 +225,7 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
         # Rank 0 checks, downloads (into the caches the other ranks then read) and resets --out before anyone embeds;
         # a failure here reaches the other ranks as a message, not as a hang.
         try:
+            check_out_folder(out, images=args.images)
             check_writable(out)
             if args.push is not None:
                 require_token()  # fail before hours of embedding, not after
@@ -236,7 +275,7 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
     records = [source.records[i] for i in packed.rows]
     evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records], mode,
                           categories=[r.categories for r in records])
-    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
+    names = sorted([INDEX, *packed.files])  # exactly what this build wrote, never a listing of the folder
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, count=len(packed.rows),
         index=index_info, thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=THUMB_SIDE),
@@ -249,7 +288,7 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
     write_manifest(out, manifest)
     print(summary(manifest, out, speed))
     if repo_id:
-        published = push(out, manifest, repo_id)
+        published = push(out, manifest, repo_id, private=args.private)
         print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
     return manifest
 
@@ -258,6 +297,7 @@ def run_append(args: argparse.Namespace) -> Manifest:
     """--append: embed only the new images of the source and add them to the build in --out (one process)."""
     from .append import append, fetch_base
 
+    check_out_folder(args.out, images=args.images)
     check_writable(args.out)
     repo_id = None
     if args.push is not None:
@@ -273,7 +313,7 @@ def run_append(args: argparse.Namespace) -> Manifest:
     manifest = append(args, source, args.out, {"builder_version": builder_version()})
     print(f"\nThe index in {args.out.resolve()} now holds {manifest.count:,} images.")
     if repo_id:
-        published = push(args.out, manifest, repo_id)
+        published = push(args.out, manifest, repo_id, private=args.private)
         print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
     return manifest
 

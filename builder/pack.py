@@ -35,6 +35,11 @@ class Packed:
     skipped: list[Skipped]
     thumb_files: list[str]
 
+    @property
+    def files(self) -> list[str]:
+        """Every file pack() wrote, by name."""
+        return [EMBEDDINGS, METADATA, *self.thumb_files]
+
 
 def pack(source: Source, work: Path, out: Path, shard_count: int, dim: int) -> Packed:
     """Write embeddings.npy, metadata.parquet and thumbs-*.bin into `out`, row i of each describing the same image."""

@@ -10,12 +10,14 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
-from clipsearch.manifest import MANIFEST, Manifest
+from clipsearch.hub import TAG_PREFIX
+from clipsearch.manifest import MANIFEST, ArtifactError, Manifest
 
 log = logging.getLogger(__name__)
 
-TAG_PREFIX = "build-"
-KEEP = {".gitattributes"}  # files on the Hub a push never deletes
+CARD = "README.md"
+# The card's first line after its front matter says who wrote it: a README without it is the owner's, never replaced.
+CARD_MARKER = "<!-- written by python -m builder.build; replaced by every push -->"
 
 
 class PublishError(RuntimeError):
@@ -38,8 +40,9 @@ def require_token() -> str:
 
 
 def new_tag(now: datetime | None = None) -> str:
-    """Tags sort by time as text, so the app's 'latest build' is simply the greatest tag name."""
-    return TAG_PREFIX + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    """build-YYYYMMDD-HHMMSS-ffffff: tags sort by time as text, so the app's 'latest build' is simply the greatest
+    tag name; microseconds keep two pushes in the same second apart."""
+    return TAG_PREFIX + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S-%f")
 
 
 def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None, private: bool = False) -> Published:
@@ -54,6 +57,8 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
         parent = api.dataset_info(repo_id, revision="main").sha if _has_commits(api, repo_id) else None
         current = set(api.list_repo_files(repo_id, repo_type="dataset", revision=parent)) if parent else set()
+        previous = _previous_build(api, repo_id, parent) if MANIFEST in current else set()
+        own_card = CARD not in current or _card_is_ours(api, repo_id, parent)
     except HfHubHTTPError as error:
         raise PublishError(f"--push {repo_id}: the Hub refused access ({_first(error)}); check the repo id and "
                            "that HF_TOKEN has write access.") from None
@@ -65,10 +70,14 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
     names = sorted(manifest.files) + [MANIFEST]
     tag = new_tag()
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name)) for name in names]
-    operations.append(CommitOperationAdd(path_in_repo="README.md",
-                                         path_or_fileobj=dataset_card(manifest, repo_id, tag, parent).encode()))
-    keep = set(names) | KEEP | {"README.md"}
-    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(current - keep)]
+    if own_card:
+        operations.append(CommitOperationAdd(path_in_repo=CARD,
+                                             path_or_fileobj=dataset_card(manifest, repo_id, tag, parent).encode()))
+    else:
+        log.warning("%s in %s was not written by the builder: left as it is", CARD, repo_id)
+    # Only the previous build's own files (its manifest lists them) that this build no longer has; whatever else the
+    # repo holds belongs to its owner and stays.
+    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(previous & current - set(names))]
     log.info("pushing %d files to %s as one commit (parent %s)", len(names), repo_id, (parent or "none")[:12])
     try:
         message = f"Index build {tag}: {manifest.count} images, {manifest.model['model_id']}"
@@ -109,7 +118,7 @@ def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None)
         if "text_to_image" in result)
     return (
         "---\nlicense: cc-by-4.0\npretty_name: COCO CLIP search index\ntags:\n- clip\n- faiss\n"
-        "- image-retrieval\n---\n"
+        f"- image-retrieval\n---\n{CARD_MARKER}\n"
         f"# {repo_id}\n\nSearch index built by `python -m builder.build` for COCO CLIP visual search. "
         f"This commit is tagged `{tag}` and replaces `{parent or 'nothing'}`.\n\n"
         f"- model: `{manifest.model['model_id']}` @ `{manifest.model.get('revision')}`"
@@ -121,6 +130,27 @@ def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None)
         "`manifest.json` lists every other file with its sha256; the app verifies them before serving. "
         "COCO annotations are CC BY 4.0; images keep their Flickr licenses.\n"
     )
+
+
+def _previous_build(api: HfApi, repo_id: str, commit: str) -> set[str]:
+    """The files the repo's current build wrote: its manifest and what that manifest lists."""
+    from huggingface_hub import hf_hub_download
+
+    folder = Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=commit, endpoint=api.endpoint,
+                                  token=api.token)).parent
+    try:
+        return {MANIFEST, *Manifest.read(folder).files}
+    except ArtifactError:  # a manifest.json of another kind: nothing in the repo is known to be ours
+        return set()
+
+
+def _card_is_ours(api: HfApi, repo_id: str, commit: str) -> bool:
+    from huggingface_hub import hf_hub_download
+
+    card = Path(hf_hub_download(repo_id, CARD, repo_type="dataset", revision=commit, endpoint=api.endpoint,
+                                token=api.token)).read_text(encoding="utf-8", errors="replace")
+    # Cards of builds before the marker existed start their body with this sentence.
+    return CARD_MARKER in card or "Search index built by `python -m builder.build`" in card
 
 
 def _has_commits(api: HfApi, repo_id: str) -> bool:

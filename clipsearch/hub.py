@@ -8,9 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, scan_cache_dir, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_download
 from huggingface_hub.errors import (
     CacheNotFound,
+    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -59,14 +60,23 @@ def _unreachable(error: BaseException) -> bool:
 
 def download(repo_id: str, revision: str | None, *, endpoint: str | None = None, token: str | None = None,
              cache_dir: Path | None = None) -> IndexSource:
-    """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache."""
+    """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache: the manifest,
+    then exactly the files it lists, all at one commit (whatever else the repo holds is not downloaded)."""
     api = HfApi(endpoint=endpoint, token=token)
     newest = latest_tag(api, repo_id)
     ref = revision or newest or "main"
-    log.info("downloading %s at %s from %s", repo_id, ref, api.endpoint)
-    folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=ref, endpoint=endpoint, token=token,
-                                    cache_dir=cache_dir))
-    return IndexSource(folder=folder, repo_id=repo_id, revision=folder.name, ref=ref)
+    commit = api.dataset_info(repo_id, revision=ref).sha
+    log.info("downloading %s at %s (%s) from %s", repo_id, ref, commit[:12], api.endpoint)
+    try:
+        listed = Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=commit, endpoint=endpoint,
+                                      token=token, cache_dir=cache_dir))
+    except EntryNotFoundError:
+        raise ArtifactError(f"INDEX_REPO={repo_id} has no {MANIFEST} at {ref}: it holds no build. Publish one with "
+                            "python -m builder.build --push, or set INDEX_REVISION to a build tag.") from None
+    names = sorted(Manifest.read(listed.parent).files)
+    folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit, endpoint=endpoint, token=token,
+                                    cache_dir=cache_dir, allow_patterns=[MANIFEST, *names]))
+    return IndexSource(folder=folder, repo_id=repo_id, revision=commit, ref=ref)
 
 
 def cached_snapshots(repo_id: str, revision: str | None, cache_dir: Path | None = None) -> list[IndexSource]:

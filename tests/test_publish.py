@@ -44,11 +44,14 @@ def test_a_repush_is_a_new_commit_and_pinned_readers_keep_their_set(hub, monkeyp
     old = push(shapes_artifacts, Manifest.read(shapes_artifacts), REPO, api=api)
     rebuilt = tmp_path / "rebuilt"
     assert run_build("--images", shapes_folder[0], "--model", tiny_clip, "--out", rebuilt, "--limit", "7") == 0
-    hub.put_files(REPO, {"stale-extra.bin": b"left over from an older layout"})
+    hub.put_files(REPO, {"notes/owner.txt": b"the repo owner's own file"})
     monkeypatch.setattr("builder.publish.new_tag", lambda: "build-29990101-000000")
     new = push(rebuilt, Manifest.read(rebuilt), REPO, api=api)
     assert new.commit != old.commit and hub.commit_count(REPO) == 4
-    assert "stale-extra.bin" not in hub.files(REPO, revision=new.commit)  # the new set is exactly the build
+    files = hub.files(REPO, revision=new.commit)
+    assert files["notes/owner.txt"] == b"the repo owner's own file"  # not ours: a push never deletes it
+    assert set(files) - {"notes/owner.txt", ".gitattributes"} == set(Manifest.read(rebuilt).files) | {MANIFEST,
+                                                                                                     "README.md"}
     for commit, folder in ((old.commit, shapes_artifacts), (new.commit, rebuilt)):
         snapshot = _snapshot(snapshot_download(REPO, repo_type="dataset", revision=commit, endpoint=hub.url,
                                                cache_dir=tmp_path / "reader"))
