@@ -132,15 +132,6 @@ def _lazy_session_configs() -> None:
     state_holder.SessionState.__init__ = __init__
 
 
-def _gpu(fn):
-    """On ZeroGPU hardware, run encoders under spaces.GPU; a no-op on CPU Spaces and local runs."""
-    if os.environ.get("SPACES_ZERO_GPU"):
-        import spaces  # the Hugging Face package, present on ZeroGPU Spaces only
-
-        return spaces.GPU(fn)
-    return fn
-
-
 class DecodedImages:
     """Images decoded by the validator, handed to the batched search so each upload is decoded once."""
 
@@ -345,7 +336,6 @@ def build_ui(service: Service) -> gr.Blocks:
         return [_check(known), _check(lambda: check_k(k))]
 
     # --- named API endpoints (the contract; concurrent calls share encoder passes in the micro-batchers) ---
-    @_gpu
     def search_text(text: str, k: int):
         """Find the COCO images that best match a description.
 
@@ -355,7 +345,6 @@ def build_ui(service: Service) -> gr.Blocks:
         """
         return _outputs(lambda: searcher.search_text(text, k))
 
-    @_gpu
     def search_image(image: str, k: int):
         """Find the COCO images that look most like a given picture.
 
@@ -374,7 +363,6 @@ def build_ui(service: Service) -> gr.Blocks:
         """
         return _outputs(lambda: searcher.search_similar(int(image_id), k))
 
-    @_gpu
     def search(text: str, images: list[str] | None, image_weight: float, negative: str, negative_weight: float,
                categories: list[str] | None, match_all: bool, splits: list[str] | None, collapse: bool,
                diversity: float, min_score: float, more_like: list[int] | None, less_like: list[int] | None, k: int,

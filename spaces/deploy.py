@@ -1,5 +1,7 @@
 """Deploy the Space: upload exactly what it needs (app.py, clipsearch/, requirements.txt, card) in one commit.
 
+The uploaded requirements.txt adds PyTorch's CPU wheel index to the repo's own (see TORCH_CPU_INDEX).
+
     python spaces/deploy.py SPACE_ID [--index-repo REPO] [--private]
 
 Needs HF_TOKEN (or `hf auth login`) with write access to SPACE_ID. Run from anywhere; paths are repo-relative.
@@ -16,12 +18,23 @@ from huggingface_hub.errors import HfHubHTTPError
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = Path(__file__).resolve().parent / "README.md"
+# A Space installs requirements.txt with pip on Linux, where PyPI's torch is the CUDA build (~530 MB plus several GB
+# of CUDA libraries) although cpu-basic has no GPU. PyTorch's CPU index serves the same release as 2.13.0+cpu, which
+# pip prefers (a local version sorts above the plain one) while the pin stays torch==2.13.0 for local and CI installs.
+TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
 
 
-def space_files(root: Path = ROOT) -> dict[str, Path]:
+def space_requirements(root: Path = ROOT) -> bytes:
+    """The repo's requirements.txt with PyTorch's CPU wheel index added: what the Space installs."""
+    text = (root / "requirements.txt").read_text()
+    return (f"# Deployed by spaces/deploy.py: the CPU build of torch (the Space has no GPU).\n{TORCH_CPU_INDEX}\n"
+            + text).encode()
+
+
+def space_files(root: Path = ROOT) -> dict[str, Path | bytes]:
     """{path in the Space repo: local file}: the app, the shared package, requirements and the card — nothing else
     (no builder, no tests, and never this spaces/ folder: gradio imports a module called `spaces`)."""
-    files = {"app.py": root / "app.py", "requirements.txt": root / "requirements.txt", "README.md": CARD}
+    files = {"app.py": root / "app.py", "requirements.txt": space_requirements(root), "README.md": CARD}
     for path in sorted((root / "clipsearch").glob("*.py")):
         files[f"clipsearch/{path.name}"] = path
     return files
@@ -29,8 +42,8 @@ def space_files(root: Path = ROOT) -> dict[str, Path]:
 
 def deploy(space_id: str, *, api: HfApi, index_repo: str | None = None, private: bool = False) -> str:
     api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
-                  for name, path in space_files().items()]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if isinstance(data, bytes) else str(data))
+                  for name, data in space_files().items()]
     info = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy COCO CLIP visual search")
     if index_repo:
         api.add_space_variable(space_id, "INDEX_REPO", index_repo)

@@ -36,6 +36,12 @@ def test_deploy_uploads_exactly_what_the_space_needs(hub):
         f"clipsearch/{p.name}" for p in (ROOT / "clipsearch").glob("*.py")}
     assert set(files) - {".gitattributes"} == expected
     assert files["README.md"] == (ROOT / "spaces" / "README.md").read_bytes()
+    # The Space gets the repo's pins plus PyTorch's CPU index; the repo's own file (local and CI installs) is unchanged.
+    space_lines = files["requirements.txt"].decode().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in space_lines
+    assert [line for line in space_lines if not line.startswith(("#", "--"))] == [
+        line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "download.pytorch.org" not in (ROOT / "requirements.txt").read_text()
     assert not any(name.startswith(("spaces/", "tests/", "builder/")) for name in files)
 
 
@@ -55,3 +61,34 @@ def test_spaces_folder_is_not_an_importable_package():
     # And where no real package exists, nothing named spaces is a module or regular package in the app's folder.
     spec = importlib.util.find_spec("spaces") if importlib.util.find_spec("spaces") else None
     assert spec is None or spec.origin not in (str(ROOT / "spaces" / "__init__.py"), str(ROOT / "spaces.py"))
+
+
+def _fake_wheel(folder, version: str):
+    """A minimal valid wheel named torch at `version` (what pip reads to resolve; never installed)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"torch-{version}-py3-none-any.whl"
+    info = f"torch-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: torch\nVersion: {version}\n")
+        wheel.writestr(f"{info}/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def test_pip_takes_the_cpu_build_when_both_indexes_serve_the_pinned_torch(tmp_path):
+    """What the Space's pip does with the deployed file, replayed offline: PyPI serves torch 2.13.0 (CUDA), PyTorch's
+    CPU index 2.13.0+cpu; the repo's pin torch==2.13.0 must resolve to the CPU build."""
+    import json
+
+    pin = next(line for line in deploy.space_requirements().decode().splitlines() if line.startswith("torch=="))
+    _fake_wheel(tmp_path / "pypi", pin.split("==")[1])
+    _fake_wheel(tmp_path / "cpu-index", pin.split("==")[1] + "+cpu")
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index", "--quiet",
+                    "--find-links", str(tmp_path / "pypi"), "--find-links", str(tmp_path / "cpu-index"),
+                    "--ignore-installed", "--report", str(report), pin], check=True, capture_output=True)
+    chosen = json.loads(report.read_text())["install"][0]["metadata"]["version"]
+    assert chosen == pin.split("==")[1] + "+cpu"
