@@ -31,6 +31,7 @@ from clipsearch.manifest import (
     hash_files,
     write_manifest,
 )
+from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
 from .distributed import Group, Ranks, rank_device, rank_threads, rank_workers
 from .embed import THUMB_SIDE, embed_shards, shard_ranges
@@ -273,8 +274,10 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
     mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
     log.info("stage 6/6 evaluate: %s", mode)
     records = [source.records[i] for i in packed.rows]
+    coco_ids = all(info.kind != "images" for info in source.infos)  # a folder's images are numbered, not COCO ids
     evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records], mode,
-                          categories=[r.categories for r in records])
+                          categories=[r.categories for r in records],
+                          image_ids=[r.image_id for r in records] if coco_ids else None)
     names = sorted([INDEX, *packed.files])  # exactly what this build wrote, never a listing of the folder
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, count=len(packed.rows),
@@ -386,12 +389,16 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
     if not manifest.model.get("has_text", True):
         lines.append(f"  text side: none ({manifest.model['architecture']} is an image-only model): the app serves "
                      "image -> image search only")
-    for name, result in manifest.evaluation.items():
-        if "text_to_image" not in result:
-            continue
-        t2i = " ".join(f"{k} {v:.1f}" for k, v in result["text_to_image"].items())
-        i2t = " ".join(f"{k} {v:.1f}" for k, v in result["image_to_text"].items())
-        lines.append(f"  recall ({name}, {result['images']:,} images): text->image {t2i} | image->text {i2t}")
+    for name, result in recall_results(manifest.evaluation):
+        lines.append(f"  recall ({recall_label(name, result)}): text->image {format_recall(result['text_to_image'])} "
+                     f"| image->text {format_recall(result['image_to_text'])}")
+        if published := result.get("published"):
+            lines.append(f"    published ({published['source']}, {published['reference']}): text->image "
+                         f"{format_recall(published['text_to_image'])} | image->text "
+                         f"{format_recall(published['image_to_text'])}")
+            lines.append(f"    {'FLAGGED' if published['flagged'] else 'ok'}: {published['note']}")
+    if reason := skipped_karpathy(manifest.evaluation):
+        lines.append(f"  recall ({KARPATHY}): skipped: {reason}")
     if by_category := manifest.evaluation.get("image_to_image_by_category"):
         lines.append(f"  image->image by category ({by_category['queries_from']}, {by_category['images']:,} images): "
                      + " ".join(f"{k} {by_category[k]:.1f}" for k in ("P@1", "P@5", "P@10", "mAP")))

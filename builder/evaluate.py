@@ -1,4 +1,5 @@
-"""Evaluation stage: caption Recall@1/5/10 both ways (COCO val2017 5k, full gallery) and image->image by category."""
+"""Evaluation stage: caption Recall@1/5/10 both ways (Karpathy 5k test split beside the published figures, COCO
+val2017, full gallery) and image->image by category."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import torch
 from tqdm import tqdm
 
 from clipsearch.encoder import Encoder
+from clipsearch.published import compare, published_for
+
+from . import karpathy
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +85,17 @@ def category_precision(vectors: np.ndarray, categories: list[list[str]], splits:
 
 
 def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], splits: list[str],
-             mode: str = "val", seed: int = 0, categories: list[list[str]] | None = None) -> dict:
-    """Recall on the val set (val2017, else a seeded 5k sample of captioned rows) and, in 'full' mode, with
-    the same caption queries against the whole gallery and the val images against every gallery caption;
-    plus image->image precision by COCO category where the gallery has categories."""
+             mode: str = "val", seed: int = 0, categories: list[list[str]] | None = None,
+             image_ids: list[int] | None = None, karpathy_source: str | None = None) -> dict:
+    """Recall on the Karpathy 5k test split when `image_ids` (COCO ids, row by row) are given, set beside the
+    published figures of the model; recall on the val set (val2017, else a seeded 5k sample of captioned rows)
+    and, in 'full' mode, with the same caption queries against the whole gallery and the val images against every
+    gallery caption; plus image->image precision by COCO category where the gallery has categories."""
     if mode == "none":
         return {}
     results = {}
+    if image_ids is not None and encoder.info.has_text:
+        results[karpathy.NAME] = karpathy_recall(encoder, vectors, image_ids, karpathy_source)
     by_category = category_precision(vectors, categories, splits, seed) if categories else {}
     if by_category:
         results["image_to_image_by_category"] = by_category
@@ -109,8 +117,12 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
     local_owner = np.searchsorted(np.asarray(val_rows), owner)
     firsts = np.searchsorted(local_owner, np.arange(len(val_rows)))
     lasts = np.searchsorted(local_owner, np.arange(len(val_rows)), side="right")
+    label = (f"val2017 ({len(val_rows):,} images with all {len(texts):,} of their captions; no paper reports this "
+             "split)" if name == VAL_SPLIT else
+             f"sample ({len(val_rows):,} captioned gallery images drawn with seed {seed}, {len(texts):,} captions; "
+             "not a published split)")
     results[name] = {
-        "images": len(val_rows), "captions": len(texts),
+        "label": label, "images": len(val_rows), "captions": len(texts),
         "text_to_image": _recall(_ranks(text_vectors, image_vectors, lambda q: [int(local_owner[q])])),
         "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
     }
@@ -121,6 +133,7 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
         starts = np.searchsorted(all_owner, np.asarray(val_rows))
         ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
         results["full_gallery"] = {
+            "label": f"full gallery ({len(vectors):,} images, {len(all_texts):,} captions; queries from {name})",
             "images": len(vectors), "captions": len(all_texts), "queries_from": name,
             "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
             "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
@@ -134,3 +147,50 @@ def _flatten(captions: list[list[str]], rows: list[int]) -> tuple[list[str], np.
         texts.extend(captions[row])
         owner.extend([row] * len(captions[row]))
     return texts, np.asarray(owner, dtype=np.int64)
+
+
+def karpathy_recall(encoder: Encoder, vectors: np.ndarray, image_ids: list[int], location: str | None = None) -> dict:
+    """Recall both ways over the Karpathy test images present in the gallery (their vectors taken from the built
+    ones by COCO image id) with the Karpathy captions; the published figures beside it where the model has some.
+    Never raises for the split's sake: an unreadable or unreachable split gives {"skipped": reason}."""
+    try:
+        split = karpathy.load_split(location)
+    except karpathy.KarpathyUnavailable as error:
+        source = karpathy.requested_source(location)
+        log.warning("Karpathy 5k test evaluation skipped: %s", error)
+        return {"skipped": str(error), **({"source": source} if source else {})}
+    row_of: dict[int, int] = {}
+    for row, image_id in enumerate(image_ids):
+        row_of.setdefault(int(image_id), row)
+    present = [i for i, image_id in enumerate(split.image_ids) if image_id in row_of]
+    total = len(split.image_ids)
+    if not present:
+        reason = f"none of the {total:,} Karpathy test images is in this gallery"
+        log.warning("Karpathy 5k test evaluation skipped: %s", reason)
+        return {"skipped": reason, "source": split.source}
+    rows = [row_of[split.image_ids[i]] for i in present]
+    texts, owner = [], []
+    for local, i in enumerate(present):
+        texts.extend(split.captions[i])
+        owner.extend([local] * len(split.captions[i]))
+    owner = np.asarray(owner, dtype=np.int64)
+    firsts = np.searchsorted(owner, np.arange(len(rows)))
+    lasts = np.searchsorted(owner, np.arange(len(rows)), side="right")
+    log.info("evaluating recall on the Karpathy test split: %d of %d images, %d captions", len(rows), total,
+             len(texts))
+    text_vectors = encode_captions(encoder, texts)
+    image_vectors = vectors[rows]
+    complete = len(rows) == total
+    result = {
+        "label": (f"{karpathy.NAME} ({len(rows):,} images, {len(texts):,} captions)" if complete else
+                  f"{karpathy.NAME} ({len(rows):,} of {total:,} images)"),
+        "images": len(rows), "captions": len(texts), "split_images": total, "complete": complete,
+        "text_to_image": _recall(_ranks(text_vectors, image_vectors, lambda q: [int(owner[q])])),
+        "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
+        "source": split.source,
+    }
+    if entry := published_for(encoder.info.model_id):
+        result["published"] = compare(result, entry)
+        log.log(logging.WARNING if result["published"]["flagged"] else logging.INFO, "Karpathy 5k test: %s",
+                result["published"]["note"])
+    return result

@@ -12,6 +12,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from clipsearch.hub import TAG_PREFIX
 from clipsearch.manifest import MANIFEST, ArtifactError, Manifest
+from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,18 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
 
 
 def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None) -> str:
-    evaluation = "".join(
-        f"- recall on {name}: text→image R@5 {result['text_to_image']['R@5']:.1f}, "
-        f"image→text R@5 {result['image_to_text']['R@5']:.1f}\n" for name, result in manifest.evaluation.items()
-        if "text_to_image" in result)
+    evaluation = ""
+    for name, result in recall_results(manifest.evaluation):
+        evaluation += (f"- recall on {recall_label(name, result)}: text→image "
+                       f"{format_recall(result['text_to_image'])}; "
+                       f"image→text {format_recall(result['image_to_text'])}\n")
+        if published := result.get("published"):
+            evaluation += (f"  - published ([{published['source']}]({published['source_url']}), "
+                           f"{published['reference']}): text→image {format_recall(published['text_to_image'])}; "
+                           f"image→text {format_recall(published['image_to_text'])}\n"
+                           f"  - {'⚠️ ' if published['flagged'] else ''}{published['note']}\n")
+    if reason := skipped_karpathy(manifest.evaluation):
+        evaluation += f"- recall on {KARPATHY}: not measured ({reason})\n"
     return (
         "---\nlicense: cc-by-4.0\npretty_name: COCO CLIP search index\ntags:\n- clip\n- faiss\n"
         f"- image-retrieval\n---\n{CARD_MARKER}\n"

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .images import ImageError
+from .published import KARPATHY, recall_label, recall_results, skipped_karpathy
 from .query import Filters, Query, compose, with_feedback
 from .query import search as run_search
 from .search import MAX_K, Hit, QueryError, check_k, clean_text
@@ -256,6 +257,30 @@ class EmbeddingMap:
         return self.rows[order].tolist()
 
 
+def _recall_table(name: str, result: dict) -> str:
+    """One recall result as a table; on the Karpathy split, the model's published figures beside ours, and the
+    verdict of the comparison."""
+
+    def cells(recall: dict) -> str:
+        return " | ".join(f"{recall[k]:.1f}" if k in recall else "—" for k in ("R@1", "R@5", "R@10"))
+
+    published = result.get("published")
+    rows = [f"| text → image, this build | {cells(result['text_to_image'])} |"]
+    if published:
+        rows.append(f"| text → image, published | {cells(published['text_to_image'])} |")
+    rows.append(f"| image → text, this build | {cells(result['image_to_text'])} |")
+    if published:
+        rows.append(f"| image → text, published | {cells(published['image_to_text'])} |")
+    text = (f"\n**Recall on {recall_label(name, result)}**\n\n| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|\n"
+            + "\n".join(rows))
+    if name == KARPATHY:
+        text += "\n\nThe Karpathy 5k test split is the one the CLIP, open_clip and SigLIP papers report."
+    if published:
+        text += (f"\n\nPublished: [{published['source']}]({published['source_url']}), {published['reference']}."
+                 f"\n\n{'⚠️ ' if published['flagged'] else ''}{published['note']}")
+    return text
+
+
 def about_markdown(service: Service) -> str:
     manifest, source = service.searcher.gallery.manifest, service.source
     model = manifest.model
@@ -280,14 +305,11 @@ def about_markdown(service: Service) -> str:
         lines.append(f"- **Artifacts:** local folder `{source.folder}`")
     if source.notice:
         lines.append(f"- ⚠️ {source.notice}")
-    for name, result in manifest.evaluation.items():
-        if "text_to_image" not in result:
-            continue
-        row = " | ".join(f"{result['text_to_image'][k]:.1f}" for k in ("R@1", "R@5", "R@10"))
-        row2 = " | ".join(f"{result['image_to_text'][k]:.1f}" for k in ("R@1", "R@5", "R@10"))
-        lines.append(f"\n**Recall on {name}** ({result['images']:,} images, {result['captions']:,} captions)\n\n"
-                     f"| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|\n| text → image | {row} |\n"
-                     f"| image → text | {row2} |")
+    for name, result in recall_results(manifest.evaluation):
+        lines.append(_recall_table(name, result))
+    if reason := skipped_karpathy(manifest.evaluation):
+        lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
+                     f"measured for this build ({reason}).")
     if by_category := manifest.evaluation.get("image_to_image_by_category"):
         lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
                      "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"
