@@ -20,8 +20,29 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 # Families whose text tower was trained on fixed-length padded input; the rest pool at EOS and pad to longest.
 PAD_TO_MAX_LENGTH = {"siglip", "siglip2"}
-# Only weights and configs are fetched: safetensors, never pickled *.bin / *.pt files.
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+# Families trained (and evaluated, in big_vision) on lowercased text. SiglipTokenizer lowercases by itself
+# (do_lower_case), and so does Siglip2Tokenizer (NaFlex repos); fixed-resolution SigLIP 2 repos declare model_type
+# "siglip" with a GemmaTokenizer, which does not, so the encoder lowercases for the whole family.
+LOWERCASE_TEXT = {"siglip", "siglip2"}
+# Packages a tokenizer class may need beyond transformers, as named in its import errors (lowercase match).
+TOKENIZER_PACKAGES = ("sentencepiece", "protobuf", "tiktoken")
+# What is fetched from a Hub repo: exactly the files transformers loads, by name (never patterns: laion's repos hold
+# open_clip_model.safetensors beside model.safetensors, and every *.bin / *.h5 / *.msgpack copy is left alone).
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded checkpoints: the index, then exactly the shards it names
+CONFIG_FILE = "config.json"
+# The processor and tokenizer files of every CLIP-family layout; only those the repo has are fetched. Both the
+# sentencepiece model and tokenizer.json come when a repo has both (SigLIP 2): which one loads depends on the class.
+PROCESSOR_FILES = (
+    "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+    "tokenizer.model", "sentencepiece.bpe.model",
+)
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")  # never fetched, never opened
+# The Hub's automatic conversion: a bot opens a pull request adding model.safetensors (what transformers'
+# safetensors_conversion.py looks for; only this author is trusted, as there).
+CONVERSION_BOT = "SFconvertbot"
+CONVERSION_TITLE = "Adding `safetensors` variant of this model"
 # Inference precisions on CPU. fp32 is the reference (the builder's default: index vectors are made with it);
 # bf16 weights are fast only where the CPU has bf16 instructions; int8 is torch's dynamic quantisation of every
 # nn.Linear (weights int8 per output channel, activations quantised per call; the token table kept in fp16), fast on
@@ -65,29 +86,170 @@ class ModelInfo:
 
 
 def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """Return a local folder for a model id or path, and the commit it resolved to (None for local folders)."""
+    """Return a local folder for a model id or path, and the commit its files come from (None for local folders).
+
+    From the Hub only the files transformers loads are fetched, by exact name, all from one commit. When that
+    revision has pickled weights only, the Hub's safetensors conversion pull request of that same revision is
+    used instead, and its commit is the one returned (so loading again by it gives the same bytes)."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         return local, None
     if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:  # a path, not a Hub id
         raise EncoderError(f"--model {model_id}: no such folder. Pass an existing model folder or a Hub model id.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        RevisionResolutionError,
+    )
 
+    api = HfApi()
     try:
-        folder = Path(snapshot_download(model_id, revision=revision, allow_patterns=MODEL_FILES))
-    except RepositoryNotFoundError:
+        # Cache-aware: writes refs/<revision> for offline use later, and answers from it when the Hub is down.
+        commit = api.resolve_revision(model_id, revision=revision).resolved
+        try:
+            info = api.model_info(model_id, revision=commit, files_metadata=True)
+        except Exception as error:  # noqa: BLE001 - only 'the Hub cannot be reached' falls back to the cache
+            if not _unreachable(error):
+                raise
+            return _cached_snapshot(model_id, commit), commit
+        commit, names = _files_to_fetch(api, model_id, revision, info)
+        return _fetch(model_id, commit, names), commit
+    except (RepositoryNotFoundError, GatedRepoError):
         raise EncoderError(
-            f"--model {model_id}: no such model on the Hub (or it is private: set HF_TOKEN)."
+            f"--model {model_id}: no such model on the Hub (or it is private or gated: set HF_TOKEN)."
         ) from None
-    except LocalEntryNotFoundError:
+    except RevisionNotFoundError:
+        raise EncoderError(f"--model {model_id}: it has no revision {revision!r}; pass an existing branch, tag or "
+                           "commit with --model-revision.") from None
+    except RevisionResolutionError:
         raise EncoderError(
             f"--model {model_id}: not in the local cache and the Hub cannot be reached; "
             "connect to the Hub once or pass a local model folder."
         ) from None
+    except EncoderError:
+        raise
     except HfHubHTTPError as error:
-        raise EncoderError(f"--model {model_id}: the Hub refused the download ({error}).") from None
-    return folder, folder.name  # snapshots/<commit sha>
+        if _unreachable(error):
+            raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({_first_line(error)}); try again "
+                               "later or pass a local model folder.") from None
+        raise EncoderError(f"--model {model_id}: the Hub refused the download ({_first_line(error)}).") from None
+    except Exception as error:  # noqa: BLE001 - network failures become a sentence; anything else propagates
+        if not _unreachable(error):
+            raise
+        raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({type(error).__name__}); try again "
+                           "later or pass a local model folder.") from None
+
+
+def _files_to_fetch(api, model_id: str, revision: str | None, info) -> tuple[str, list[str]]:
+    """The commit to download from and the exact names to fetch there (a sharded index's shards come later)."""
+    files = {sibling.rfilename: sibling for sibling in info.siblings or []}
+    where = f"revision {revision}" if revision else "main"
+    if CONFIG_FILE not in files:
+        extra = " (it ships OpenCLIP files only)" if any(n.startswith("open_clip") for n in files) else ""
+        raise EncoderError(f"--model {model_id}: the repo has no transformers {CONFIG_FILE} at {where}{extra}; "
+                           "pass a transformers CLIP-family checkpoint.")
+    commit = info.sha
+    weights = _safetensors_weights(files)
+    if weights is None:
+        found = _conversion_pull_request(api, model_id, files)
+        if found is None:
+            pickled = sorted(n for n in files if n.endswith(PICKLED_SUFFIXES)) or ["none"]
+            raise EncoderError(
+                f"--model {model_id}: the repo has no safetensors weights at {where} (only {', '.join(pickled)}) "
+                "and no safetensors conversion pull request, and the encoder refuses pickled weights; pass a "
+                "model that has model.safetensors."
+            )
+        number, info = found
+        files = {sibling.rfilename: sibling for sibling in info.siblings or []}
+        weights = _safetensors_weights(files)
+        log.info("%s has no safetensors weights at %s: the weights (and configs) come from the safetensors "
+                 "conversion ref refs/pr/%d, commit %s", model_id, where, number, info.sha)
+        commit = info.sha
+    return commit, [CONFIG_FILE, *weights, *(name for name in PROCESSOR_FILES if name in files)]
+
+
+def _safetensors_weights(files) -> list[str] | None:
+    """The weights file transformers loads from a folder of these names (with use_safetensors), if any."""
+    for name in (WEIGHTS_FILE, WEIGHTS_INDEX):
+        if name in files:
+            return [name]
+    return None
+
+
+def _conversion_pull_request(api, model_id: str, base: dict):
+    """(number, ModelInfo at its head) of the open SFconvertbot pull request that converts exactly this revision,
+    or None. As transformers' safetensors_conversion does, only the bot's PR titled CONVERSION_TITLE counts; instead
+    of requiring its parent to be main's head, its head must hold the same config, processor files and pickled
+    weights (same blob ids) as the revision asked for, so the safetensors are that revision's weights and the
+    configs loaded beside them are byte-identical. A stale conversion (of an older main) is skipped."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    kept = [n for n in base if n == CONFIG_FILE or n in PROCESSOR_FILES or n.endswith(PICKLED_SUFFIXES)]
+    try:
+        for pr in api.get_repo_discussions(model_id, author=CONVERSION_BOT, discussion_type="pull_request",
+                                           discussion_status="open"):
+            if not (pr.is_pull_request and pr.status == "open" and pr.author == CONVERSION_BOT
+                    and pr.title == CONVERSION_TITLE):
+                continue
+            head = api.model_info(model_id, revision=pr.git_reference, files_metadata=True)
+            files = {sibling.rfilename: sibling for sibling in head.siblings or []}
+            same = all(n in files and files[n].blob_id == base[n].blob_id for n in kept)
+            if same and _safetensors_weights(files) is not None:
+                return pr.num, head
+            log.info("%s: refs/pr/%d (%s) does not convert this revision; skipped", model_id, pr.num, pr.title)
+    except HfHubHTTPError as error:  # discussions disabled, ... : no conversion to use
+        if _unreachable(error):
+            raise
+        log.warning("%s: could not list pull requests (%s)", model_id, _first_line(error))
+    return None
+
+
+def _fetch(model_id: str, commit: str, names: list[str]) -> Path:
+    """Download exactly `names` (and, for a sharded index, the shards it lists) at `commit`; the snapshot folder."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    paths = [Path(hf_hub_download(model_id, name, revision=commit)) for name in names]
+    folder = paths[0].parent  # config.json is at the root
+    if WEIGHTS_INDEX in names:
+        index = json.loads((folder / WEIGHTS_INDEX).read_text())
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards or any(not s.endswith(".safetensors") or ".." in s.split("/") for s in shards):
+            raise EncoderError(f"--model {model_id}: {WEIGHTS_INDEX} lists no usable safetensors shards; pass a "
+                               "model whose index names its shard files.")
+        for shard in shards:
+            hf_hub_download(model_id, shard, revision=commit)
+    return folder
+
+
+def _cached_snapshot(model_id: str, commit: str) -> Path:
+    """The Hub cannot be reached: the cached snapshot of `commit`, if it holds safetensors weights and a config."""
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(model_id, CONFIG_FILE, revision=commit)
+    folder = Path(config).parent if isinstance(config, str) else None
+    if folder is None or _safetensors_weights({p.name for p in folder.iterdir()}) is None:
+        raise EncoderError(
+            f"--model {model_id}: not in the local cache and the Hub cannot be reached; "
+            "connect to the Hub once or pass a local model folder."
+        )
+    log.warning("the Hub cannot be reached; using the cached %s at %s", model_id, commit[:12])
+    return folder
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Errors meaning 'the Hub cannot be reached now', as opposed to 'what you asked for does not exist'."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        return status is None or status >= 500 or status == 429
+    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)) or \
+        type(error).__module__.startswith(("httpx", "httpcore"))
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -159,8 +321,8 @@ class Encoder:
                                f"{_first_line(error)}); save the model's image processor beside it.") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
-        except (OSError, ValueError, KeyError) as error:
-            raise EncoderError(f"--model {model_id}: could not be loaded ({_first_line(error)}).") from None
+        except (ImportError, OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+            raise EncoderError(_tokenizer_problem(model_id, folder, error)) from None
         torch_device = device if isinstance(device, torch.device) else pick_device(device)
         if torch_device.type != "cpu" and precision in ("bf16", "int8"):
             raise EncoderError(f"precision {precision}: the fast paths are for CPU inference; on {torch_device.type} "
@@ -269,8 +431,9 @@ class Encoder:
             raise EncoderError(f"{self.info.model_id} is an image-only model ({self.info.architecture}): it cannot "
                                "embed text. Build with a CLIP-family --model for text search.")
         padding = "max_length" if self.info.model_type in PAD_TO_MAX_LENGTH else True
+        texts = [text.lower() for text in texts] if self.info.model_type in LOWERCASE_TEXT else list(texts)
         return self.tokenizer(
-            list(texts), padding=padding, truncation=True, max_length=self.info.text_max_length, return_tensors="pt"
+            texts, padding=padding, truncation=True, max_length=self.info.text_max_length, return_tensors="pt"
         )
 
     @torch.inference_mode()
@@ -455,6 +618,24 @@ def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _tokenizer_problem(model_id: str, folder: Path, error: BaseException) -> str:
+    """One sentence for a tokenizer that cannot be built, naming the missing package when that is the cause."""
+    import json
+
+    try:
+        declared = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        declared = None
+    what = f"its tokenizer ({declared})" if declared else "its tokenizer"
+    text = f"{getattr(error, 'name', None) or ''} {error}".lower()
+    package = next((name for name in TOKENIZER_PACKAGES if name in text), None)
+    if isinstance(error, ImportError) or package:
+        package = package or getattr(error, "name", None) or "a package"
+        return (f"--model {model_id}: {what} needs the Python package {package}, which is not installed here; "
+                f"install it (pip install {package}, as requirements.txt lists) or pass another --model.")
+    return f"--model {model_id}: {what} could not be loaded ({_first_line(error)})."
 
 
 def _first_line(error: BaseException) -> str:

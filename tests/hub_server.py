@@ -57,8 +57,18 @@
 #   (`list_repo_tree`, `list_repo_commits`) and preupload go through `http_backoff`, which retries a
 #   ConnectError 5 times with 1+2+4+8+8 s sleeps: avoid those against a stopped server.
 #
-# Limitations: repo ids must be namespaced ("user/name"); no LFS/Xet upload protocol, no pull requests,
-# single page listings (no pagination `Link` header), everything is kept in memory.
+# * Pull requests (seeded with `HubServer.create_pull_request`, never through the HTTP write API): each is a
+#   commit on top of its base, reachable as the revision `refs/pr/<num>` (and by its sha) for /resolve, /tree,
+#   /revision and /commits; `GET /api/{type}s/{repo}/discussions` lists them as the Hub does (one page, newest
+#   first, filters `type`, `status`, `author`) and `list_repo_refs(include_pull_requests=True)` returns their refs
+#   (`GET .../refs?include_prs=1`). That is all `transformers.safetensors_conversion` reads to find an
+#   SFconvertbot conversion PR.
+# * Bytes: every request record carries `nbytes`, the body bytes sent for a /resolve GET; `bytes_served` sums
+#   them per (repo_id, file path) and `downloaded(repo_id)` gives that per file of one repo.
+#
+# Limitations: repo ids must be namespaced ("user/name"); no LFS/Xet upload protocol, no pull requests through
+# the write API (`create_pr` is refused), single page listings (no pagination `Link` header), everything is kept
+# in memory.
 
 from __future__ import annotations
 
@@ -165,6 +175,16 @@ class _Commit:
 
 
 @dataclass
+class _PullRequest:
+    num: int
+    title: str
+    author: str
+    status: str  # "open" | "closed" | "merged" | "draft"
+    sha: str  # head commit of refs/pr/<num>
+    created_at: datetime
+
+
+@dataclass
 class _Repo:
     repo_type: str
     repo_id: str
@@ -174,6 +194,7 @@ class _Repo:
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit sha
     tags: dict[str, str] = field(default_factory=dict)  # name -> commit sha
     sdk: str | None = None
+    pull_requests: dict[int, _PullRequest] = field(default_factory=dict)  # num -> PR (ref refs/pr/<num>)
 
 
 class _Storage:
@@ -221,7 +242,10 @@ class _Storage:
         """Branch, tag, refs/heads/*, refs/tags/*, full sha or unique sha prefix (>= 7 chars) -> commit."""
         with self.lock:
             sha: str | None = None
-            if revision.startswith("refs/heads/"):
+            if revision.startswith("refs/pr/") and revision[len("refs/pr/") :].isdigit():
+                pr = repo.pull_requests.get(int(revision[len("refs/pr/") :]))
+                sha = pr.sha if pr is not None else None
+            elif revision.startswith("refs/heads/"):
                 sha = repo.branches.get(revision[len("refs/heads/") :])
             elif revision.startswith("refs/tags/"):
                 sha = repo.tags.get(revision[len("refs/tags/") :])
@@ -398,6 +422,7 @@ class RequestRecord:
     status: int
     range: str | None  # the `Range` request header, if any
     token: str | None  # bearer token, if any
+    nbytes: int = 0  # body bytes sent (file content of a /resolve GET; 0 for HEAD, errors and API calls)
 
 
 class _CutResponse(Response):
@@ -481,6 +506,8 @@ class HubServer:
         self.storage = _Storage(user)
         self.tokens_seen: list[str] = []  # bearer token of every request that carried one, in order
         self.requests: list[RequestRecord] = []
+        # Body bytes sent by /resolve GETs, per (repo_id, file path in the repo), whatever the revision.
+        self.bytes_served: dict[tuple[str, str], int] = {}
         self._fail: dict[str, Any] | None = None
         self._cut: dict[str, int] | None = None
         self._server: uvicorn.Server | None = None
@@ -612,6 +639,52 @@ class HubServer:
             repo.tags[tag] = self.storage.resolve(repo, revision).sha
             return repo.tags[tag]
 
+    def create_pull_request(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes],
+        repo_type: str | None = "dataset",
+        *,
+        title: str = "Upload files",
+        author: str | None = None,
+        base: str = "main",
+        status: str = "open",
+        delete: Iterable[str] = (),
+        num: int | None = None,
+    ) -> tuple[int, str]:
+        """Open pull request: one commit adding `files` (and deleting `delete`) on top of `base`, reachable as
+        `refs/pr/<num>`; no branch moves. Numbers follow the Hub (one counter per repo, from 1) unless `num` is
+        given (to replay a real repo's numbering). Returns (num, head commit sha)."""
+        if status not in ("open", "closed", "merged", "draft"):
+            raise ValueError(f"status {status!r}: expected open, closed, merged or draft")
+        repo_type = _normalize_repo_type(repo_type)
+        with self.storage.lock:
+            repo = self.storage.get_repo(repo_type, repo_id)
+            parent = self.storage.resolve(repo, base)
+            snapshot = dict(parent.files)
+            for path, data in files.items():
+                snapshot[_validate_path(path)] = self.storage.add_blob(bytes(data))
+            for path in delete:
+                del snapshot[path]
+            commit = self.storage._new_commit(repo, parent=parent.sha, files=snapshot, title=title, description="")
+            if num is None:
+                num = max(repo.pull_requests, default=0) + 1
+            elif num in repo.pull_requests or num < 1:
+                raise ValueError(f"pull request number {num} is taken or invalid")
+            repo.pull_requests[num] = _PullRequest(num=num, title=title, author=author or self.user, status=status,
+                                                   sha=commit.sha, created_at=_now())
+            return num, commit.sha
+
+    def set_pull_request_status(self, repo_id: str, num: int, status: str, repo_type: str | None = "dataset"):
+        """Close / reopen a pull request directly in storage (its ref stays readable, as on the Hub)."""
+        with self.storage.lock:
+            self.storage.get_repo(_normalize_repo_type(repo_type), repo_id).pull_requests[num].status = status
+
+    def downloaded(self, repo_id: str) -> dict[str, int]:
+        """{file path: body bytes sent by /resolve GETs} for one repo, whatever the revision asked for."""
+        with self.storage.lock:
+            return {path: n for (repo, path), n in self.bytes_served.items() if repo == repo_id}
+
     def head(self, repo_id: str, repo_type: str | None = "dataset", revision: str = "main") -> str:
         """Commit sha that `revision` (branch, tag, sha) currently points to."""
         repo = self.storage.get_repo(_normalize_repo_type(repo_type), repo_id)
@@ -721,6 +794,7 @@ class HubServer:
                 status=response.status_code,
                 range=request.headers.get("range"),
                 token=token,
+                nbytes=getattr(request.state, "nbytes", 0),
             )
         )
         return response
@@ -808,9 +882,17 @@ class HubServer:
                         ],
                         "converts": [],
                         "tags": [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": s} for n, s in repo.tags.items()],
-                        "pullRequests": [],
+                        "pullRequests": [
+                            {"name": str(n), "ref": f"refs/pr/{n}", "targetCommit": pr.sha}
+                            for n, pr in sorted(repo.pull_requests.items())
+                        ]
+                        if _truthy(params.get("include_prs"))
+                        else [],
                     }
                 )
+        if method == "GET" and action == "discussions" and len(rest) == 1:
+            repo = self._readable_repo(repo_type, repo_id, token)
+            return JSONResponse(self._discussions(repo, params))
         if method == "GET" and action == "tree" and len(rest) >= 2:
             repo = self._readable_repo(repo_type, repo_id, token)
             with storage.lock:
@@ -899,6 +981,34 @@ class HubServer:
                 repo.branches[branch] = storage.resolve(repo, payload.get("startingPoint") or "main").sha
             return JSONResponse({})
         raise _HubError(404, f"Not found: {method} {'/'.join(rest)} on {repo_type} {repo_id}")
+
+    def _discussions(self, repo: _Repo, params) -> dict[str, Any]:
+        """One page of the Hub's discussion listing: pull requests only here (this server has no plain
+        discussions), newest first, with the `type`, `status` and `author` filters the client sends."""
+        kind, status, author = params.get("type"), params.get("status"), params.get("author")
+        with self.storage.lock:
+            prs = sorted(repo.pull_requests.values(), key=lambda pr: pr.num, reverse=True)
+        if kind == "discussion":
+            prs = []
+        if status in ("open", "closed"):
+            prs = [pr for pr in prs if (pr.status in ("open", "draft")) == (status == "open")]
+        if author:
+            prs = [pr for pr in prs if pr.author == author]
+        items = [
+            {
+                "num": pr.num,
+                "title": pr.title,
+                "status": pr.status,
+                "author": {"name": pr.author},
+                "createdAt": _iso(pr.created_at),
+                "repo": {"name": repo.repo_id, "type": repo.repo_type},
+                "isPullRequest": True,
+                "pinned": False,
+                "numComments": 1,
+            }
+            for pr in prs
+        ]
+        return {"discussions": items, "count": len(items), "start": 0, "numClosedDiscussions": 0}
 
     def _repo_info(self, repo: _Repo, commit: _Commit, *, blobs: bool) -> dict[str, Any]:
         with self.storage.lock:
@@ -1026,6 +1136,12 @@ class HubServer:
                 data = data[start : end + 1]
                 headers["Content-Range"] = f"bytes {start}-{end}/{total}"
                 status = 206
+        if request.method == "GET":
+            sent = len(data) if cut_bytes is None else min(cut_bytes, len(data))
+            request.state.nbytes = sent
+            with self.storage.lock:
+                key = (repo_id, path)
+                self.bytes_served[key] = self.bytes_served.get(key, 0) + sent
         if cut_bytes is not None:
             return _CutResponse(data, cut_bytes, status, headers)
         # For HEAD, uvicorn drops the body but keeps Content-Length.

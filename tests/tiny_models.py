@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tokenizers import Tokenizer, decoders, models, processors
 from tokenizers.pre_tokenizers import ByteLevel
 
 logger = logging.getLogger(__name__)
@@ -38,6 +37,8 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 KINDS: tuple[str, ...] = ("clip", "siglip", "siglip2")
+# Also accepted by save_tiny_clip: fixed-resolution SigLIP 2 (model_type "siglip" with a Gemma tokenizer).
+EXTRA_KINDS: tuple[str, ...] = ("siglip2-fixres",)
 PROJECTION_DIM = 32  # embedding size returned by get_text_features/get_image_features
 MAX_TEXT_LEN = 16  # max_position_embeddings and tokenizer model_max_length
 PATCH_SIZE = 8
@@ -184,51 +185,68 @@ def _clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TEXT_LEN)
 
 
-def _siglip_tokenizer():
-    from tokenizers import normalizers
-    from transformers import PreTrainedTokenizerFast
+def _caption_corpus() -> list[str]:
+    """Every caption of every colour x shape, plus each vocabulary word alone: what the tiny tokenizers learn from."""
+    sentences = [template.format(color=color, shape=shape)
+                 for color in COLORS for shape in SHAPES for template in CAPTION_TEMPLATES]
+    return sentences + _vocab_words()
 
-    # SiglipTokenizer needs sentencepiece (not installed), so AutoTokenizer has no class
-    # registered for "siglip"; a generic tokenizers-backed tokenizer saved as
-    # tokenizer.json is what it falls back to, with or without sentencepiece.
-    normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    pre_tokenizer = ByteLevel(add_prefix_space=True)
-    vocab, merges = _byte_level_bpe(normalizer, pre_tokenizer)
-    for special in ("<unk>", "</s>"):
-        vocab[special] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizer
-    tok.decoder = decoders.ByteLevel()
-    # Like the real SigLIP tokenizer: no BOS, append </s>, pad with </s> (the model pools the last position).
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        eos_token="</s>",
-        pad_token="</s>",
-        model_max_length=MAX_TEXT_LEN,
-        model_input_names=["input_ids", "attention_mask"],
-    )
+
+def _train_sentencepiece(**options) -> bytes:
+    """A tiny sentencepiece model (serialized ModelProto) trained on the captions in well under a second.
+
+    One thread and a fixed corpus: the same bytes in every run, so models built on it are reproducible."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_caption_corpus()), model_writer=model, num_threads=1,
+                                   hard_vocab_limit=False, character_coverage=1.0, minloglevel=2, **options)
+    return model.getvalue()
+
+
+def _siglip_tokenizer():
+    """The real SiglipTokenizer (sentencepiece, spiece.model) as google/siglip-* repos declare it in
+    tokenizer_config.json, built on a tiny T5-style unigram model: <pad>=0, </s>=1, <unk>=2, no BOS; the
+    tokenizer appends </s>, pads with </s> and lowercases (do_lower_case, its default, as the real repos use)."""
+    import tempfile
+
+    from transformers import SiglipTokenizer
+
+    proto = _train_sentencepiece(model_type="unigram", vocab_size=60, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+    with tempfile.TemporaryDirectory() as folder:
+        vocab_file = Path(folder) / "spiece.model"
+        vocab_file.write_bytes(proto)
+        # save_pretrained writes the loaded model proto back once this file is gone.
+        return SiglipTokenizer(str(vocab_file), model_max_length=MAX_TEXT_LEN)
+
+
+def _gemma_tokenizer(model_max_length: int):
+    """The real GemmaTokenizer, as SigLIP 2 repos (fixed-resolution and NaFlex alike) declare it: a sentencepiece
+    BPE model with byte fallback and Gemma's special ids (<pad>=0, <eos>=1, <bos>=2, <unk>=3, <mask>=4), converted
+    by transformers into tokenizer.json. The sentencepiece file rides along as `tiny_tokenizer_model`, so `_save`
+    can write tokenizer.model beside tokenizer.json as the real repos have it. GemmaTokenizer does not lowercase."""
+    import tempfile
+
+    from transformers import GemmaTokenizer
+
+    proto = _train_sentencepiece(
+        model_type="bpe", vocab_size=400, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
+        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=["<mask>"], byte_fallback=True,
+        split_digits=True, add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "tokenizer.model").write_bytes(proto)
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
+            {"tokenizer_class": "GemmaTokenizer", "model_max_length": model_max_length}))
+        tokenizer = GemmaTokenizer.from_pretrained(folder)
+    tokenizer.tiny_tokenizer_model = proto
+    return tokenizer
 
 
 def _siglip2_tokenizer():
-    from transformers.models.siglip2.tokenization_siglip2 import Siglip2Tokenizer
-
-    # Siglip2Tokenizer is a Gemma-style BPE with byte fallback built from vocab+merges, so it
-    # can be created offline. Its normalizer turns spaces into "\u2581" and BPE then runs over
-    # the whole string: a word is "red" at the start of a text and "\u2581red" after a space.
-    words = _vocab_words()
-    merges = _learn_merges([list(w) for w in words] + [["\u2581", *w] for w in words])
-    vocab = {s: i for i, s in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])}
-    for b in range(256):  # byte-fallback pieces, as in Gemma's vocabulary
-        vocab[f"<0x{b:02X}>"] = len(vocab)
-    for symbol in sorted({c for w in words for c in w} | {"\u2581"}) + ["".join(m) for m in merges]:
-        vocab.setdefault(symbol, len(vocab))
     # Siglip2Processor hard-codes max_length=64 for text, so the tokenizer matches it.
-    return Siglip2Tokenizer(vocab=vocab, merges=merges, model_max_length=SIGLIP2_TEXT_LEN)
+    return _gemma_tokenizer(SIGLIP2_TEXT_LEN)
 
 
 # --------------------------------------------------------------------------- models
@@ -324,8 +342,28 @@ def _build(kind: str, image_size: int, seed: int):
                 patch_size=SIGLIP2_PATCH_SIZE, max_num_patches=SIGLIP2_NUM_PATCHES
             )
             processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+        elif kind == "siglip2-fixres":
+            # Fixed-resolution SigLIP 2 (google/siglip2-base-patch16-224 & co.): a SigLIP model ("siglip" in
+            # config.json) with SigLIP 2's Gemma tokenizer and 64-token text.
+            tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN)
+            text = dict(
+                vocab_size=len(tokenizer),
+                max_position_embeddings=SIGLIP2_TEXT_LEN,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                projection_size=PROJECTION_DIM,
+            )
+            dims = dict(hidden_size=PROJECTION_DIM, intermediate_size=64, **common)
+            config = SiglipConfig(
+                text_config={**text, **dims},
+                vision_config=dict(image_size=image_size, patch_size=PATCH_SIZE, **dims),
+            )
+            model = SiglipModel(config)
+            image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+            processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
         else:
-            raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+            raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS + EXTRA_KINDS}")
     model.eval()
     return model, processor
 
@@ -354,13 +392,41 @@ def _save(path: Path, model, processor) -> None:
     # transformers 5 nests the image processor inside processor_config.json; also write the
     # classic preprocessor_config.json for loaders that only look there.
     processor.image_processor.save_pretrained(path)
+    _write_reference_tokenizer_files(path, processor.tokenizer)
+
+
+# What the real repos ship beside tokenizer_config.json, and what transformers 5's save_pretrained leaves out:
+# openai/clip-* and laion/CLIP-*: vocab.json + merges.txt + tokenizer.json + special_tokens_map.json;
+# google/siglip-*: spiece.model + special_tokens_map.json; google/siglip2-*: tokenizer.model + tokenizer.json +
+# special_tokens_map.json (checked against the stored Hub file listings; see tests/test_model_layouts.py).
+_SAVE_ONLY_KEYS = ("vocab_file", "is_local", "local_files_only")  # load-time paths transformers echoes back
+
+
+def _write_reference_tokenizer_files(path: Path, tokenizer) -> None:
+    special = {name: str(getattr(tokenizer, name)) for name in ("bos_token", "eos_token", "unk_token", "pad_token",
+                                                                  "mask_token") if getattr(tokenizer, name, None)}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if any(key in config for key in _SAVE_ONLY_KEYS):
+        config_file.write_text(json.dumps({k: v for k, v in config.items() if k not in _SAVE_ONLY_KEYS}, indent=2))
+    if getattr(tokenizer, "tiny_tokenizer_model", None):
+        (path / "tokenizer.model").write_bytes(tokenizer.tiny_tokenizer_model)
+    if type(tokenizer).__name__ == "CLIPTokenizer":
+        # openai's vocab.json / merges.txt: the BPE model inside tokenizer.json, in the original two-file form.
+        bpe = json.loads((path / "tokenizer.json").read_text())["model"]
+        (path / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False))
+        merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
+        (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
 
 
 def save_tiny_clip(path, kind: str = "clip", image_size: int = 32, seed: int = 0) -> Path:
     """Write a random-init tiny `kind` checkpoint (model, tokenizer, image processor) to `path`.
 
-    kind is one of KINDS. Features are PROJECTION_DIM wide for every kind. "siglip2" ignores
-    image_size: its NaFlex processor sizes images by patch count (see SIGLIP2_NUM_PATCHES).
+    kind is one of KINDS or EXTRA_KINDS. Features are PROJECTION_DIM wide for every kind. "siglip2" ignores
+    image_size: its NaFlex processor sizes images by patch count (see SIGLIP2_NUM_PATCHES). Each kind saves the
+    tokenizer class and files its real Hub repos carry (CLIPTokenizer with vocab.json/merges.txt/tokenizer.json,
+    SiglipTokenizer with spiece.model, GemmaTokenizer with tokenizer.model/tokenizer.json for both SigLIP 2 kinds).
     """
     path = Path(path)
     model, processor = _build(kind, image_size, seed)
