@@ -29,6 +29,10 @@ DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
 TAG_PREFIX = "build-"
 
 
+class IndexRepoNotFound(ArtifactError):
+    """The index repo does not exist on a reachable Hub (or is private)."""
+
+
 @dataclass
 class IndexSource:
     """Where the served artifacts came from, for the logs and the About tab."""
@@ -101,7 +105,7 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
                  token: str | None = None, cache_dir: Path | None = None,
                  work_dir: Path | None = None) -> tuple[Gallery, IndexSource]:
     """The verified gallery to serve: INDEX_DIR, else the Hub, else the newest cached copy that verifies."""
-    work_dir = Path(work_dir or os.environ.get("CLIPSEARCH_CACHE") or Path.home() / ".cache" / "clipsearch")
+    work_dir = work_folder(work_dir)
     if index_dir:
         folder = Path(index_dir)
         if not folder.is_dir():
@@ -112,7 +116,7 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
         source = download(repo_id, revision, endpoint=endpoint, token=token, cache_dir=cache_dir)
         return _open(source, work_dir), source
     except (RepositoryNotFoundError, GatedRepoError):
-        raise ArtifactError(f"INDEX_REPO={repo_id}: no such dataset repo, or it is private (set the HF_TOKEN "
+        raise IndexRepoNotFound(f"INDEX_REPO={repo_id}: no such dataset repo, or it is private (set the HF_TOKEN "
                             "secret to a token that can read it).") from None
     except RevisionNotFoundError:
         raise ArtifactError(f"INDEX_REVISION={revision}: no such tag, branch or commit in {repo_id}.") from None
@@ -121,6 +125,15 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
             raise
         log.warning("the Hub cannot be reached (%s); looking for a verified cached copy", type(error).__name__)
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    if served := open_cached(repo_id, revision, cache_dir, work_dir, f"The Hub could not be reached ({reason})"):
+        return served
+    raise ArtifactError(f"The Hub cannot be reached ({reason}) and no copy of {repo_id} is cached; check the "
+                        "network or HF_ENDPOINT, or set INDEX_DIR to a local artifact folder.")
+
+
+def open_cached(repo_id: str, revision: str | None, cache_dir: Path | None, work_dir: Path,
+                why: str) -> tuple[Gallery, IndexSource] | None:
+    """The newest cached copy of the repo that verifies, with a notice starting with `why`; None if none is cached."""
     last_problem = None
     for candidate in cached_snapshots(repo_id, revision, cache_dir):
         try:
@@ -129,14 +142,22 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
             last_problem = problem
             log.warning("cached copy %s refused: %s", candidate.revision[:12], problem)
             continue
-        candidate.notice = (f"The Hub could not be reached ({reason}); serving the cached copy of {repo_id} "
-                            f"at revision {candidate.revision[:12]}.")
+        candidate.notice = f"{why}; serving the cached copy of {repo_id} at revision {candidate.revision[:12]}."
         log.warning(candidate.notice)
         return gallery, candidate
     if last_problem:
         raise last_problem
-    raise ArtifactError(f"The Hub cannot be reached ({reason}) and no copy of {repo_id} is cached; check the "
-                        "network or HF_ENDPOINT, or set INDEX_DIR to a local artifact folder.")
+    return None
+
+
+def work_folder(work_dir: Path | None = None) -> Path:
+    """The app's own cache (verification stamps, thumbnails, the starter index): CLIPSEARCH_CACHE or ~/.cache."""
+    return Path(work_dir or os.environ.get("CLIPSEARCH_CACHE") or Path.home() / ".cache" / "clipsearch")
+
+
+def open_source(source: IndexSource, work_dir: Path | None = None) -> Gallery:
+    """Verify and open the artifacts of `source`."""
+    return _open(source, work_folder(work_dir))
 
 
 def _open(source: IndexSource, work_dir: Path) -> Gallery:

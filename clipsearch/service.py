@@ -12,8 +12,10 @@ import torch
 
 from .batcher import ModelThread
 from .encoder import PRECISIONS, Encoder, EncoderError
-from .hub import DEFAULT_INDEX_REPO, IndexSource, open_gallery
+from .gallery import Gallery
+from .hub import DEFAULT_INDEX_REPO, IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
 from .search import Searcher
+from .starter import build_starter
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class Settings:
     endpoint: str | None
     token: str | None
     precision: str = "auto"
+    # INDEX_REPO left unset: only then may a missing repo be replaced by a starter index (see clipsearch.starter)
+    default_repo: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,6 +47,7 @@ class Settings:
             endpoint=env.get("HF_ENDPOINT") or None,
             token=env.get("HF_TOKEN") or None,
             precision=precision,
+            default_repo=not env.get("INDEX_REPO"),
         )
 
 
@@ -65,14 +70,30 @@ def rss_mb() -> float:
     return 0.0
 
 
+def open_index(settings: Settings) -> tuple[Gallery, IndexSource]:
+    """INDEX_DIR, else INDEX_REPO from the Hub (or its verified cache); a newcomer's first run, where the default repo
+    does not exist yet, gets the cached copy of it or else a starter index built here (an explicit INDEX_REPO that
+    cannot be found stays an error)."""
+    try:
+        return open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
+                            revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
+    except IndexRepoNotFound:
+        if not settings.default_repo or settings.index_revision or settings.index_dir:
+            raise
+    why = f"{settings.index_repo} was not found on the Hub"
+    if served := open_cached(settings.index_repo, None, None, work_folder(), why):
+        return served
+    source = build_starter(work_folder(), endpoint=settings.endpoint)
+    return open_source(source), source
+
+
 def start(settings: Settings) -> Service:
     """Build the heavy objects once: verified artifacts, then exactly the model the manifest names."""
     started = time.perf_counter()
     # Every forward pass runs on one thread (see ModelThread), loading and calibration included.
     model_thread = ModelThread()
     model_thread.run(torch.set_num_threads, max(1, os.cpu_count() or 1))
-    gallery, source = open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
-                                   revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
+    gallery, source = open_index(settings)
     model = gallery.manifest.model
     # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
     encoder = model_thread.run(Encoder.load, model["model_id"], model.get("revision"), device="cpu",

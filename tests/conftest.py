@@ -16,6 +16,8 @@ sys.path.insert(0, str(TESTS))
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Builds in tests never reach for the real Karpathy split (tests that need it point CLIPSEARCH_KARPATHY at a fixture).
+os.environ.setdefault("CLIPSEARCH_KARPATHY", "off")
 
 from tiny_models import COLORS, SHAPES, cached_shapes_clip, caption_for, draw_shape, save_tiny_clip  # noqa: E402
 
