@@ -327,11 +327,15 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[Source, Encoder, dict
     log.info("stage 1/6 load: listing images")
     source = make_source(args)
     if args.limit:
-        source.records = source.records[:args.limit]
+        source.limit(args.limit)  # a Hub source then lists, and later fetches, only what the first N images need
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", args.model)
     encoder = Encoder.load(args.model, args.model_revision, device,
                            precision=args.precision if device.type == "cpu" else "fp32")
+    if ranks.main:
+        from .sources import estimate_line
+
+        log.info("%s", estimate_line(source, encoder.info.dim))  # before any image byte is fetched
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
     shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
     workers = args.num_workers if args.num_workers is not None else rank_workers(ranks)

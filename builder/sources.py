@@ -6,8 +6,11 @@ import json
 import logging
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pyarrow as pa
 
 from clipsearch.manifest import SourceInfo
 
@@ -47,6 +50,17 @@ class Source:
 
     def fingerprint(self) -> dict:
         return {"sources": [vars(info) for info in self.infos], "count": len(self.records)}
+
+    def limit(self, count: int) -> None:
+        """Keep only the first `count` images (--limit); a source may then list, and fetch, only those."""
+        self.records = self.records[:count]
+
+    def download_estimate(self) -> tuple[int, int, str]:
+        """(bytes still to download, bytes already on disk, how) for every record; local sources download nothing."""
+        return 0, 0, ""
+
+    def fetch(self, indices: list[int] | None = None, progress: bool = True) -> None:
+        """Download what `read` will need for these records (all by default), before the workers start."""
 
 
 class CocoDirSource(Source):
@@ -169,11 +183,15 @@ def _read_txt_caption(path: Path) -> list[str]:
 # --- COCO from script-free Hub dataset repos ---------------------------------------------------------------------
 DEFAULT_HF_IMAGES = "BrandonLSX/coco-2017"  # parquet: image, image_id, file_name, width, height, annotations
 DEFAULT_HF_CAPTIONS = "phiyodr/coco2017"  # parquet: image_id, captions, coco_url, flickr_url (no images)
-# Hub repos name COCO's splits differently; the first that exists wins.
-HUB_SPLIT_NAMES = {"train2017": ("train", "train2017"), "val2017": ("validation", "val", "val2017")}
 ID_COLUMNS = ("image_id", "id", "cocoid")
 CAPTION_COLUMNS = ("captions", "sentences", "caption", "text", "answer")
 URL_COLUMNS = ("coco_url", "url", "flickr_url")
+CATEGORY_FIELDS = ("category_name", "category")
+LIST_THREADS = 8  # footers and metadata columns of several shards are read at once (small range requests)
+WHOLE_FRACTION = 0.5  # a shard whose needed rows reach this share of its rows (or bytes) is downloaded whole
+RANGE_MEMORY = 512 * 2**20  # row pages fetched by range are held in memory; beyond this, whole shards instead
+THUMB_BYTES = 13_000  # a 256-px JPEG thumbnail of a COCO photo, roughly
+ROW_BYTES = 400  # metadata row (ids, captions, categories, url) in metadata.parquet, roughly
 
 
 def parse_repo(spec: str) -> tuple[str, str | None]:
@@ -184,135 +202,493 @@ def parse_repo(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def estimate_line(source: Source, dim: int) -> str:
+    """What the build will download and write, said before it starts (from parquet metadata sizes)."""
+    fetch, cached, how = source.download_estimate()
+    count = len(source.records)
+    # vectors three times (resume cache, embeddings.npy, a flat index), thumbnails twice (resume cache, packs)
+    written = count * (3 * dim * 4 + 2 * THUMB_BYTES + ROW_BYTES)
+    parts = [f"download ~{human_bytes(fetch)}" + (f" ({how})" if how else ""),
+             f"{human_bytes(cached)} already on disk" if cached else "",
+             f"write ~{human_bytes(written)} for {count:,} images (vectors, index, thumbnails, metadata, resume cache)"]
+    return "plan: " + "; ".join(p for p in parts if p)
+
+
+@dataclass
+class _Shard:
+    """One parquet file of the images repo, with what its footer says (read once, by range)."""
+
+    split: str
+    path: str
+    footer: object = None  # builder.parquet.Footer
+    metadata: object = None  # pyarrow FileMetaData of the same footer
+    rows: int = 0
+
+
 class HubCocoSource(Source):
     """COCO from one Hub dataset repo with images (+ ids, sizes, categories), joined by image id with a second
-    repo that has captions and urls. Either may be a local folder laid out like a Hub repo."""
+    repo that has captions and urls. Either may be a local folder laid out like a Hub repo.
+
+    The parquet shards are read in place at the pinned commit: listing reads only their footers and the small
+    metadata columns (HTTP Range requests); image bytes are read per row, one parquet page at a time, from the
+    shard in the Hub cache (downloaded whole by `fetch` when most of it is needed) or from pages fetched by range
+    (a --limit trial). Nothing is converted to a second (Arrow) copy.
+
+    Order: splits in --splits order, then image id. With --limit N the N images are the first N rows of the split's
+    shards (the repo's own order), so a trial reads one contiguous stretch of the first shard whatever order the
+    repo keeps its ids in; they are then sorted by id like every build.
+    """
 
     def __init__(self, images_repo: str, captions_repo: str | None, splits: list[str]):
+        from .hubfiles import Repo
+
+        self.splits = list(splits)
+        self._images = Repo.open(images_repo, "--hf-images")
+        self._split_files = {split: self._images.split_files(split) for split in self.splits}
+        self.infos = [SourceInfo(kind="hub", location=self._images.repo_id, revision=self._images.revision,
+                                 splits=list(splits), role="images, ids, sizes, categories")]
+        self._captions = None
+        if captions_repo:
+            self._captions = Repo.open(captions_repo, "--hf-captions")
+            self._caption_files = {split: self._captions.split_files(split) for split in self.splits}
+            self.infos.append(SourceInfo(kind="hub", location=self._captions.repo_id,
+                                         revision=self._captions.revision, splits=list(splits),
+                                         role="captions, urls"))
+        self._limit: int | None = None
+        self._records: list[Record] | None = None
+        self._shards: list[_Shard] = []
+        self._where: list[tuple[int, int, int]] = []  # Record.locator -> (shard, row group, row in the group)
+        self._plans: dict = {}
+        self._memory: dict[int, list[tuple[int, bytes]]] = {}  # shard -> [(offset, bytes)] fetched by range
+        self._local: dict[int, str] = {}  # shard -> local file, once downloaded
+        self._columns: dict = {}  # per process: shard -> ByteArrayColumn (or None: pyarrow fallback)
+        self._groups: dict = {}  # per process: (shard, group) -> decoded image column (fallback only)
+
+    # -- records ----------------------------------------------------------------------------------------------------
+    @property
+    def records(self) -> list[Record]:
+        if self._records is None:
+            self._records = self._list()
+        return self._records
+
+    @records.setter
+    def records(self, value: list[Record]) -> None:
+        self._records = value
+
+    def limit(self, count: int) -> None:
+        if self._records is not None:
+            self._records = self._records[:count]
+        else:
+            self._limit = count
+
+    def _list(self) -> list[Record]:
+        records: list[Record] = []
+        remaining = self._limit
+        for split in self.splits:
+            if remaining is not None and remaining <= 0:
+                break
+            picked = self._pick(split, remaining)
+            captions = self._caption_lookup(split) if self._captions else {}
+            found = self._read_records(split, picked, captions)
+            found.sort(key=lambda r: (r.image_id, self._where[r.locator]))
+            records.extend(found)
+            if remaining is not None:
+                remaining -= len(found)
+        if not records:
+            raise SourceError(f"--hf-images {self._images.repo_id}: no images in --splits {','.join(self.splits)}.")
+        return records
+
+    def _shard(self, split: str, path: str) -> int:
+        """Index of a shard, its footer read (once) by range."""
+        from .parquet import Unsupported, read_footer
+
+        for number, shard in enumerate(self._shards):
+            if shard.path == path:
+                return number
+        size = self._images.files[path]
+        try:
+            footer, _ = read_footer(self._images.fetcher(path), size)
+            metadata = footer.arrow_metadata()
+        except (Unsupported, OSError, ValueError) as error:
+            raise SourceError(f"--hf-images {self._images.repo_id}: {path} is not a readable parquet file "
+                              f"({error}).") from None
+        self._shards.append(_Shard(split=split, path=path, footer=footer, metadata=metadata, rows=footer.num_rows))
+        return len(self._shards) - 1
+
+    def _pick(self, split: str, remaining: int | None) -> list[tuple[int, int, range]]:
+        """(shard, row group, rows) to list: everything, or the first `remaining` rows in file order."""
+        paths = self._split_files[split]
+        if remaining is None:  # every footer is needed: read them side by side
+            with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+                footers = list(pool.map(lambda p: self._footer_only(split, p), paths))
+            for path, shard in zip(paths, footers):
+                if not any(s.path == path for s in self._shards):
+                    self._shards.append(shard)
+        picked = []
+        for path in paths:
+            shard = self._shard(split, path)
+            for group, count in enumerate(self._shards[shard].footer.row_group_rows):
+                take = count if remaining is None else min(count, remaining)
+                if take > 0:
+                    picked.append((shard, group, range(take)))
+                if remaining is not None:
+                    remaining -= take
+                    if remaining <= 0:
+                        return picked
+        return picked
+
+    def _footer_only(self, split: str, path: str) -> _Shard:
+        from .parquet import Unsupported, read_footer
+
+        try:
+            footer, _ = read_footer(self._images.fetcher(path), self._images.files[path])
+            return _Shard(split=split, path=path, footer=footer, metadata=footer.arrow_metadata(),
+                          rows=footer.num_rows)
+        except (Unsupported, OSError, ValueError) as error:
+            raise SourceError(f"--hf-images {self._images.repo_id}: {path} is not a readable parquet file "
+                              f"({error}).") from None
+
+    def _layout(self, shard: int) -> dict:
+        """Which columns to read from a shard: ids, names, sizes, captions, urls, categories, and the image."""
         import datasets
 
-        images_id, images_rev = parse_repo(images_repo)
-        images_revision = _resolve_revision(images_id, images_rev, "--hf-images")
-        self.infos = [SourceInfo(kind="hub", location=images_id, revision=images_revision, splits=list(splits),
-                                 role="images, ids, sizes, categories")]
-        captions = {}
-        if captions_repo:
-            captions_id, captions_rev = parse_repo(captions_repo)
-            revision = _resolve_revision(captions_id, captions_rev, "--hf-captions")
-            self.infos.append(SourceInfo(kind="hub", location=captions_id, revision=revision,
-                                         splits=list(splits), role="captions, urls"))
-        self.records, self._parts = [], []
-        for split in splits:
-            table = _load_split(images_id, self.infos[0].revision, split, "--hf-images")
-            image_column = _image_column(table, images_id)
-            table = table.cast_column(image_column, datasets.Image(decode=False))
-            if captions_repo:
-                captions = _caption_lookup(_load_split(captions_id, revision, split, "--hf-captions"))
-            part = len(self._parts)
-            self._parts.append((table, image_column))
-            self.records.extend(_hub_records(table, image_column, split, part, captions))
-        self.records.sort(key=lambda r: (splits.index(r.split), r.image_id))
+        metadata = self._shards[shard].metadata
+        schema = metadata.schema.to_arrow_schema()
+        try:
+            features = datasets.Features.from_arrow_schema(schema)
+        except (ValueError, TypeError, KeyError):
+            features = None
+        image = next((name for name, feature in (features or {}).items() if isinstance(feature, datasets.Image)),
+                     None)
+        if image is None:  # plain parquet: a struct with a binary `bytes` field
+            image = next((f.name for f in schema if pa.types.is_struct(f.type) and f.type.get_field_index("bytes")
+                          >= 0 and pa.types.is_binary(f.type.field("bytes").type)), None)
+        if image is None:
+            raise SourceError(f"--hf-images {self._images.repo_id}: has no Image column; pass a dataset repo that "
+                              "holds the images.")
+        names = schema.names
+        id_column = next((c for c in ID_COLUMNS if c in names), None)
+        if id_column is None:
+            raise SourceError("--hf-images: rows have no image_id/id column to join captions and show ids.")
+        columns = [id_column] + [c for c in ("file_name", "width", "height", *CAPTION_COLUMNS, *URL_COLUMNS)
+                                 if c in names and c != id_column]
+        for name in ("annotations", "objects"):
+            if name in names:
+                kind = schema.field(name).type
+                if pa.types.is_struct(kind):
+                    columns += [f"{name}.{f}" for f in CATEGORY_FIELDS if kind.get_field_index(f) >= 0]
+                else:
+                    columns.append(name)
+        leaf = f"{image}.bytes"
+        levels = next(((metadata.schema.column(i).max_definition_level, metadata.schema.column(i).max_repetition_level)
+                       for i in range(len(metadata.schema)) if metadata.schema.column(i).path == leaf), None)
+        return {"image": image, "id": id_column, "columns": columns, "features": features, "levels": levels}
+
+    def _read_records(self, split: str, picked: list, captions: dict[int, dict]) -> list[Record]:
+        layouts = {shard: self._layout(shard) for shard in {s for s, _, _ in picked}}
+
+        def read(item):
+            shard, group, rows = item
+            table = self._parquet(shard).read_row_group(group, columns=layouts[shard]["columns"])
+            return item, table.slice(rows.start, len(rows)).to_pylist()
+
+        records = []
+        bar = _bar(len(picked), "listing", "row groups")
+        with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool, bar:
+            for (shard, group, rows), values in pool.map(read, picked):
+                layout = layouts[shard]
+                for row, value in zip(rows, values):
+                    image_id = value.get(layout["id"])
+                    if image_id is None:
+                        raise SourceError("--hf-images: rows have no image_id/id column to join captions and show "
+                                          "ids.")
+                    joined = captions.get(int(image_id), {})
+                    own = _first(value, CAPTION_COLUMNS) or []
+                    records.append(Record(
+                        image_id=int(image_id), split=split,
+                        file_name=str(value.get("file_name") or f"{image_id}.jpg"), locator=len(self._where),
+                        width=int(value.get("width") or 0), height=int(value.get("height") or 0),
+                        captions=joined.get("captions") or ([own] if isinstance(own, str) else list(own)),
+                        categories=_categories(value, layout["features"]),
+                        url=joined.get("url") or _first(value, URL_COLUMNS) or "",
+                    ))
+                    self._where.append((shard, group, row))
+                bar.update(1)
+        return records
+
+    def _parquet(self, shard: int):
+        import pyarrow.parquet as pq
+
+        from .parquet import FetchFile
+
+        return pq.ParquetFile(FetchFile(self._images.fetcher(self._shards[shard].path),
+                                        self._images.files[self._shards[shard].path]),
+                              metadata=self._shards[shard].metadata)
+
+    def _caption_lookup(self, split: str) -> dict[int, dict]:
+        import pyarrow.parquet as pq
+
+        lookup: dict[int, dict] = {}
+        for path in self._caption_files[split]:
+            local = self._captions.path(path)
+            try:
+                handle = pq.ParquetFile(local)
+                names = handle.schema_arrow.names
+                wanted = [c for c in (*ID_COLUMNS, *CAPTION_COLUMNS, *URL_COLUMNS) if c in names]
+                rows = handle.read(columns=wanted).to_pylist()
+            except (OSError, ValueError, pa.ArrowException) as error:
+                raise SourceError(f"--hf-captions {self._captions.repo_id}: {path} could not be read "
+                                  f"({str(error).splitlines()[0]}).") from None
+            for row in rows:
+                image_id = _first(row, ID_COLUMNS)
+                if image_id is None:
+                    continue
+                captions = _first(row, CAPTION_COLUMNS) or []
+                lookup[int(image_id)] = {
+                    "captions": [captions] if isinstance(captions, str) else [str(c) for c in captions],
+                    "url": _first(row, URL_COLUMNS) or "",
+                }
+        return lookup
+
+    # -- bytes: plan, fetch, read -----------------------------------------------------------------------------------
+    def _plan(self, indices: list[int] | None = None) -> dict:
+        """How each needed shard is read: 'local' (on disk already), 'whole' (download it) or 'ranges' (fetch the
+        pages of the needed rows), with the bytes each way costs."""
+        records = self.records
+        if indices is not None and len(indices) == len(records) and set(indices) == set(range(len(records))):
+            indices = None  # every record: the plan the estimate made
+        key = None if indices is None else tuple(indices)
+        if key in self._plans:
+            return self._plans[key]
+        need: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+        for index in (range(len(records)) if indices is None else indices):
+            shard, group, row = self._where[records[index].locator]
+            need[shard][group].add(row)
+        plan = {}
+        for shard in sorted(need):
+            path = self._shards[shard].path
+            size = self._images.files[path]
+            rows = sum(len(r) for r in need[shard].values())
+            if shard in self._local or self._images.cached(path) is not None:
+                plan[shard] = ("local", 0, size, [])
+            elif rows >= WHOLE_FRACTION * self._shards[shard].rows:
+                plan[shard] = ("whole", size, 0, [])
+            else:
+                spans = self._spans(shard, need[shard])
+                fetched = sum(length for _, length in spans)
+                plan[shard] = ("whole", size, 0, []) if fetched >= WHOLE_FRACTION * size else \
+                    ("ranges", fetched, 0, spans)
+        ranged = sorted((s for s, p in plan.items() if p[0] == "ranges"), key=lambda s: -plan[s][1])
+        while ranged and sum(plan[s][1] for s in ranged) > RANGE_MEMORY:
+            shard = ranged.pop(0)
+            plan[shard] = ("whole", self._images.files[self._shards[shard].path], 0, [])
+        self._plans[key] = plan
+        return plan
+
+    def _spans(self, shard: int, groups: dict[int, set[int]]) -> list[tuple[int, int]]:
+        """Byte spans holding the needed rows' pages (and dictionary pages), merged when adjacent."""
+        column = self._column(shard)
+        if column is None:  # no page reader for this file: whole column chunks
+            chunks = self._shards[shard].footer.chunks[(self._layout(shard)["image"], "bytes")]
+            return _merge([(chunks[g].start, chunks[g].size) for g in groups])
+        spans = []
+        for group, rows in groups.items():
+            dictionary, _ = column.pages(group)
+            if dictionary is not None:
+                spans.append((dictionary.offset, dictionary.size))
+            spans.extend({(page.offset, page.size) for page in (column.page_for(group, r)[1] for r in rows)})
+        return _merge(spans)
+
+    def download_estimate(self) -> tuple[int, int, str]:
+        plan = self._plan()
+        whole = [s for s, p in plan.items() if p[0] == "whole"]
+        ranges = [s for s, p in plan.items() if p[0] == "ranges"]
+        how = []
+        if whole:
+            how.append(f"{len(whole)} of {len(self._split_files_all())} parquet shards whole")
+        if ranges:
+            how.append(f"the rows' pages of {len(ranges)} shard(s) by range")
+        return sum(p[1] for p in plan.values()), sum(p[2] for p in plan.values()), ", ".join(how)
+
+    def _split_files_all(self) -> list[str]:
+        return [path for split in self.splits for path in self._split_files[split]]
+
+    def fetch(self, indices: list[int] | None = None, progress: bool = True) -> None:
+        """Bring the bytes of these records' images close: whole shards into the Hub cache, or their pages into
+        memory (a trial); one progress bar in bytes, with its ETA."""
+        from .hubfiles import FETCHED, download_files
+
+        plan = self._plan(indices)
+        whole = [(self._images, self._shards[s].path) for s, p in plan.items() if p[0] == "whole"]
+        if whole:
+            found = download_files(whole, progress=progress, desc="downloading images")
+            for shard, p in plan.items():
+                if p[0] == "whole":
+                    self._local[shard] = found[self._shards[shard].path]
+                    self._columns.pop(shard, None)
+        for shard, p in plan.items():
+            if p[0] == "local":
+                self._local[shard] = self._images.cached(self._shards[shard].path)
+                self._columns.pop(shard, None)
+        ranged = {s: p[3] for s, p in plan.items() if p[0] == "ranges"}
+        total = sum(length for spans in ranged.values() for _, length in spans)
+        if ranged:
+            from tqdm import tqdm
+
+            before = FETCHED["bytes"]
+            items = [(s, offset, length) for s, spans in ranged.items() for offset, length in spans
+                     if not self._in_memory(s, offset, length)]
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="fetching image pages",
+                      dynamic_ncols=True, mininterval=1, disable=not progress) as bar, \
+                    ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+                fetchers = {s: self._images.fetcher(self._shards[s].path) for s in ranged}
+                for (s, offset, _), data in zip(items, pool.map(lambda i: fetchers[i[0]](i[1], i[2]), items)):
+                    self._memory.setdefault(s, []).append((offset, data))
+                    bar.update(len(data))
+            for spans in self._memory.values():
+                spans.sort(key=lambda span: span[0])
+            log.info("fetched %s of image pages by range in %d requests", human_bytes(FETCHED["bytes"] - before),
+                     len(items))
+
+    def _in_memory(self, shard: int, offset: int, size: int) -> bytes | None:
+        for start, data in self._memory.get(shard, ()):
+            if start <= offset and offset + size <= start + len(data):
+                return data[offset - start:offset - start + size]
+        return None
+
+    def _reader(self, shard: int):
+        path = self._shards[shard].path
+        if shard in self._local:
+            from .hubfiles import _LocalReader
+
+            base = _LocalReader(self._local[shard])
+        else:
+            base = self._images.fetcher(path)
+
+        def fetch(offset: int, size: int) -> bytes:
+            found = self._in_memory(shard, offset, size)
+            return found if found is not None else base(offset, size)
+
+        return fetch
+
+    def _column(self, shard: int):
+        """The page reader of a shard's image bytes (None when its layout needs pyarrow's whole-chunk read)."""
+        from .parquet import ByteArrayColumn
+
+        if shard not in self._columns:
+            layout = self._layout(shard)
+            chunks = self._shards[shard].footer.chunks.get((layout["image"], "bytes"))
+            levels = layout["levels"]
+            ok = chunks is not None and levels is not None and levels[1] == 0
+            self._columns[shard] = ByteArrayColumn(self._reader(shard), chunks, *levels) if ok else None
+        return self._columns[shard]
 
     def read(self, record: Record):
-        part, row = divmod(int(record.locator), 1 << 32)
-        table, column = self._parts[part]
-        value = table[row][column]
-        return value.get("bytes") or value.get("path")
+        from .parquet import Unsupported
+
+        shard, group, row = self._where[record.locator]
+        column = self._column(shard)
+        if column is not None:
+            try:
+                return column.value(group, row) or b""
+            except Unsupported as error:
+                log.debug("shard %d: page reader fell back to pyarrow (%s)", shard, error)
+                self._columns[shard] = None
+        return self._fallback(shard, group, row)
+
+    def _fallback(self, shard: int, group: int, row: int) -> bytes:
+        """pyarrow's whole-chunk read of a row group's image column (kept for the next rows of the group)."""
+        import pyarrow.parquet as pq
+
+        from .parquet import FetchFile
+
+        key = (shard, group)
+        if key not in self._groups:
+            image = self._layout(shard)["image"]
+            path = self._shards[shard].path
+            handle = pq.ParquetFile(FetchFile(self._reader(shard), self._images.files[path]),
+                                    metadata=self._shards[shard].metadata)
+            self._groups.clear()  # one row group at a time: they are large
+            self._groups[key] = handle.read_row_group(group, columns=[f"{image}.bytes"]).column(0).combine_chunks()
+        value = self._groups[key].field("bytes")[row].as_py()
+        return value or b""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_columns"], state["_groups"] = {}, {}  # rebuilt per process
+        return state
 
 
-def _resolve_revision(repo: str, revision: str | None, flag: str) -> str | None:
-    """The commit a branch or tag points at now, so the manifest pins exactly what was read."""
-    if Path(repo).exists():
-        return None
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-
-    try:
-        return HfApi().dataset_info(repo, revision=revision).sha
-    except HFValidationError:
-        raise SourceError(f"{flag} {repo}: could not be loaded (neither an existing folder nor a Hub dataset id "
-                          "like owner/name).") from None
-    except HfHubHTTPError as error:
-        raise SourceError(f"{flag} {repo}: {str(error).splitlines()[0]} (check the repo id, HF_TOKEN for private "
-                          "repos, or use --coco-dir).") from None
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for offset, length in sorted(spans):
+        if out and offset <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], offset + length - out[-1][0])
+        else:
+            out.append([offset, length])
+    return [(offset, length) for offset, length in out]
 
 
-def _load_split(repo: str, revision: str | None, split: str, flag: str):
-    import datasets
+class _bar:
+    """A tqdm bar for long listings only (the real COCO: ~1,200 row groups); silent when logging is quiet."""
 
-    try:
-        builder = datasets.load_dataset_builder(repo, revision=revision)
-        available = dict(builder.config.data_files or {})
-        hub_split = next((name for name in HUB_SPLIT_NAMES.get(split, (split,)) if name in available), None)
-        if hub_split is None:
-            raise SourceError(f"{flag} {repo}: no split for {split} (it has {', '.join(sorted(available))}); "
-                              "check --splits.")
-        # Only this split's files are fetched (COCO's unlabelled test split alone is 6 GB).
-        return datasets.load_dataset(repo, revision=revision, data_files={hub_split: list(available[hub_split])},
-                                     split=hub_split)
-    except SourceError:
-        raise
-    except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise SourceError(f"{flag} {repo}: could not be loaded ({str(error).splitlines()[0]}).") from None
+    def __init__(self, total: int, desc: str, unit: str):
+        from tqdm import tqdm
 
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=2,
+                        disable=total < 50 or not log.isEnabledFor(logging.INFO))
 
-def _image_column(table, repo: str) -> str:
-    import datasets
+    def update(self, n: int) -> None:
+        self.bar.update(n)
 
-    for name, feature in table.features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    raise SourceError(f"--hf-images {repo}: has no Image column; pass a dataset repo that holds the images.")
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
 
 
 def _first(row: dict, names: tuple[str, ...]):
     return next((row[name] for name in names if row.get(name) not in (None, "", [])), None)
 
 
-def _caption_lookup(table) -> dict[int, dict]:
-    lookup = {}
-    for row in table:
-        image_id = _first(row, ID_COLUMNS)
-        if image_id is None:
-            continue
-        captions = _first(row, CAPTION_COLUMNS) or []
-        lookup[int(image_id)] = {
-            "captions": [captions] if isinstance(captions, str) else [str(c) for c in captions],
-            "url": _first(row, URL_COLUMNS) or "",
-        }
-    return lookup
-
-
 def _categories(row: dict, features) -> list[str]:
-    """Category names from the layouts seen on the Hub: annotations.category_name, objects.category (ClassLabel)."""
+    """Category names from the layouts seen on the Hub: annotations.category_name (BrandonLSX/coco-2017, a struct of
+    lists), objects.category (ClassLabel ids), or a list of such structs."""
     names: set[str] = set()
     for column in ("annotations", "objects"):
         value = row.get(column)
-        if not isinstance(value, dict):
-            continue
-        if value.get("category_name"):
-            names.update(str(n) for n in value["category_name"])
-        elif value.get("category") is not None:
-            label = features[column].feature["category"] if hasattr(features[column], "feature") else \
-                features[column]["category"]
-            label = getattr(label, "feature", label)
-            names.update(label.int2str(int(c)) if hasattr(label, "int2str") else str(c) for c in value["category"])
+        items = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if item.get("category_name") is not None:
+                found = item["category_name"]
+                names.update(str(n) for n in (found if isinstance(found, list) else [found]))
+            elif item.get("category") is not None:
+                found = item["category"]
+                label = _class_label(features, column)
+                names.update(label.int2str(int(c)) if label is not None else str(c)
+                             for c in (found if isinstance(found, list) else [found]))
     return sorted(names)
 
 
-def _hub_records(table, image_column: str, split: str, part: int, captions: dict[int, dict]) -> list[Record]:
-    records = []
-    metadata = table.remove_columns([image_column])
-    for row_number, row in enumerate(metadata):
-        image_id = _first(row, ID_COLUMNS)
-        if image_id is None:
-            raise SourceError("--hf-images: rows have no image_id/id column to join captions and show ids.")
-        joined = captions.get(int(image_id), {})
-        own = _first(row, CAPTION_COLUMNS) or []
-        records.append(Record(
-            image_id=int(image_id), split=split, file_name=str(row.get("file_name") or f"{image_id}.jpg"),
-            locator=(part << 32) + row_number, width=int(row.get("width") or 0), height=int(row.get("height") or 0),
-            captions=joined.get("captions") or ([own] if isinstance(own, str) else list(own)),
-            categories=_categories(row, table.features), url=joined.get("url") or _first(row, URL_COLUMNS) or "",
-        ))
-    return records
+def _class_label(features, column: str):
+    """The ClassLabel of `column`'s category field in the repo's datasets features, if it has one."""
+    feature = (features or {}).get(column)
+    for _ in range(3):  # List(...) / Sequence(...) / dict layers
+        if isinstance(feature, dict):
+            feature = feature.get("category")
+        elif hasattr(feature, "feature"):
+            feature = feature.feature
+        if hasattr(feature, "int2str"):
+            return feature
+    return None

@@ -1,0 +1,464 @@
+"""COCO as it really is on the Hub: sharded parquet read in place, trials that download in proportion to --limit.
+
+The loopback repos copy the real layouts (checked with the search tool, see the report in NOTES):
+- `BrandonLSX/coco-2017`: README `configs` with `data/train-*`, `data/validation-*`, `data/test-*`; shards
+  `data/<split>-NNNNN-of-MMMMM.parquet` written by `datasets` (`push_to_hub`); columns image (Image: struct of
+  bytes + path), image_id int64, file_name string, width int32, height int32, annotations struct of lists
+  (id int64, category_id int32, category_name string, bbox list of 4 float32, area float64, iscrowd int32).
+- `phiyodr/coco2017`: no `configs`; `data/train-00000-of-00001-<hash>.parquet`,
+  `data/validation-00000-of-00001-<hash>.parquet`; columns license, file_name, coco_url, height, width,
+  date_captured, flickr_url, image_id, ids (list int64), captions (list string).
+Rows are in COCO's annotation-file order (not sorted by id), as a conversion from the official JSON leaves them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SHAPE_CATEGORY_IDS, run_build
+from tiny_models import COLORS, SHAPES, caption_for, draw_shape
+
+IMAGES_REPO = "BrandonLSX/coco-2017"
+CAPTIONS_REPO = "phiyodr/coco2017"
+COMBOS = [(c, s) for c in COLORS for s in SHAPES]
+
+IMAGE_FEATURES = datasets.Features({
+    "image": datasets.Image(),
+    "image_id": datasets.Value("int64"),
+    "file_name": datasets.Value("string"),
+    "width": datasets.Value("int32"),
+    "height": datasets.Value("int32"),
+    "annotations": {
+        "id": datasets.List(datasets.Value("int64")),
+        "category_id": datasets.List(datasets.Value("int32")),
+        "category_name": datasets.List(datasets.Value("string")),
+        "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4)),
+        "area": datasets.List(datasets.Value("float64")),
+        "iscrowd": datasets.List(datasets.Value("int32")),
+    },
+})
+
+IMAGES_README = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*
+  - split: validation
+    path: data/validation-*
+  - split: test
+    path: data/test-*
+dataset_info:
+  features:
+  - name: image
+    dtype: image
+  - name: image_id
+    dtype: int64
+  - name: file_name
+    dtype: string
+  - name: width
+    dtype: int32
+  - name: height
+    dtype: int32
+  - name: annotations
+    struct:
+    - name: id
+      list: int64
+    - name: category_id
+      list: int32
+    - name: category_name
+      list: string
+    - name: bbox
+      list:
+        list: float32
+        length: 4
+    - name: area
+      list: float64
+    - name: iscrowd
+      list: int32
+---
+"""
+
+CAPTIONS_README = """---
+language:
+- en
+pretty_name: COCO2017
+dataset_info:
+  features:
+  - name: license
+    dtype: int64
+  - name: file_name
+    dtype: string
+  - name: coco_url
+    dtype: string
+  - name: height
+    dtype: int64
+  - name: width
+    dtype: int64
+  - name: date_captured
+    dtype: string
+  - name: flickr_url
+    dtype: string
+  - name: image_id
+    dtype: int64
+  - name: ids
+    sequence: int64
+  - name: captions
+    sequence: string
+---
+"""
+
+
+def _jpeg(color: str, shape: str, seed: int, size: int) -> bytes:
+    buffer = io.BytesIO()
+    draw_shape(color, shape, size=size, seed=seed).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_coco(counts: dict[str, int], seed: int = 7, size: int = 64, bad: int | None = None) -> dict[str, list[dict]]:
+    """Per Hub split, rows in annotation-file order: distinct COCO-like ids, not sorted; `bad` makes that row of
+    the validation split carry bytes that are not an image."""
+    rng = random.Random(seed)
+    ids = rng.sample(range(1, 600_000), sum(counts.values()))
+    out, used = {}, 0
+    for split, count in counts.items():
+        rows = []
+        for k in range(count):
+            image_id = ids[used + k]
+            color, shape = COMBOS[image_id % len(COMBOS)]
+            extra = SHAPES[(image_id // 7) % len(SHAPES)]
+            names = [shape, extra, shape]  # a category repeats: one name per annotation, like COCO
+            rows.append({
+                "image": {"bytes": _jpeg(color, shape, image_id, size), "path": None},
+                "image_id": image_id, "file_name": f"{image_id:012d}.jpg", "width": size, "height": size,
+                "annotations": {
+                    "id": [image_id * 10 + n for n in range(3)],
+                    "category_id": [SHAPE_CATEGORY_IDS[n] for n in names],
+                    "category_name": names,
+                    "bbox": [[1.0, 2.0, 10.0, 12.0]] * 3, "area": [120.0] * 3, "iscrowd": [0, 0, 0],
+                },
+                "color": color, "shape": shape, "split": split,
+            })
+        used += count
+        out[split] = rows
+    if bad is not None:
+        out["validation"][bad]["image"] = {"bytes": b"hello, I am text\n" * 20, "path": None}
+        out["validation"][bad]["bad"] = True
+    return out
+
+
+def _dataset(rows: list[dict]) -> datasets.Dataset:
+    columns = {name: [row[name] for row in rows] for name in IMAGE_FEATURES}
+    return datasets.Dataset.from_dict(columns, features=IMAGE_FEATURES)
+
+
+def image_shards(rows: list[dict], split: str, shards: int, rows_per_group: int, *, writer: str) -> dict[str, bytes]:
+    """The split as `datasets` pushes it: contiguous shards named <split>-NNNNN-of-MMMMM.parquet.
+
+    writer="datasets": datasets' own ParquetWriter (offset index + content-defined pages, as datasets >= 4.x);
+    writer="plain": pyarrow defaults with datasets' schema metadata (no offset index, one page per column chunk,
+    as older writers left them)."""
+    files, per = {}, -(-len(rows) // shards)
+    for n in range(shards):
+        part = _dataset(rows[n * per:(n + 1) * per])
+        buffer = io.BytesIO()
+        if writer == "datasets":
+            part.to_parquet(buffer, batch_size=rows_per_group)
+        else:
+            pq.write_table(part.data.table, buffer, row_group_size=rows_per_group)
+        files[f"data/{split}-{n:05d}-of-{shards:05d}.parquet"] = buffer.getvalue()
+    return files
+
+
+def captions_file(rows: list[dict]) -> bytes:
+    ordered = sorted(rows, key=lambda r: (r["image_id"] * 7919) % 1000)  # another order: joined by id
+    table = pa.table({
+        "license": pa.array([3] * len(ordered), pa.int64()),
+        "file_name": [r["file_name"] for r in ordered],
+        "coco_url": [f"http://images.cocodataset.org/{r['split']}/{r['file_name']}" for r in ordered],
+        "height": pa.array([r["height"] for r in ordered], pa.int64()),
+        "width": pa.array([r["width"] for r in ordered], pa.int64()),
+        "date_captured": ["2013-11-14 16:28:13"] * len(ordered),
+        "flickr_url": [f"http://farm4.staticflickr.com/{r['image_id']}.jpg" for r in ordered],
+        "image_id": pa.array([r["image_id"] for r in ordered], pa.int64()),
+        "ids": pa.array([[r["image_id"] * 10 + n for n in range(3)] for r in ordered], pa.list_(pa.int64())),
+        "captions": [[caption_for(r["color"], r["shape"], seed=n) for n in range(3)] for r in ordered],
+    })
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def publish_coco(hub, coco: dict[str, list[dict]], *, train_shards: int = 3, rows_per_group: int = 4) -> dict:
+    """Both repos on the loopback Hub; returns {path: bytes} of the images repo."""
+    files = {"README.md": IMAGES_README.encode()}
+    files.update(image_shards(coco["train"], "train", train_shards, rows_per_group, writer="datasets"))
+    files.update(image_shards(coco["validation"], "validation", 2, rows_per_group, writer="plain"))
+    hub.put_files(IMAGES_REPO, files, message="Upload dataset")
+    hub.put_files(CAPTIONS_REPO, {
+        "README.md": CAPTIONS_README.encode(),
+        "data/train-00000-of-00001-0084e041f1902997.parquet": captions_file(coco["train"]),
+        "data/validation-00000-of-00001-e3c37e369512a3aa.parquet": captions_file(coco["validation"]),
+    }, message="Upload data")
+    return files
+
+
+def write_coco_dir(root: Path, coco: dict[str, list[dict]]) -> None:
+    """The same images and annotations in the official layout, for --coco-dir."""
+    categories = [{"id": i, "name": s, "supercategory": "shape"} for s, i in SHAPE_CATEGORY_IDS.items()]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for hub_split, split in (("train", "train2017"), ("validation", "val2017")):
+        (root / split).mkdir(exist_ok=True)
+        images, captions, instances = [], [], []
+        for row in coco[hub_split]:
+            (root / split / row["file_name"]).write_bytes(row["image"]["bytes"])
+            images.append({"id": row["image_id"], "file_name": row["file_name"], "width": row["width"],
+                           "height": row["height"],
+                           "coco_url": f"http://images.cocodataset.org/{hub_split}/{row['file_name']}"})
+            captions += [{"id": len(captions) + 1, "image_id": row["image_id"],
+                          "caption": caption_for(row["color"], row["shape"], seed=n)} for n in range(3)]
+            instances += [{"id": a, "image_id": row["image_id"], "category_id": c}
+                          for a, c in zip(row["annotations"]["id"], row["annotations"]["category_id"])]
+        (root / "annotations" / f"captions_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": captions}))
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": instances, "categories": categories}))
+
+
+def expected_rows(coco: dict[str, list[dict]], rows: dict[str, list[dict]] | None = None) -> list[dict]:
+    """What metadata.parquet must hold: splits in --splits order, then by image id; bad images skipped."""
+    out = []
+    for hub_split, split in (("train", "train2017"), ("validation", "val2017")):
+        for row in sorted((rows or coco)[hub_split], key=lambda r: r["image_id"]):
+            if row.get("bad"):
+                continue
+            out.append({
+                "image_id": row["image_id"], "split": split, "file_name": row["file_name"],
+                "width": row["width"], "height": row["height"],
+                "captions": [caption_for(row["color"], row["shape"], seed=n) for n in range(3)],
+                "categories": sorted(set(row["annotations"]["category_name"])),
+                "url": f"http://images.cocodataset.org/{hub_split}/{row['file_name']}",
+            })
+    return out
+
+
+def built_rows(out: Path) -> list[dict]:
+    keys = ("image_id", "split", "file_name", "width", "height", "captions", "categories", "url")
+    return [{k: r[k] for k in keys} for r in pq.read_table(out / "metadata.parquet").to_pylist()]
+
+
+def arrow_files(*roots: Path) -> list[Path]:
+    return [p for root in roots if root.exists() for p in root.rglob("*.arrow")]
+
+
+@pytest.fixture
+def coco_hub(hub, monkeypatch, tmp_path):
+    """The two repos on the loopback Hub (train: 3 shards of 40 rows, validation: 2 shards of 6 rows), with the
+    datasets cache pointed into tmp_path so that any Arrow copy would be seen."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    coco = make_coco({"train": 120, "validation": 12}, bad=4)
+    files = publish_coco(hub, coco)
+    return hub, coco, files
+
+
+def shard_layout(data: bytes) -> dict:
+    """Sizes inside one shard: whole file, its row groups, and where the footer + page indexes start."""
+    metadata = pq.ParquetFile(io.BytesIO(data)).metadata
+    groups = [metadata.row_group(g) for g in range(metadata.num_row_groups)]
+    end_of_data = max(g.column(c).file_offset + g.column(c).total_compressed_size
+                      for g in groups for c in range(g.num_columns))
+    chunk_end = max(max(g.column(c).data_page_offset, g.column(c).dictionary_page_offset or 0)
+                    + g.column(c).total_compressed_size for g in groups for c in range(g.num_columns))
+    return {"size": len(data), "rows": [g.num_rows for g in groups],
+            "group_bytes": [sum(g.column(c).total_compressed_size for c in range(g.num_columns)) for g in groups],
+            "tail": len(data) - min(end_of_data, chunk_end)}
+
+
+def test_a_limit_trial_fetches_only_the_first_rows_of_the_first_shard(coco_hub, tmp_path, tiny_clip):
+    hub, coco, files = coco_hub
+    out = tmp_path / "out"
+    assert run_build("--hf-images", IMAGES_REPO, "--hf-captions", CAPTIONS_REPO, "--limit", "10",
+                     "--model", tiny_clip, "--out", out, "--num-workers", "2") == 0  # forked workers read pages
+    first = coco["train"][:10]  # the first 10 rows of train-00000-of-00003, in the repo's own order
+    assert built_rows(out) == expected_rows(coco, {"train": first, "validation": []})
+
+    served = hub.downloaded(IMAGES_REPO)
+    shards = {path: shard_layout(data) for path, data in files.items() if path.endswith(".parquet")}
+    first_shard = "data/train-00000-of-00003.parquet"
+    layout = shards[first_shard]
+    assert layout["rows"][:3] == [4, 4, 4]  # rows 0-9 live in row groups 0-2 of the shard's 10
+    # everything fetched is the footer (+ page indexes) and the first three row groups' pages, nothing more
+    assert served[first_shard] <= layout["tail"] + sum(layout["group_bytes"][:3])
+    assert served[first_shard] < layout["size"] / 2
+    assert all(served.get(path, 0) == 0 for path in shards if path != first_shard)  # not even their footers
+    train = sum(s["size"] for p, s in shards.items() if "/train-" in p)
+    print(f"\n--limit 10 fetched {served[first_shard]:,} bytes of {train:,} in the train shards "
+          f"({served[first_shard] / train:.1%})")
+    assert served[first_shard] / train < 0.2
+    assert not arrow_files(tmp_path)
+
+
+def test_a_full_build_reads_every_image_in_place_and_equals_coco_dir(coco_hub, tmp_path, tiny_clip, hermetic_hf):
+    import numpy as np
+
+    from clipsearch.manifest import Manifest
+
+    hub, coco, files = coco_hub
+    out = tmp_path / "out"
+    assert run_build("--hf-images", IMAGES_REPO, "--hf-captions", CAPTIONS_REPO, "--model", tiny_clip,
+                     "--out", out, "--batch-size", "16") == 0
+    rows = built_rows(out)
+    assert rows == expected_rows(coco)
+    manifest = Manifest.read(out)
+    bad = next(r for r in coco["validation"] if r.get("bad"))
+    assert [s.path for s in manifest.skipped] == [f"val2017/{bad['file_name']}"]
+    assert manifest.sources[0].revision == hub.head(IMAGES_REPO)
+    assert manifest.sources[1].revision == hub.head(CAPTIONS_REPO)
+
+    # every shard came down whole, once, at the pinned commit; nothing was converted to a second copy
+    for path in files:
+        if path.endswith(".parquet"):
+            whole = [r for r in hub.requests if r.method == "GET" and r.path.endswith(path) and r.range is None]
+            assert len(whole) == 1 and hub.head(IMAGES_REPO) in whole[0].path, path
+    cached = list(hermetic_hf.rglob("*.parquet"))
+    assert sorted(p.name for p in cached if "coco-2017" in str(p)) == sorted(
+        Path(p).name for p in files if p.endswith(".parquet"))
+    assert not arrow_files(tmp_path)
+    blobs = sum(p.stat().st_size for p in hermetic_hf.rglob("*") if p.is_file() and "blobs" in p.parts
+                and "coco-2017" in str(p))
+    # one copy of the parquet shards (and the card, read for its split patterns)
+    assert blobs == sum(len(d) for p, d in files.items() if p.endswith(".parquet")) + len(files["README.md"])
+
+    # the same images through --coco-dir give the same gallery
+    coco_root = tmp_path / "coco"
+    write_coco_dir(coco_root, coco)
+    other = tmp_path / "from-coco-dir"
+    assert run_build("--coco-dir", coco_root, "--model", tiny_clip, "--out", other, "--batch-size", "16") == 0
+    assert built_rows(other) == rows
+    assert np.allclose(np.load(out / "embeddings.npy"), np.load(other / "embeddings.npy"), atol=1e-6)
+
+
+def test_records_and_bytes_are_the_same_whatever_is_cached(coco_hub, hermetic_hf):
+    """The record list (ids, order, metadata) and every image's bytes, read by range, from the downloaded shard,
+    or from a trial's fetched pages, equal what the parquet holds."""
+    from builder.sources import HubCocoSource, estimate_line, human_bytes
+
+    hub, coco, files = coco_hub
+    truth = {r["image_id"]: r["image"]["bytes"] for rows in coco.values() for r in rows}
+
+    by_range = HubCocoSource(IMAGES_REPO, CAPTIONS_REPO, ["train2017", "val2017"])
+    records = by_range.records
+    assert [(r.split, r.image_id) for r in records] == sorted(
+        (("train2017", i) for i in (r["image_id"] for r in coco["train"])), key=lambda x: x[1]) + sorted(
+        (("val2017", i) for i in (r["image_id"] for r in coco["validation"])), key=lambda x: x[1])
+    for record in records[::7]:
+        assert by_range.read(record) == truth[record.image_id]  # page by page, over HTTP Range
+
+    trial = HubCocoSource(IMAGES_REPO, CAPTIONS_REPO, ["val2017", "train2017"])
+    trial.limit(15)  # all 12 validation rows, then the first 3 of train
+    fetched, cached, how = trial.download_estimate()
+    assert fetched > 0 and cached == 0 and "by range" in how and "2 of 5 parquet shards whole" in how
+    line = estimate_line(trial, 512)
+    assert line.startswith(f"plan: download ~{human_bytes(fetched)} (") and "for 15 images" in line
+    trial.fetch(progress=False)
+    assert [r.split for r in trial.records] == ["val2017"] * 12 + ["train2017"] * 3
+    assert {r.image_id for r in trial.records[12:]} == {r["image_id"] for r in coco["train"][:3]}
+    before = sum(hub.downloaded(IMAGES_REPO).values())
+    for record in trial.records:
+        assert trial.read(record) == truth[record.image_id]
+    assert sum(hub.downloaded(IMAGES_REPO).values()) == before  # read from the fetched pages, no request
+
+    # the trial needed every validation row: those two shards came whole, into the Hub cache
+    sizes = {p: len(d) for p, d in files.items() if p.endswith(".parquet")}
+    validation = sum(n for p, n in sizes.items() if "/validation-" in p)
+    downloaded = HubCocoSource(IMAGES_REPO, CAPTIONS_REPO, ["train2017", "val2017"])
+    assert downloaded.download_estimate()[:2] == (sum(sizes.values()) - validation, validation)
+    downloaded.fetch(progress=False)  # the train shards too
+    again = HubCocoSource(IMAGES_REPO, CAPTIONS_REPO, ["train2017", "val2017"])
+    assert again.download_estimate()[:2] == (0, sum(sizes.values()))
+    assert [vars(r) for r in again.records] == [vars(r) for r in records]
+    assert again.fingerprint() == by_range.fingerprint()
+    before = sum(hub.downloaded(IMAGES_REPO).values())
+    for record in again.records:
+        assert again.read(record) == truth[record.image_id]  # from the local shards
+    assert sum(hub.downloaded(IMAGES_REPO).values()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--splits", "unlabeled2017"], "--hf-images BrandonLSX/coco-2017: no split for unlabeled2017 (it has test, "
+                                    "train, validation); check --splits."),
+    (["--splits", "test2017"], "--hf-images BrandonLSX/coco-2017: split test has no files; check --splits."),
+    (["--hf-images", "nobody/nothing"], "--hf-images nobody/nothing: "),
+    (["--hf-captions", "nobody/nothing"], "--hf-captions nobody/nothing: "),
+])
+def test_hub_errors_are_one_sentence_naming_the_flag(coco_hub, tmp_path, tiny_clip, capsys, args, message):
+    base = ["--hf-images", IMAGES_REPO, "--hf-captions", CAPTIONS_REPO]
+    assert run_build(*base, *args, "--model", tiny_clip, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+WRITERS = {
+    "pyarrow defaults (dictionary, v1 pages, snappy)": {},
+    "offset index": {"write_page_index": True},
+    "data page v2": {"data_page_version": "2.0"},
+    "v2 + offset index + zstd": {"data_page_version": "2.0", "write_page_index": True, "compression": "zstd"},
+    "plain, uncompressed": {"use_dictionary": False, "compression": "none"},
+    "content-defined pages (datasets >= 4)": {"use_content_defined_chunking": {"min_chunk_size": 2048,
+                                                                               "max_chunk_size": 8192},
+                                              "write_page_index": True},
+    "small dictionary, gzip": {"dictionary_pagesize_limit": 5000, "compression": "gzip"},
+    "many small pages": {"write_batch_size": 3, "data_page_size": 2000, "compression": "lz4"},
+    "brotli": {"compression": "brotli"},
+}
+
+
+@pytest.mark.parametrize("options", list(WRITERS.values()), ids=list(WRITERS))
+def test_the_page_reader_returns_what_pyarrow_reads(options):
+    """builder.parquet decodes one row's value from its page; every row of every writer layout equals pyarrow's."""
+    from builder.parquet import ByteArrayColumn, read_footer
+
+    rng = random.Random(3)
+    values = [None if k % 37 == 5 else rng.randbytes(rng.randint(0, 3000)) for k in range(300)]
+    values[7] = values[3]  # repeats, for dictionaries
+    image = pa.array([None if k % 53 == 9 else {"bytes": v, "path": f"{k}.jpg"} for k, v in enumerate(values)],
+                     pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"image": image, "image_id": pa.array(range(300), pa.int64())}), buffer,
+                   row_group_size=70, **options)
+    data = buffer.getvalue()
+    requests = []
+
+    def fetch(offset, size):
+        requests.append(size)
+        return data[offset:offset + size]
+
+    footer, _ = read_footer(fetch, len(data))
+    column = ByteArrayColumn(fetch, footer.chunks[("image", "bytes")], max_def=2)
+    got = [column.value(group, row) for group, rows in enumerate(footer.row_group_rows) for row in range(rows)]
+    assert got == pq.read_table(io.BytesIO(data)).column("image").combine_chunks().field("bytes").to_pylist()
+    assert footer.arrow_metadata().num_rows == 300
+
+
+def test_the_page_reader_refuses_what_it_cannot_decode():
+    from builder.parquet import ByteArrayColumn, Unsupported, read_footer
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"x": pa.array([b"a", b"bc", None] * 20, pa.binary())}), buffer,
+                   column_encoding={"x": "DELTA_BYTE_ARRAY"}, use_dictionary=False)
+    data = buffer.getvalue()
+    footer, _ = read_footer(lambda o, s: data[o:o + s], len(data))
+    reader = ByteArrayColumn(lambda o, s: data[o:o + s], footer.chunks[("x",)], max_def=1)
+    with pytest.raises(Unsupported, match="value encoding 7"):
+        reader.value(0, 0)
+    with pytest.raises(Unsupported, match="repeated"):
+        ByteArrayColumn(lambda o, s: data[o:o + s], footer.chunks[("x",)], max_def=3, max_rep=1)
+    with pytest.raises(Unsupported, match="not a parquet file"):
+        read_footer(lambda o, s: b"x" * s, 100)
