@@ -213,9 +213,10 @@ def read_footer(fetch: Fetch, file_size: int, guess: int | None = None) -> tuple
     length = struct.unpack("<I", tail[-8:-4])[0]
     if length + 8 > file_size:
         raise Unsupported("corrupt parquet footer length")
-    if length + 8 > len(tail):
-        tail = fetch(file_size - length - 8, length + 8)
-        fetched += len(tail)
+    if length + 8 > len(tail):  # fetch only the part of the footer the first read missed
+        head = fetch(file_size - length - 8, length + 8 - len(tail))
+        fetched += len(head)
+        tail = head + tail
     raw = tail[len(tail) - 8 - length:len(tail) - 8]
     return parse_footer(raw), fetched
 

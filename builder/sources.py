@@ -401,7 +401,7 @@ class HubCocoSource(Source):
             return item, table.slice(rows.start, len(rows)).to_pylist()
 
         records = []
-        bar = _bar(len(picked), "listing", "row groups")
+        bar = _Progress(len(picked), "listing", "row groups")
         with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool, bar:
             for (shard, group, rows), values in pool.map(read, picked):
                 layout = layouts[shard]
@@ -637,7 +637,7 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(offset, length) for offset, length in out]
 
 
-class _bar:
+class _Progress:
     """A tqdm bar for long listings only (the real COCO: ~1,200 row groups); silent when logging is quiet."""
 
     def __init__(self, total: int, desc: str, unit: str):

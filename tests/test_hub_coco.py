@@ -331,6 +331,10 @@ def test_a_full_build_reads_every_image_in_place_and_equals_coco_dir(coco_hub, t
     assert sorted(p.name for p in cached if "coco-2017" in str(p)) == sorted(
         Path(p).name for p in files if p.endswith(".parquet"))
     assert not arrow_files(tmp_path)
+    served, parquet = hub.downloaded(IMAGES_REPO), {p: len(d) for p, d in files.items() if p.endswith(".parquet")}
+    print(f"\nfull build fetched {sum(served[p] for p in parquet):,} bytes for {sum(parquet.values()):,} bytes of "
+          "image shards (listing by range, then each shard whole)")
+    assert all(parquet[p] <= served[p] <= 1.5 * parquet[p] for p in parquet)
     blobs = sum(p.stat().st_size for p in hermetic_hf.rglob("*") if p.is_file() and "blobs" in p.parts
                 and "coco-2017" in str(p))
     # one copy of the parquet shards (and the card, read for its split patterns)
@@ -462,3 +466,24 @@ def test_the_page_reader_refuses_what_it_cannot_decode():
         ByteArrayColumn(lambda o, s: data[o:o + s], footer.chunks[("x",)], max_def=3, max_rep=1)
     with pytest.raises(Unsupported, match="not a parquet file"):
         read_footer(lambda o, s: b"x" * s, 100)
+
+
+def test_a_local_folder_in_hub_layout_and_an_undecodable_page_layout_still_work(tmp_path):
+    """A folder laid out like a Hub repo is read the same way; a column the page reader cannot decode (here
+    DELTA_BYTE_ARRAY) is read with pyarrow instead, whole chunk by whole chunk."""
+    from builder.sources import HubCocoSource
+
+    coco = make_coco({"train": 9, "validation": 3})
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    for split, rows in coco.items():
+        pq.write_table(_dataset(rows).data.table, tmp_path / "repo" / "data" / f"{split}-00000-of-00001.parquet",
+                       use_dictionary=False, column_encoding={"image.bytes": "DELTA_BYTE_ARRAY"}, row_group_size=4)
+    source = HubCocoSource(str(tmp_path / "repo"), None, ["train2017", "val2017"])
+    assert source.download_estimate() == (0, sum(p.stat().st_size for p in (tmp_path / "repo").rglob("*.parquet")),
+                                          "")
+    truth = {r["image_id"]: r["image"]["bytes"] for rows in coco.values() for r in rows}
+    assert [r.image_id for r in source.records] == sorted(r["image_id"] for r in coco["train"]) + sorted(
+        r["image_id"] for r in coco["validation"])
+    assert all(source.read(r) == truth[r.image_id] for r in source.records)
+    assert set(source._columns.values()) == {None}  # every shard went through the pyarrow fallback
+    assert source.infos[0].revision is None and source.infos[0].location == str((tmp_path / "repo").resolve())
