@@ -271,6 +271,7 @@ class HubCocoSource(Source):
         self._local: dict[int, str] = {}  # shard -> local file, once downloaded
         self._columns: dict = {}  # per process: shard -> ByteArrayColumn (or None: pyarrow fallback)
         self._groups: dict = {}  # per process: (shard, group) -> decoded image column (fallback only)
+        self._layouts: dict[int, dict] = {}
 
     # -- records ----------------------------------------------------------------------------------------------------
     @property
@@ -308,19 +309,10 @@ class HubCocoSource(Source):
 
     def _shard(self, split: str, path: str) -> int:
         """Index of a shard, its footer read (once) by range."""
-        from .parquet import Unsupported, read_footer
-
         for number, shard in enumerate(self._shards):
             if shard.path == path:
                 return number
-        size = self._images.files[path]
-        try:
-            footer, _ = read_footer(self._images.fetcher(path), size)
-            metadata = footer.arrow_metadata()
-        except (Unsupported, OSError, ValueError) as error:
-            raise SourceError(f"--hf-images {self._images.repo_id}: {path} is not a readable parquet file "
-                              f"({error}).") from None
-        self._shards.append(_Shard(split=split, path=path, footer=footer, metadata=metadata, rows=footer.num_rows))
+        self._shards.append(self._footer_only(split, path))
         return len(self._shards) - 1
 
     def _pick(self, split: str, remaining: int | None) -> list[tuple[int, int, range]]:
@@ -358,6 +350,11 @@ class HubCocoSource(Source):
 
     def _layout(self, shard: int) -> dict:
         """Which columns to read from a shard: ids, names, sizes, captions, urls, categories, and the image."""
+        if shard not in self._layouts:
+            self._layouts[shard] = self._find_layout(shard)
+        return self._layouts[shard]
+
+    def _find_layout(self, shard: int) -> dict:
         import datasets
 
         metadata = self._shards[shard].metadata
@@ -397,7 +394,11 @@ class HubCocoSource(Source):
 
         def read(item):
             shard, group, rows = item
-            table = self._parquet(shard).read_row_group(group, columns=layouts[shard]["columns"])
+            try:
+                table = self._parquet(shard).read_row_group(group, columns=layouts[shard]["columns"])
+            except (OSError, pa.ArrowException) as error:
+                raise SourceError(f"--hf-images {self._images.repo_id}: {self._shards[shard].path} row group {group} "
+                                  f"could not be read ({str(error).splitlines()[0]}).") from None
             return item, table.slice(rows.start, len(rows)).to_pylist()
 
         records = []
