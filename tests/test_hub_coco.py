@@ -1,6 +1,6 @@
 """COCO as it really is on the Hub: sharded parquet read in place, trials that download in proportion to --limit.
 
-The loopback repos copy the real layouts (checked with the search tool, see the report in NOTES):
+The loopback repos copy the real layouts (dataset cards and file listings checked with the search tool):
 - `BrandonLSX/coco-2017`: README `configs` with `data/train-*`, `data/validation-*`, `data/test-*`; shards
   `data/<split>-NNNNN-of-MMMMM.parquet` written by `datasets` (`push_to_hub`); columns image (Image: struct of
   bytes + path), image_id int64, file_name string, width int32, height int32, annotations struct of lists
