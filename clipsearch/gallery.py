@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import mmap
 import os
+import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,8 +16,9 @@ import faiss
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from PIL import Image
 
-from .manifest import EMBEDDINGS, INDEX, METADATA, ArtifactError, Manifest, verify_files
+from .manifest import EMBEDDINGS, INDEX, METADATA, ArtifactError, IndexInfo, Manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -35,32 +39,144 @@ class Row:
     url: str
 
 
+class ThumbnailUnavailable(LookupError):
+    """A thumbnail that cannot be served now (its pack failed its check, or is not local and cannot be fetched)."""
+
+
+LOCAL, REMOTE, MISSING, REFUSED = "local", "remote", "missing", "refused"
+PLACEHOLDER = "unavailable.jpg"
+
+
 class ThumbnailStore:
-    """Reads thumbnail i from the packed shard files and materialises it once as a small file for serving."""
+    """Reads thumbnail i from the packed shard files and materialises it once as a small file for serving.
+
+    A pack that is not local yet (a cold start serves before every pack is downloaded) is read with an HTTP range
+    request for exactly the thumbnail's bytes through `fetch_range(name, offset, size)`, until `attach` maps the
+    downloaded and verified pack. A pack that failed its sha256 check (`refuse`), or that is absent with no way to
+    fetch it (offline), is never read: its rows are served a placeholder image.
+    """
 
     def __init__(self, folder: Path, files: list[str], shard: np.ndarray, offset: np.ndarray, size: np.ndarray,
-                 cache_dir: Path):
-        self._maps = []
-        for name in files:
-            with open(Path(folder) / name, "rb") as handle:
-                self._maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(
-                    Path(folder) / name) else b"")
+                 cache_dir: Path, absent: Collection[str] = (),
+                 fetch_range: Callable[[str, int, int], bytes] | None = None):
+        self.files = list(files)
+        self._maps: list = []
+        self._state: list[str] = []
+        for name in self.files:
+            if name in absent:
+                self._maps.append(None)
+                self._state.append(REMOTE if fetch_range else MISSING)
+            else:
+                self._maps.append(_map(Path(folder) / name))
+                self._state.append(LOCAL)
         self._shard, self._offset, self._size = shard, offset, size
+        self._fetch_range = fetch_range
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
+    def state(self, number: int) -> str:
+        """local | remote (fetched by range until its pack is local) | missing (offline) | refused (failed check)."""
+        return self._state[number]
+
+    def pack_of(self, row: int) -> int:
+        return int(self._shard[row])
+
+    def rows_in(self, number: int) -> int:
+        return int(np.count_nonzero(self._shard == number))
+
+    def attach(self, number: int, path: Path) -> None:
+        """Pack `number` is now local and verified: read it from disk from now on."""
+        if self._state[number] != REFUSED:
+            self._maps[number] = _map(Path(path))
+            self._state[number] = LOCAL
+
+    def refuse(self, number: int) -> None:
+        """Pack `number` failed its check: never serve its bytes, including thumbnails already materialised from
+        range requests (they came from the same unverified pack)."""
+        self._state[number] = REFUSED
+        self._maps[number] = None
+        for row in np.flatnonzero(self._shard == number):
+            (self.cache_dir / f"{row}.jpg").unlink(missing_ok=True)
+
     def read(self, row: int) -> bytes:
-        start = int(self._offset[row])
-        return bytes(self._maps[int(self._shard[row])][start:start + int(self._size[row])])
+        number = int(self._shard[row])
+        start, size = int(self._offset[row]), int(self._size[row])
+        state, data = self._state[number], self._maps[number]
+        if state == LOCAL and data is not None:
+            return bytes(data[start:start + size])
+        if state == REMOTE:
+            data = self._fetch_range(self.files[number], start, size)
+            if len(data) != size:
+                raise ThumbnailUnavailable(f"a range request for {size} bytes of {self.files[number]} returned "
+                                           f"{len(data)}")
+            if self._state[number] == REFUSED:  # refused while the request was in flight
+                raise ThumbnailUnavailable(f"{self.files[number]} failed its sha256 check")
+            return data
+        raise ThumbnailUnavailable(f"{self.files[number]} is {'refused' if state == REFUSED else 'not available'}")
 
     def path(self, row: int) -> Path:
-        """A file holding thumbnail `row`; written on first use, atomically, so concurrent requests are safe."""
+        """A file holding thumbnail `row`; written on first use, atomically, so concurrent requests are safe. A
+        thumbnail that cannot be served now gets the placeholder's path (search answers are never held up)."""
+        number = int(self._shard[row])
         path = self.cache_dir / f"{row}.jpg"
+        if self._state[number] in (REFUSED, MISSING):
+            return self._placeholder()
         if not path.exists():
-            tmp = path.with_name(f"{row}.{os.getpid()}.{id(path)}.tmp")
-            tmp.write_bytes(self.read(row))
+            try:
+                data = self.read(row)
+            except Exception as error:  # noqa: BLE001 - a failed fetch costs one picture, never the answer
+                log.warning("thumbnail of row %d not served (%s: %s); a placeholder is shown", row,
+                            type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+                return self._placeholder()
+            tmp = path.with_name(f"{row}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            if self._state[number] == REFUSED:  # refused meanwhile: its clean-up may have run before this write
+                path.unlink(missing_ok=True)
+                return self._placeholder()
+        return path
+
+    def _placeholder(self) -> Path:
+        path = self.cache_dir / PLACEHOLDER
+        if not path.exists():
+            buffer = io.BytesIO()
+            Image.new("RGB", (256, 192), (200, 200, 200)).save(buffer, format="JPEG", quality=85)
+            tmp = path.with_name(f"{PLACEHOLDER}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(buffer.getvalue())
             os.replace(tmp, path)
         return path
+
+
+def _map(path: Path):
+    with open(path, "rb") as handle:
+        return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else b""
+
+
+def holds_vectors(info: IndexInfo) -> bool:
+    """Whether an index of this kind stores the vectors themselves (float32, or float16 for SQfp16), so that
+    embeddings.npy adds nothing the app needs (see index_vectors)."""
+    return info.faiss_type in ("IndexFlat", "IndexFlatIP", "IndexFlatL2", "IndexHNSWFlat") or (
+        info.faiss_type == "IndexHNSWSQ" and info.factory.upper().endswith("SQFP16"))
+
+
+def index_vectors(index: faiss.Index) -> np.ndarray | None:
+    """The vectors the index stores, as a read-only view of its own memory (no copy): float32 for a flat index or
+    HNSW over flat storage, float16 for HNSW over SQfp16; None for codes that are not plain vectors (PQ, SQ8, IVF).
+    The view is valid while `index` lives (the Gallery holds both)."""
+    inner = faiss.downcast_index(index)
+    storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+    if isinstance(storage, faiss.IndexFlat):
+        dtype = np.float32
+    elif isinstance(storage, faiss.IndexScalarQuantizer) and storage.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        dtype = np.float16
+    else:
+        return None
+    if storage.ntotal == 0:
+        return np.zeros((0, storage.d), dtype=dtype)
+    codes = faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size())
+    view = codes.view(dtype).reshape(storage.ntotal, storage.d)
+    view.flags.writeable = False
+    return view
 
 
 class QueryError(ValueError):
@@ -87,19 +203,32 @@ class Gallery:
 
     @classmethod
     def open(cls, folder: Path, *, verify: bool = True, stamp_dir: Path | None = None,
-             thumb_cache: Path | None = None) -> Gallery:
+             thumb_cache: Path | None = None, absent: Collection[str] = (),
+             fetch_range: Callable[[str, int, int], bytes] | None = None) -> Gallery:
+        """Verify and load the artifacts in `folder`. `absent`: listed files not local (yet): thumbnail packs,
+        served by `fetch_range` until attached, and embeddings.npy when the index stores the vectors itself."""
         folder = Path(folder)
         manifest = Manifest.read(folder)
+        absent = set(absent)
+        needed = {INDEX, METADATA} | (set() if holds_vectors(manifest.index) else {EMBEDDINGS})
+        if absent & needed:
+            raise ArtifactError(f"{', '.join(sorted(absent & needed))} listed in the manifest but missing from "
+                                f"{folder}; re-download or rebuild.")
         if verify:
-            verify_files(folder, manifest, stamp_dir)
+            verify_files(folder, manifest, stamp_dir, names=[n for n in manifest.files if n not in absent])
         try:
             index = faiss.read_index(str(folder / INDEX))
             if manifest.index.search_params:
                 faiss.ParameterSpace().set_index_parameters(index, manifest.index.search_params)
-            vectors = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+            # The index's own vectors when embeddings.npy was not downloaded: stored once, in memory already.
+            vectors = np.load(folder / EMBEDDINGS, mmap_mode="r", allow_pickle=False) if EMBEDDINGS not in absent \
+                else index_vectors(index)
             table = pq.read_table(folder / METADATA)
         except (RuntimeError, OSError, ValueError) as error:
             raise ArtifactError(f"The artifacts in {folder} could not be read ({error}); rebuild them.") from None
+        if vectors is None:
+            raise ArtifactError(f"{folder}: {EMBEDDINGS} is missing and the index ({type(index).__name__}) does not "
+                                "store the vectors; re-download or rebuild.")
         if not (index.ntotal == len(vectors) == table.num_rows == manifest.count):
             raise ArtifactError(
                 f"{folder}: index ({index.ntotal}), vectors ({len(vectors)}) and metadata ({table.num_rows}) rows "
@@ -109,7 +238,7 @@ class Gallery:
             folder, manifest.thumbnails.files,
             table.column("thumb_shard").to_numpy(), table.column("thumb_offset").to_numpy(),
             table.column("thumb_size").to_numpy(),
-            thumb_cache or folder / ".thumbs",
+            thumb_cache or folder / ".thumbs", absent=absent, fetch_range=fetch_range,
         )
         # one chunk per column: take() on a multi-chunk table costs ms per query, on one chunk tens of microseconds
         gallery = cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS).combine_chunks(), thumbs)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_download
+from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, scan_cache_dir
 from huggingface_hub.errors import (
     CacheNotFound,
     EntryNotFoundError,
@@ -20,13 +22,27 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .gallery import Gallery
-from .manifest import MANIFEST, ArtifactError, Manifest, verify_files
+from .gallery import Gallery, ThumbnailStore, holds_vectors
+from .manifest import (
+    EMBEDDINGS,
+    MANIFEST,
+    ArtifactError,
+    FileEntry,
+    Manifest,
+    is_verified,
+    remember_verified,
+    sha256_file,
+    verify_files,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
 TAG_PREFIX = "build-"
+# A lazy download fetches everything before serving anyway when all that is missing totals at most this: deferring
+# only pays for big thumbnail packs (COCO: ~2 GB), and a small set is then complete and verified from the start.
+EAGER_BYTES = 64 * 2**20
+DOWNLOAD_THREADS = 4
 
 
 class IndexRepoNotFound(ArtifactError):
@@ -42,6 +58,7 @@ class IndexSource:
     revision: str | None  # the commit served
     ref: str | None  # what was asked for: a tag, a branch or a commit
     notice: str | None = None  # set when a cached copy is served because the Hub was unreachable
+    remote: RemotePacks | None = None  # a lazy download: thumbnail packs still to fetch once the app serves
 
 
 def latest_tag(api: HfApi, repo_id: str) -> str | None:
@@ -63,24 +80,117 @@ def _unreachable(error: BaseException) -> bool:
 
 
 def download(repo_id: str, revision: str | None, *, endpoint: str | None = None, token: str | None = None,
-             cache_dir: Path | None = None) -> IndexSource:
+             cache_dir: Path | None = None, lazy: bool = False, stamp_dir: Path | None = None) -> IndexSource:
     """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache: the manifest,
-    then exactly the files it lists, all at one commit (whatever else the repo holds is not downloaded)."""
+    then exactly the files it lists, all at one commit (whatever else the repo holds is not downloaded).
+
+    lazy (the app's cold start): fetch now only what serving needs: the index, the metadata, and embeddings.npy
+    unless the index stores the vectors itself (then it is never fetched); the thumbnail packs are left to
+    `source.remote`, which fetches them in the background once the app serves (range requests meanwhile). When all
+    that is missing totals at most EAGER_BYTES, everything is fetched now. Each file is hashed as soon as it is down,
+    while the others still download, and stamped verified in `stamp_dir`, so opening it does not read it again."""
     api = HfApi(endpoint=endpoint, token=token)
     newest = latest_tag(api, repo_id)
     ref = revision or newest or "main"
     commit = api.dataset_info(repo_id, revision=ref).sha
     log.info("downloading %s at %s (%s) from %s", repo_id, ref, commit[:12], api.endpoint)
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, repo_type="dataset", revision=commit, endpoint=endpoint,
+                                    token=token, cache_dir=cache_dir))
+
     try:
-        listed = Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=commit, endpoint=endpoint,
-                                      token=token, cache_dir=cache_dir))
+        listed = fetch(MANIFEST)
     except EntryNotFoundError:
         raise ArtifactError(f"INDEX_REPO={repo_id} has no {MANIFEST} at {ref}: it holds no build. Publish one with "
                             "python -m builder.build --push, or set INDEX_REVISION to a build tag.") from None
-    names = sorted(Manifest.read(listed.parent).files)
-    folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit, endpoint=endpoint, token=token,
-                                    cache_dir=cache_dir, allow_patterns=[MANIFEST, *names]))
-    return IndexSource(folder=folder, repo_id=repo_id, revision=commit, ref=ref)
+    folder = listed.parent
+    manifest = Manifest.read(folder)
+    now, later = sorted(manifest.files), []
+    if lazy:
+        missing = [name for name in now if not (folder / name).exists()]
+        if sum(manifest.files[name].size for name in missing) > EAGER_BYTES:
+            later = [name for name in manifest.thumbnails.files if name in missing]
+            unused = {EMBEDDINGS} if holds_vectors(manifest.index) else set()
+            now = [name for name in missing if name not in set(later) | unused]
+
+    def fetch_and_hash(name: str) -> None:
+        path, entry = fetch(name), manifest.files[name]
+        if stamp_dir is not None and not is_verified(path, entry, stamp_dir) and \
+                path.stat().st_size == entry.size and sha256_file(path) == entry.sha256:
+            remember_verified(path, entry, stamp_dir)  # a mismatch is reported, with advice, when it is opened
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        list(pool.map(fetch_and_hash, now))
+    source = IndexSource(folder=folder, repo_id=repo_id, revision=commit, ref=ref)
+    if later:
+        source.remote = RemotePacks(repo_id, commit, {name: manifest.files[name] for name in later},
+                                    endpoint=endpoint, token=token, cache_dir=cache_dir)
+        log.info("serving before %d thumbnail packs (%.0f MB) are local: they download in the background",
+                 len(later), sum(manifest.files[name].size for name in later) / 1e6)
+    return source
+
+
+class RemotePacks:
+    """Thumbnail packs of a pinned download that were not local when the app started serving.
+
+    Until a pack is local, a thumbnail is read with an HTTP range request for exactly its bytes (HfFileSystem at the
+    pinned commit: huggingface_hub's own session, auth, redirects and retries). A background thread downloads the
+    packs with hf_hub_download into the HF cache, one after the other, checks each one's size and sha256 against the
+    manifest and then serves it from disk; a pack that fails is refused (never served, its thumbnails show a
+    placeholder, the log says why) and its cached copy is removed so the next start fetches it again.
+    """
+
+    def __init__(self, repo_id: str, commit: str, packs: dict[str, FileEntry], *, endpoint: str | None,
+                 token: str | None, cache_dir: Path | None):
+        self.repo_id, self.commit, self.packs = repo_id, commit, packs
+        self.endpoint, self.token, self.cache_dir = endpoint, token, cache_dir
+        self.done = threading.Event()
+        self.refused: list[str] = []
+
+    def read_range(self, name: str, offset: int, size: int) -> bytes:
+        fs = HfFileSystem(endpoint=self.endpoint, token=self.token)  # fsspec caches one instance per thread
+        with fs.open(f"datasets/{self.repo_id}/{name}", "rb", revision=self.commit, cache_type="none",
+                     size=self.packs[name].size) as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    def start(self, store: ThumbnailStore, stamp_dir: Path | None) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(store, stamp_dir), name="thumbnail-packs", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self, store: ThumbnailStore, stamp_dir: Path | None) -> None:
+        try:
+            for name, entry in self.packs.items():
+                self._fetch(store, store.files.index(name), name, entry, stamp_dir)
+        finally:
+            self.done.set()
+
+    def _fetch(self, store: ThumbnailStore, number: int, name: str, entry: FileEntry, stamp_dir: Path | None):
+        try:
+            path = Path(hf_hub_download(self.repo_id, name, repo_type="dataset", revision=self.commit,
+                                        endpoint=self.endpoint, token=self.token, cache_dir=self.cache_dir))
+            good = is_verified(path, entry, stamp_dir) or (
+                path.stat().st_size == entry.size and sha256_file(path) == entry.sha256)
+        except Exception as error:  # noqa: BLE001 - the pack stays remote: its thumbnails are still fetched by range
+            log.warning("thumbnail pack %s could not be downloaded (%s: %s); its thumbnails are fetched one at a time "
+                        "until the next start", name, type(error).__name__, str(error).splitlines()[0][:160])
+            return
+        if good:
+            remember_verified(path, entry, stamp_dir)
+            store.attach(number, path)
+            log.info("thumbnail pack %s downloaded and verified (%.0f MB)", name, entry.size / 1e6)
+            return
+        store.refuse(number)
+        self.refused.append(name)
+        blob = path.resolve()
+        path.unlink(missing_ok=True)  # the snapshot's link and the blob it points to: this download's own files
+        blob.unlink(missing_ok=True)
+        log.error("thumbnail pack %s of %s at %s does not match the sha256 in the manifest (corrupted or tampered): "
+                  "its %d thumbnails will not be served (a placeholder is shown) while search keeps working; its "
+                  "cached copy was removed, so the next start downloads it again.", name, self.repo_id,
+                  self.commit[:12], store.rows_in(number))
 
 
 def cached_snapshots(repo_id: str, revision: str | None, cache_dir: Path | None = None) -> list[IndexSource]:
@@ -113,7 +223,8 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
         source = IndexSource(folder=folder, repo_id=None, revision=None, ref=None)
         return _open(source, work_dir), source
     try:
-        source = download(repo_id, revision, endpoint=endpoint, token=token, cache_dir=cache_dir)
+        source = download(repo_id, revision, endpoint=endpoint, token=token, cache_dir=cache_dir, lazy=True,
+                          stamp_dir=work_dir)
         return _open(source, work_dir), source
     except (RepositoryNotFoundError, GatedRepoError):
         raise IndexRepoNotFound(f"INDEX_REPO={repo_id}: no such dataset repo, or it is private (set the HF_TOKEN "
@@ -164,13 +275,26 @@ def _open(source: IndexSource, work_dir: Path) -> Gallery:
     # Thumbnails are materialised per build (keyed by the manifest's hash), so a rebuild never shows stale ones.
     manifest = source.folder / MANIFEST
     key = hashlib.sha256(manifest.read_bytes()).hexdigest()[:16] if manifest.is_file() else "none"
+    absent: set[str] = set()
     if source.repo_id and source.folder.parent.name == "snapshots":
         # A download in the HF cache: its snapshot folder only links into blobs/, and a blob that is still there is
         # never fetched again, so deleting the snapshot folder alone would bring the same damaged bytes back.
         listed = Manifest.read(source.folder)
+        # Listed files a lazy download left for later (or that a cached copy never got); Gallery.open refuses the
+        # set if one of them is needed to serve. Every file that is here is verified before it is used.
+        absent = {name for name in listed.files if not (source.folder / name).exists()}
         try:
-            verify_files(source.folder, listed, work_dir)
+            verify_files(source.folder, listed, work_dir, names=[n for n in listed.files if n not in absent])
         except ArtifactError as error:
             raise ArtifactError(f"{error} For this download that means deleting {source.folder.parent.parent} "
                                 "(the Hugging Face cache of the repo), then restarting.") from None
-    return Gallery.open(source.folder, stamp_dir=work_dir, thumb_cache=work_dir / "thumbs" / key)
+    remote = source.remote
+    gallery = Gallery.open(source.folder, stamp_dir=work_dir, thumb_cache=work_dir / "thumbs" / key, absent=absent,
+                           fetch_range=remote.read_range if remote else None)
+    if remote:
+        remote.start(gallery.thumbnails, work_dir)
+    elif unfetched := [n for n in gallery.manifest.thumbnails.files if n in absent]:
+        log.warning("%d thumbnail packs of this cached copy were never downloaded (%s): their thumbnails show a "
+                    "placeholder until a start that reaches the Hub downloads them", len(unfetched),
+                    ", ".join(unfetched))
+    return gallery

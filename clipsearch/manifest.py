@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ INDEX = "index.faiss"
 EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.parquet"
 THUMBS_PATTERN = "thumbs-{:05d}.bin"
+_STAMPS_LOCK = threading.Lock()  # verified.json is shared by the start-up and the background pack fetcher
 
 
 class ArtifactError(ValueError):
@@ -159,31 +161,65 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
     os.replace(tmp, path)
 
 
-def verify_files(folder: Path, manifest: Manifest, stamp_dir: Path | None = None) -> None:
-    """Check every listed file's size and sha256; raise ArtifactError naming the first bad file.
+def verify_files(folder: Path, manifest: Manifest, stamp_dir: Path | None = None,
+                 names: list[str] | None = None) -> None:
+    """Check every listed file's size and sha256 (or only `names`, files listed in the manifest); raise
+    ArtifactError naming the first bad file.
 
     A verified file is remembered by (path, size, mtime, sha256) in stamp_dir, so a restart does not re-hash
     gigabytes that have not changed since they were last checked.
     """
     folder = Path(folder)
-    stamps = _read_stamps(stamp_dir)
     pending = []
-    for name, entry in sorted(manifest.files.items()):
+    with _STAMPS_LOCK:
+        stamps = _read_stamps(stamp_dir)
+    for name in sorted(manifest.files if names is None else names):
+        entry = manifest.files[name]
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"{name} is listed in the manifest but missing from {folder}; re-download or rebuild.")
         stat = path.stat()
         if stat.st_size != entry.size:
             raise ArtifactError(_mismatch(name, folder))
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        if stamps.get(key) != entry.sha256:
-            pending.append((name, key, entry.sha256))
+        if stamps.get(_stamp_key(path, stat)) != entry.sha256:
+            pending.append((name, _stamp_key(path, stat), entry.sha256))
     if pending:
         actual = hash_files(folder, [name for name, _, _ in pending])
+        verified = {}
         for name, key, expected in pending:
             if actual[name].sha256 != expected:
+                _remember(stamp_dir, verified)  # what did verify need not be hashed again
                 raise ArtifactError(_mismatch(name, folder))
-            stamps[key] = expected
+            verified[key] = expected
+        _remember(stamp_dir, verified)
+
+
+def is_verified(path: Path, entry: FileEntry, stamp_dir: Path | None) -> bool:
+    """Whether `path` was verified against `entry` before and has not changed since (size and mtime)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return False
+    with _STAMPS_LOCK:
+        return stat.st_size == entry.size and _read_stamps(stamp_dir).get(_stamp_key(Path(path), stat)) == entry.sha256
+
+
+def remember_verified(path: Path, entry: FileEntry, stamp_dir: Path | None) -> None:
+    """Record that `path` (hashed elsewhere, e.g. while it was downloaded) matches `entry`."""
+    _remember(stamp_dir, {_stamp_key(Path(path), Path(path).stat()): entry.sha256})
+
+
+def _stamp_key(path: Path, stat: os.stat_result) -> str:
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _remember(stamp_dir: Path | None, verified: dict[str, str]) -> None:
+    """Add stamps; read-modify-write under a lock, since a background thread verifies packs while the app serves."""
+    if not verified or stamp_dir is None:
+        return
+    with _STAMPS_LOCK:
+        stamps = _read_stamps(stamp_dir)
+        stamps.update(verified)
         _write_stamps(stamp_dir, stamps)
 
 
@@ -208,7 +244,7 @@ def _write_stamps(stamp_dir: Path | None, stamps: dict[str, str]) -> None:
         return
     try:
         Path(stamp_dir).mkdir(parents=True, exist_ok=True)
-        tmp = Path(stamp_dir) / "verified.json.tmp"
+        tmp = Path(stamp_dir) / f"verified.json.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(stamps))
         os.replace(tmp, Path(stamp_dir) / "verified.json")
     except OSError:

@@ -1,0 +1,197 @@
+"""Cold start: the app serves once the manifest, index and metadata are down and verified; thumbnail packs follow in
+the background (range requests meanwhile), each verified when complete; a tampered pack is refused; a restart with
+a complete cache downloads nothing. Loopback Hub (tests/hub_server.py) with the real huggingface_hub client."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HUB_TOKEN, run_build
+from huggingface_hub import HfApi
+
+import clipsearch.hub as hub_module
+from builder.publish import push
+from clipsearch.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
+from clipsearch.hub import RemotePacks, open_gallery
+from clipsearch.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, Manifest, _read_stamps
+
+REPO = "tester/cold-start"
+
+
+@pytest.fixture(scope="module")
+def packed_artifacts(tmp_path_factory, shapes_folder) -> Path:
+    """A finished build of the shapes folder whose thumbnails are spread over several small packs (the builder's
+    own pack writer with an 8 KB pack size instead of 512 MB), with the real tiny CLIP: four or more packs."""
+    from tiny_models import save_tiny_clip
+
+    import builder.pack
+
+    model = save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "clip")
+    out = tmp_path_factory.mktemp("packed") / "artifacts"
+    real = builder.pack.PACK_BYTES
+    builder.pack.PACK_BYTES = 8 * 1024
+    try:
+        assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
+    finally:
+        builder.pack.PACK_BYTES = real
+    assert len(Manifest.read(out).thumbnails.files) >= 4
+    return out
+
+
+@pytest.fixture
+def published(hub, packed_artifacts, monkeypatch):
+    """The build on the loopback Hub; deferral forced (EAGER_BYTES=0) since test packs are tiny; the background
+    pack fetcher held until the test releases it, so 'ready' can be observed before any pack is downloaded."""
+    push(packed_artifacts, Manifest.read(packed_artifacts), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    monkeypatch.setattr(hub_module, "EAGER_BYTES", 0)
+    held = []
+    monkeypatch.setattr(RemotePacks, "start", lambda self, store, stamp_dir: held.append((self, store, stamp_dir)))
+    hub.requests.clear()
+    hub.bytes_served.clear()
+    return held
+
+
+def _open(hub, tmp_path):
+    return open_gallery(index_dir=None, repo_id=REPO, revision=None, endpoint=hub.url, cache_dir=tmp_path / "hf",
+                        work_dir=tmp_path / "work")
+
+
+def _release(held) -> RemotePacks:
+    remote, store, stamp_dir = held.pop()
+    RemotePacks._run(remote, store, stamp_dir)  # the background thread's work, here on the test's thread
+    assert remote.done.is_set()
+    return remote
+
+
+def _builder_thumbnail(artifacts: Path, gallery: Gallery, row: int) -> bytes:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(artifacts / METADATA, columns=["thumb_shard", "thumb_offset", "thumb_size"])
+    shard, offset, size = (table.column(c)[row].as_py() for c in ("thumb_shard", "thumb_offset", "thumb_size"))
+    data = (artifacts / gallery.manifest.thumbnails.files[shard]).read_bytes()
+    return data[offset:offset + size]
+
+
+def _rows_of(gallery: Gallery, pack: int) -> list[int]:
+    return [row for row in range(len(gallery)) if gallery.thumbnails.pack_of(row) == pack]
+
+
+def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, published, packed_artifacts,
+                                                                           tmp_path):
+    gallery, source = _open(hub, tmp_path)
+    manifest = Manifest.read(packed_artifacts)
+    fetched = hub.downloaded(REPO)
+    # The index is flat: it stores the vectors, so embeddings.npy is not needed at all; the packs come later.
+    assert set(fetched) == {MANIFEST, INDEX, METADATA}, fetched
+    assert fetched[INDEX] == manifest.files[INDEX].size and fetched[METADATA] == manifest.files[METADATA].size
+    assert all(r.range is None for r in hub.requests if "/resolve/" in r.path)  # whole files, each fetched once
+    assert not (source.folder / EMBEDDINGS).exists()
+    assert all(gallery.thumbnails.state(n) == REMOTE for n in range(len(manifest.thumbnails.files)))
+    # Vectors stored once: 'more like this' reads the index's own vectors, equal to embeddings.npy.
+    stored = np.load(packed_artifacts / EMBEDDINGS)
+    assert np.array_equal(np.asarray(gallery.vectors, np.float32), stored)
+    scores, rows = gallery.search(stored[3], 5)
+    assert rows[0][0] == 3 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    # The index and metadata were hashed once, while downloading, and stamped: opening them did not hash again.
+    stamps = _read_stamps(tmp_path / "work")
+    assert {manifest.files[INDEX].sha256, manifest.files[METADATA].sha256} <= set(stamps.values())
+
+
+def test_a_thumbnail_of_a_pack_not_yet_local_is_one_range_request_of_exactly_its_bytes(hub, published,
+                                                                                       packed_artifacts, tmp_path):
+    gallery, _ = _open(hub, tmp_path)
+    row = _rows_of(gallery, 2)[1]
+    expected = _builder_thumbnail(packed_artifacts, gallery, row)
+    hub.requests.clear()
+    path = gallery.thumbnails.path(row)
+    assert path.read_bytes() == expected and path.name == f"{row}.jpg"
+    ranged = [r for r in hub.requests if r.method == "GET" and "/resolve/" in r.path]
+    assert len(ranged) == 1 and ranged[0].path.endswith(gallery.manifest.thumbnails.files[2])
+    start = int(gallery.thumbnails._offset[row])
+    assert ranged[0].range == f"bytes={start}-{start + len(expected) - 1}" and ranged[0].status == 206
+    assert ranged[0].nbytes == len(expected)
+    assert gallery.thumbnails.path(row) == path
+    assert len([r for r in hub.requests if "/resolve/" in r.path]) == 1  # materialised once, not fetched again
+    assert hub.downloaded(REPO)[gallery.manifest.thumbnails.files[2]] == len(expected)
+
+
+def test_background_completion_verifies_each_pack_then_serves_from_disk(hub, published, packed_artifacts,
+                                                                       tmp_path, caplog):
+    gallery, _ = _open(hub, tmp_path)
+    manifest = gallery.manifest
+    with caplog.at_level(logging.INFO, logger="clipsearch.hub"):
+        _release(published)
+    for number, name in enumerate(manifest.thumbnails.files):
+        assert gallery.thumbnails.state(number) == LOCAL
+        assert f"thumbnail pack {name} downloaded and verified" in caplog.text
+    assert set(manifest.files[n].sha256 for n in manifest.thumbnails.files) <= set(
+        _read_stamps(tmp_path / "work").values())
+    hub.requests.clear()
+    row = _rows_of(gallery, 3)[0]
+    assert gallery.thumbnails.path(row).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, row)
+    assert not hub.requests  # from the verified pack on disk
+    assert EMBEDDINGS not in hub.downloaded(REPO)  # never needed, never fetched
+
+
+def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, packed_artifacts, tmp_path, caplog):
+    hub.corrupt(REPO, "thumbs-00001.bin")
+    gallery, source = _open(hub, tmp_path)
+    bad_rows = _rows_of(gallery, 1)
+    early = gallery.thumbnails.path(bad_rows[0])  # fetched by range before the pack could be checked
+    assert early.name == f"{bad_rows[0]}.jpg"
+    with caplog.at_level(logging.INFO, logger="clipsearch.hub"):
+        remote = _release(published)
+    assert remote.refused == ["thumbs-00001.bin"]
+    assert gallery.thumbnails.state(1) == REFUSED
+    assert "thumbnail pack thumbs-00001.bin" in caplog.text
+    assert "does not match the sha256 in the manifest" in caplog.text
+    assert "will not be served" in caplog.text and "search keeps working" in caplog.text
+    assert not early.exists()  # what was served from the unverified pack is withdrawn
+    for row in bad_rows:
+        assert gallery.thumbnails.path(row).name == PLACEHOLDER
+    assert not (source.folder / "thumbs-00001.bin").exists()  # the bad copy is gone: the next start refetches it
+    good = _rows_of(gallery, 2)[0]
+    assert gallery.thumbnails.path(good).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, good)
+    scores, rows = gallery.search(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
+    assert rows[0][0] == bad_rows[0]  # search is unaffected: its thumbnail is the placeholder
+
+
+def test_a_restart_with_a_complete_cache_downloads_nothing_and_works_offline(hub, published, packed_artifacts,
+                                                                            tmp_path):
+    _open(hub, tmp_path)
+    _release(published)
+    hub.requests.clear()
+    hub.bytes_served.clear()
+    gallery, source = _open(hub, tmp_path)
+    assert hub.downloaded(REPO) == {}
+    assert source.remote is None and not published  # nothing left to fetch
+    assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
+    hub.stop()
+    gallery, source = _open(hub, tmp_path)
+    assert source.notice and "serving the cached copy" in source.notice
+    row = _rows_of(gallery, 3)[0]
+    assert gallery.thumbnails.path(row).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, row)
+
+
+def test_offline_with_packs_never_downloaded_serves_search_with_placeholders(hub, published, packed_artifacts,
+                                                                           tmp_path, caplog):
+    _open(hub, tmp_path)  # packs held back: the process 'stopped' before they were downloaded
+    hub.stop()
+    with caplog.at_level(logging.WARNING, logger="clipsearch.hub"):
+        gallery, source = _open(hub, tmp_path)
+    assert source.notice and "never downloaded" in caplog.text
+    assert gallery.thumbnails.path(0).name == PLACEHOLDER
+    assert gallery.search(np.asarray(gallery.vectors[5], np.float32), 1)[1][0][0] == 5
+
+
+def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts, tmp_path):
+    push(packed_artifacts, Manifest.read(packed_artifacts), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    hub.bytes_served.clear()
+    gallery, source = _open(hub, tmp_path)  # EAGER_BYTES as shipped: a few hundred KB are fetched at once
+    assert set(hub.downloaded(REPO)) == set(Manifest.read(packed_artifacts).files) | {MANIFEST}
+    assert source.remote is None
+    assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
+    assert isinstance(gallery.vectors, np.memmap)  # embeddings.npy, as before
