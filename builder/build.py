@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import torch
 
-from clipsearch.encoder import DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError, pick_device
+from clipsearch.encoder import BUILD_MIN_COSINE, DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError, pick_device
 from clipsearch.hub import DEFAULT_INDEX_REPO
 from clipsearch.manifest import (
     EMBEDDINGS,
@@ -53,8 +53,8 @@ from .sources import (
 log = logging.getLogger("builder")
 WORK = ".work"  # resume cache inside --out; not an artifact, never published
 # Everything a build may create in --out besides its artifacts: the resume caches and huggingface_hub's download
-# metadata (--base); check_out_folder refuses a folder holding anything else.
-OWN_FOLDERS = (WORK, ".work-append", ".cache", ".write-test")
+# metadata (--base) and the app's thumbnail files; check_out_folder refuses a folder holding anything else.
+OWN_FOLDERS = (WORK, ".work-append", ".cache", ".thumbs", ".write-test")
 THUMBS_RE = re.compile(r"thumbs-\d{5}\.bin")
 USER_ERRORS = (SourceError, EncoderError, ArtifactError, PublishError, IndexBuildError)
 
@@ -85,10 +85,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-revision", default=None, help="branch, tag or commit of --model")
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="artifact folder (default %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                        help="CPU encoder: fp32 (default, the reference), or auto / int8 / bf16: faster, kept only "
-                        "if its vectors agree with fp32 at cosine >= 0.99 on a calibration batch (CUDA always uses "
-                        "bf16 autocast)"),
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                        help="CPU encoder: auto (default: int8, or bf16 where the CPU has AMX, kept only if its "
+                        f"vectors agree with fp32 at cosine >= {BUILD_MIN_COSINE} on a calibration batch, else fp32), "
+                        "int8, bf16 (the same check) or fp32 (the reference); CUDA always uses bf16 autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="images per batch (default 256 GPU, 32 CPU)")
     parser.add_argument("--num-workers", type=int, default=None, help="decoding processes (default: cores-1, max 16)")
     parser.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard")
@@ -331,7 +331,7 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[Source, Encoder, dict
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", args.model)
     encoder = Encoder.load(args.model, args.model_revision, device,
-                           precision=args.precision if device.type == "cpu" else "fp32")
+                           precision=args.precision if device.type == "cpu" else "fp32", min_cosine=BUILD_MIN_COSINE)
     if ranks.main:
         from .sources import estimate_line
 

@@ -50,6 +50,8 @@ CONVERSION_TITLE = "Adding `safetensors` variant of this model"
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # A fast path is kept only if it agrees with fp32 at least this well on the calibration batch (cosine, worst row).
 MIN_CALIBRATION_COSINE = 0.99
+# The builder's stricter gate: index vectors outlive the query path, so a fast path must agree with fp32 tenfold closer.
+BUILD_MIN_COSINE = 0.999
 CALIBRATION_TEXTS = (
     "a photo of a dog catching a frisbee in a park",
     "a red double-decker bus on a city street",
@@ -280,10 +282,10 @@ class Encoder:
 
     @classmethod
     def load(cls, model_id: str, revision: str | None = None, device: str | torch.device = "auto",
-             precision: str = "fp32") -> Encoder:
+             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE) -> Encoder:
         """Load the model for `device`. `precision` (CPU only): "fp32" (default, the builder's reference),
         "bf16", "int8", or "auto" (the app: the fastest fast path for this host first, see auto_precisions). A fast
-        path is kept only if its embeddings agree with fp32 (cosine >= MIN_CALIBRATION_COSINE on a fixed
+        path is kept only if its embeddings agree with fp32 (cosine >= min_cosine, worst row, on a fixed
         calibration batch of texts and images); otherwise the next one is tried, then fp32, and the log says why.
         `encoder.precision` tells what was kept."""
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
@@ -345,15 +347,15 @@ class Encoder:
         encoder = cls(model, image_processor, tokenizer, info, torch_device,
                       "bf16-autocast" if torch_device.type == "cuda" else "fp32")
         if torch_device.type == "cpu" and precision != "fp32":
-            encoder._use_fast_path(precision, lambda: AutoModel.from_pretrained(
+            encoder._use_fast_path(precision, min_cosine, lambda: AutoModel.from_pretrained(
                 folder, use_safetensors=True, trust_remote_code=False).eval())
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
         return encoder
 
     # --- CPU fast path --------------------------------------------------------------------------------------------
-    def _use_fast_path(self, precision: str, reload_fp32) -> None:
-        """Switch this (fp32, CPU) encoder to bf16 or int8 if it stays within MIN_CALIBRATION_COSINE of fp32."""
+    def _use_fast_path(self, precision: str, min_cosine: float, reload_fp32) -> None:
+        """Switch this (fp32, CPU) encoder to bf16 or int8 if it stays within `min_cosine` of fp32."""
         candidates = [precision] if precision != "auto" else auto_precisions()
         texts = list(CALIBRATION_TEXTS) if self.info.has_text else []
         images = calibration_images(self.info.image_size)
@@ -369,13 +371,13 @@ class Encoder:
             except (RuntimeError, NotImplementedError, AssertionError) as error:  # kernel missing on this build
                 log.warning("precision %s unavailable here (%s)", candidate, _first_line(error))
                 cosine = None
-            if cosine is not None and cosine >= MIN_CALIBRATION_COSINE:
+            if cosine is not None and cosine >= min_cosine:
                 log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
                 _release_freed_memory()  # what the calibration passes allocated
                 return
             if cosine is not None:
-                log.warning("precision %s rejected: calibration cosine to fp32 %.5f < %.2f", candidate, cosine,
-                            MIN_CALIBRATION_COSINE)
+                log.warning("precision %s rejected: calibration cosine to fp32 %.5f < %g", candidate, cosine,
+                            min_cosine)
         log.warning("no fast path kept (asked for %s); serving in fp32", precision)
         if self.precision != "fp32":
             self.model, self.precision, self._input_dtype = reload_fp32(), "fp32", torch.float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -169,7 +170,9 @@ def test_siglip2_naflex_inputs_reach_the_model_in_builds_and_queries(tmp_path):
     folder = tmp_path / "gallery"
     truth = write_shapes_folder(folder, per_combo=1)
     out = tmp_path / "out"
-    assert run_build("--images", folder, "--model", model_dir, "--out", out, "--batch-size", "4") == 0
+    # fp32: this test checks that every NaFlex input reaches the model, against the model's own fp32 features
+    assert run_build("--images", folder, "--model", model_dir, "--out", out, "--batch-size", "4",
+                     "--precision", "fp32") == 0
     manifest = Manifest.read(out)
     assert manifest.model["model_type"] == "siglip2" and manifest.count == len(truth)
 
@@ -270,13 +273,41 @@ def test_category_precision_rewards_galleries_that_cluster_by_category():
     assert 30 < chance["P@5"] < 70 and chance["mAP"] < good["mAP"]
 
 
+@pytest.fixture(scope="module")
+def shapes_fp32(tmp_path_factory, shapes_model, shapes_folder) -> Path:
+    out = tmp_path_factory.mktemp("fp32") / "out"
+    assert run_build("--images", shapes_folder[0], "--model", shapes_model, "--out", out, "--batch-size", "8",
+                     "--precision", "fp32") == 0
+    return out
+
+
 def test_a_faster_cpu_precision_is_recorded_and_stays_close_to_fp32(tmp_path, shapes_model, shapes_folder,
-                                                                    shapes_artifacts):
+                                                                    shapes_fp32):
     out = tmp_path / "int8"
     assert run_build("--images", shapes_folder[0], "--model", shapes_model, "--out", out, "--batch-size", "8",
                      "--precision", "int8") == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    reference = json.loads((shapes_artifacts / "manifest.json").read_text())
+    reference = json.loads((shapes_fp32 / "manifest.json").read_text())
     assert (reference["precision"], manifest["precision"]) == ("fp32", "int8")
-    fast, exact = np.load(out / "embeddings.npy"), np.load(shapes_artifacts / "embeddings.npy")
+    fast, exact = np.load(out / "embeddings.npy"), np.load(shapes_fp32 / "embeddings.npy")
     assert fast.shape == exact.shape and np.sum(fast * exact, axis=1).min() >= 0.99
+
+
+def test_the_default_cpu_build_takes_a_fast_path_with_the_same_top_5_as_fp32(shapes_artifacts, shapes_fp32,
+                                                                              shapes_folder, shapes_model):
+    """A laptop user gets the fast path without knowing the flag, and the index answers as the fp32 one does."""
+    from clipsearch.encoder import BUILD_MIN_COSINE
+
+    manifest = json.loads((shapes_artifacts / "manifest.json").read_text())
+    assert manifest["precision"] in ("int8", "bf16")  # kept by the builder's own gate
+    fast, exact = np.load(shapes_artifacts / "embeddings.npy"), np.load(shapes_fp32 / "embeddings.npy")
+    assert np.sum(fast * exact, axis=1).min() >= BUILD_MIN_COSINE
+    # Every image and every caption (encoded in fp32) as a query: the fast index ranks the same five in the same
+    # order, up to near-ties (exact scores within 2e-3 of each other, which any change of arithmetic may swap): rank
+    # by rank, the image it puts there scores, in exact arithmetic, what the exact ranking's image there scores.
+    captions = sorted({caption_for(row["color"], row["shape"]) for row in shapes_folder[1]})
+    queries = np.concatenate([exact, Encoder.load(str(shapes_model), device="cpu").encode_texts(captions)])
+    exact_scores = queries @ exact.T
+    exact_top = np.sort(exact_scores, axis=1)[:, ::-1][:, :5]
+    fast_top = np.argsort(-(queries @ fast.T), axis=1)[:, :5]
+    assert np.abs(np.take_along_axis(exact_scores, fast_top, axis=1) - exact_top).max() < 2e-3
