@@ -43,6 +43,9 @@ TAG_PREFIX = "build-"
 # only pays for big thumbnail packs (COCO: ~2 GB), and a small set is then complete and verified from the start.
 EAGER_BYTES = 64 * 2**20
 DOWNLOAD_THREADS = 4
+# The background pack fetch waits for RemotePacks.resume() (the app calls it once the model is loaded, so the packs
+# do not share the network with the model's download), or at most this long.
+PACKS_WAIT_SECONDS = 60.0
 
 
 class IndexRepoNotFound(ArtifactError):
@@ -146,6 +149,7 @@ class RemotePacks:
         self.repo_id, self.commit, self.packs = repo_id, commit, packs
         self.endpoint, self.token, self.cache_dir = endpoint, token, cache_dir
         self.done = threading.Event()
+        self.go = threading.Event()
         self.refused: list[str] = []
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
@@ -156,9 +160,19 @@ class RemotePacks:
             return handle.read(size)
 
     def start(self, store: ThumbnailStore, stamp_dir: Path | None) -> threading.Thread:
-        thread = threading.Thread(target=self._run, args=(store, stamp_dir), name="thumbnail-packs", daemon=True)
+        """The background fetch; it begins on resume() (or after PACKS_WAIT_SECONDS)."""
+        thread = threading.Thread(target=self._wait_and_run, args=(store, stamp_dir), name="thumbnail-packs",
+                                  daemon=True)
         thread.start()
         return thread
+
+    def resume(self) -> None:
+        """Start fetching the packs now (the app is about to serve: nothing else is downloading)."""
+        self.go.set()
+
+    def _wait_and_run(self, store: ThumbnailStore, stamp_dir: Path | None) -> None:
+        self.go.wait(PACKS_WAIT_SECONDS)
+        self._run(store, stamp_dir)
 
     def _run(self, store: ThumbnailStore, stamp_dir: Path | None) -> None:
         try:

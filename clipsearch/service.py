@@ -99,6 +99,8 @@ def start(settings: Settings) -> Service:
     encoder = model_thread.run(Encoder.load, model["model_id"], model.get("revision"), device="cpu",
                                precision=settings.precision)
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
+    if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down
+        source.remote.resume()
     log.info("ready: %d images, model %s, started in %.1f s, resident memory %.0f MB", len(gallery),
              model["model_id"], service.startup_seconds, service.rss_mb)
     return service

@@ -195,3 +195,20 @@ def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts
     assert source.remote is None
     assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
     assert isinstance(gallery.vectors, np.memmap)  # embeddings.npy, as before
+
+
+def test_the_app_starts_the_background_fetch_once_its_model_is_loaded(hub, packed_artifacts, monkeypatch, tmp_path):
+    from clipsearch.service import Settings, start
+
+    push(packed_artifacts, Manifest.read(packed_artifacts), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    monkeypatch.setattr(hub_module, "EAGER_BYTES", 0)
+    monkeypatch.setattr(hub_module, "PACKS_WAIT_SECONDS", 3600)  # only resume() can start it within the test
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
+    service = start(Settings(index_dir=None, index_repo=REPO, index_revision=None, endpoint=hub.url, token=None))
+    remote = service.source.remote
+    assert remote is not None and remote.go.is_set()
+    assert remote.done.wait(60) and not remote.refused
+    gallery = service.searcher.gallery
+    assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
+    hits = service.searcher.search_text("a red circle", 3)
+    assert len(hits) == 3 and all(Path(hit.thumbnail).name != PLACEHOLDER for hit in hits)
