@@ -1,17 +1,17 @@
-"""Dataset repos at one pinned commit (Hub, or a local folder laid out like one): split files, byte ranges, downloads.
+"""Dataset repos at one pinned commit (Hub, or a local folder laid out like one): split files, open files, downloads.
 
 Everything goes through huggingface_hub: the commit is resolved once (`dataset_info`), the file list and sizes come
-from one tree listing at that commit, byte ranges are read with `HfFileSystem` (HTTP Range requests), and whole files
-with `hf_hub_download` into the shared Hub cache (resumable, reused by later builds, no second copy).
+from one tree listing at that commit, files are opened for pyarrow with `HfFileSystem` (reads become HTTP Range
+requests), and whole files go with `hf_hub_download` into the shared Hub cache (resumable, reused by later builds,
+no second copy).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,6 @@ HUB_SPLIT_NAMES = {"train2017": ("train", "train2017"), "val2017": ("validation"
 IGNORED = {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json",
            "dummy_data.zip"}
 DOWNLOAD_THREADS = 4
-
-# Bytes this process read by range (not whole-file downloads), for the summary and the tests.
-FETCHED = {"bytes": 0, "requests": 0}
-_fetched_lock = threading.Lock()
 
 
 def glob_regex(pattern: str) -> re.Pattern:
@@ -183,65 +179,17 @@ class Repo:
             raise SourceError(f"{self.flag} {self.repo_id}: {path} could not be downloaded "
                               f"({str(error).splitlines()[0]}); re-run to resume.") from None
 
-    def fetcher(self, path: str) -> Callable[[int, int], bytes]:
-        """fetch(offset, size) -> those bytes of `path`: from the local copy when there is one, else one HTTP Range
-        request each (the file is never downloaded whole)."""
+    def open_file(self, path: str):
+        """A seekable binary file for pyarrow: the local copy when there is one, else an HfFileSystem file at the
+        pinned commit with no read-ahead (cache_type="none"), so each read is one HTTP Range request for exactly
+        the bytes pyarrow asks for; the file is never downloaded whole."""
         local = self.cached(path)
         if local is not None:
-            return _LocalReader(local)
-        return _RangeReader(self.repo_id, path, self.revision, self.files[path], self.flag)
-
-
-class _LocalReader:
-    """Reads ranges of a local file; one handle per process, reopened after a fork (DataLoader workers)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._handle = None
-        self._pid = None
-        self._lock = threading.Lock()
-
-    def __call__(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            if self._handle is None or self._pid != os.getpid():
-                self._handle, self._pid = open(self.path, "rb"), os.getpid()  # noqa: SIM115 - kept open on purpose
-            self._handle.seek(offset)
-            return self._handle.read(size)
-
-    def __getstate__(self):
-        return {"path": self.path}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"])
-
-
-class _RangeReader:
-    """Reads ranges of a Hub file with HfFileSystem (HTTP Range, the pinned commit), one request per call."""
-
-    def __init__(self, repo_id: str, path: str, revision: str | None, size: int, flag: str):
-        self.repo_id, self.path, self.revision, self.size, self.flag = repo_id, path, revision, size, flag
-
-    def __call__(self, offset: int, size: int) -> bytes:
+            return open(local, "rb")  # noqa: SIM115 - the caller closes it
         from huggingface_hub import HfFileSystem
-        from huggingface_hub.errors import HfHubHTTPError
 
-        if size <= 0:
-            return b""
-        try:
-            with HfFileSystem().open(f"datasets/{self.repo_id}/{self.path}", "rb", revision=self.revision,
-                                     cache_type="none", size=self.size) as handle:
-                handle.seek(offset)
-                data = handle.read(size)
-        except (HfHubHTTPError, OSError) as error:
-            raise SourceError(f"{self.flag} {self.repo_id}: reading {self.path} failed "
-                              f"({str(error).splitlines()[0]}); re-run to resume.") from None
-        if len(data) != size:
-            raise SourceError(f"{self.flag} {self.repo_id}: {self.path} ended early (got {len(data)} of {size} bytes "
-                              f"at {offset}); re-run to resume.")
-        with _fetched_lock:
-            FETCHED["bytes"] += len(data)
-            FETCHED["requests"] += 1
-        return data
+        return HfFileSystem().open(f"datasets/{self.repo_id}/{path}", "rb", revision=self.revision,
+                                   cache_type="none", size=self.files[path])
 
 
 def download_files(items: list[tuple[Repo, str]], *, progress: bool, desc: str = "downloading") -> dict[str, str]:

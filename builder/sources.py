@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,9 +188,10 @@ ID_COLUMNS = ("image_id", "id", "cocoid")
 CAPTION_COLUMNS = ("captions", "sentences", "caption", "text", "answer")
 URL_COLUMNS = ("coco_url", "url", "flickr_url")
 CATEGORY_FIELDS = ("category_name", "category")
-LIST_THREADS = 8  # footers and metadata columns of several shards are read at once (small range requests)
-WHOLE_FRACTION = 0.5  # a shard whose needed rows reach this share of its rows (or bytes) is downloaded whole
-RANGE_MEMORY = 512 * 2**20  # row pages fetched by range are held in memory; beyond this, whole shards instead
+LIST_THREADS = 8  # footers, metadata columns and row groups of several shards are read at once (range requests)
+WHOLE_FRACTION = 0.5  # a shard whose needed row groups reach this share of its groups (or bytes) comes whole
+GROUP_MEMORY = 512 * 2**20  # row groups fetched by range are held in memory; beyond this, whole shards instead
+READ_CACHE = 256 * 2**20  # per process: row groups read on demand (from a local shard) kept for the next rows
 THUMB_BYTES = 13_000  # a 256-px JPEG thumbnail of a COCO photo, roughly
 ROW_BYTES = 400  # metadata row (ids, captions, categories, url) in metadata.parquet, roughly
 
@@ -224,26 +226,27 @@ def estimate_line(source: Source, dim: int) -> str:
 
 @dataclass
 class _Shard:
-    """One parquet file of the images repo, with what its footer says (read once, by range)."""
+    """One parquet file of the images repo, with its footer (pyarrow FileMetaData, read once by range)."""
 
     split: str
     path: str
-    footer: object = None  # builder.parquet.Footer
-    metadata: object = None  # pyarrow FileMetaData of the same footer
-    rows: int = 0
+    metadata: object
+
+    def group_rows(self) -> list[int]:
+        return [self.metadata.row_group(g).num_rows for g in range(self.metadata.num_row_groups)]
 
 
 class HubCocoSource(Source):
     """COCO from one Hub dataset repo with images (+ ids, sizes, categories), joined by image id with a second
     repo that has captions and urls. Either may be a local folder laid out like a Hub repo.
 
-    The parquet shards are read in place at the pinned commit: listing reads only their footers and the small
-    metadata columns (HTTP Range requests); image bytes are read per row, one parquet page at a time, from the
-    shard in the Hub cache (downloaded whole by `fetch` when most of it is needed) or from pages fetched by range
-    (a --limit trial). Nothing is converted to a second (Arrow) copy.
+    The parquet shards are read in place at the pinned commit with pyarrow: listing reads their footers and the
+    small metadata columns (HTTP Range requests through HfFileSystem); image bytes are read a row group at a time,
+    from the shard in the Hub cache (downloaded whole by `fetch` when most of it is needed) or from row groups
+    fetched by range into memory (a --limit trial). Nothing is converted to a second (Arrow) copy.
 
     Order: splits in --splits order, then image id. With --limit N the N images are the first N rows of the split's
-    shards (the repo's own order), so a trial reads one contiguous stretch of the first shard whatever order the
+    shards (the repo's own order), so a trial reads the first row groups of the first shard whatever order the
     repo keeps its ids in; they are then sorted by id like every build.
     """
 
@@ -265,13 +268,24 @@ class HubCocoSource(Source):
         self._limit: int | None = None
         self._records: list[Record] | None = None
         self._shards: list[_Shard] = []
+        self._numbers: dict[str, int] = {}  # shard path -> index in _shards
         self._where: list[tuple[int, int, int]] = []  # Record.locator -> (shard, row group, row in the group)
-        self._plans: dict = {}
-        self._memory: dict[int, list[tuple[int, bytes]]] = {}  # shard -> [(offset, bytes)] fetched by range
-        self._local: dict[int, str] = {}  # shard -> local file, once downloaded
-        self._columns: dict = {}  # per process: shard -> ByteArrayColumn (or None: pyarrow fallback)
-        self._groups: dict = {}  # per process: (shard, group) -> decoded image column (fallback only)
         self._layouts: dict[int, dict] = {}
+        self._plans: dict = {}
+        self._fetched: dict[tuple[int, int], pa.Array] = {}  # (shard, group) -> image bytes fetched by range
+        self._local: dict[int, str] = {}  # shard -> local file, once downloaded
+        self._per_process()
+
+    def _per_process(self) -> None:
+        """Open files and row groups read on demand belong to one process (DataLoader workers fork)."""
+        self._pid = os.getpid()
+        self._files: dict[int, object] = {}  # shard -> pq.ParquetFile
+        self._cache: OrderedDict[tuple[int, int], pa.Array] = OrderedDict()  # LRU of row groups read on demand
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"], state["_cache"] = {}, OrderedDict()
+        return state
 
     # -- records ----------------------------------------------------------------------------------------------------
     @property
@@ -307,46 +321,43 @@ class HubCocoSource(Source):
             raise SourceError(f"--hf-images {self._images.repo_id}: no images in --splits {','.join(self.splits)}.")
         return records
 
-    def _shard(self, split: str, path: str) -> int:
-        """Index of a shard, its footer read (once) by range."""
-        for number, shard in enumerate(self._shards):
-            if shard.path == path:
-                return number
-        self._shards.append(self._footer_only(split, path))
-        return len(self._shards) - 1
-
-    def _pick(self, split: str, remaining: int | None) -> list[tuple[int, int, range]]:
-        """(shard, row group, rows) to list: everything, or the first `remaining` rows in file order."""
+    def _pick(self, split: str, remaining: int | None) -> list[tuple[int, int]]:
+        """(shard, rows) to list: every row, or the first `remaining` rows in file order (reading only the footers
+        of the shards that hold them)."""
         paths = self._split_files[split]
         if remaining is None:  # every footer is needed: read them side by side
+            todo = [path for path in paths if path not in self._numbers]
             with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-                footers = list(pool.map(lambda p: self._footer_only(split, p), paths))
-            for path, shard in zip(paths, footers):
-                if not any(s.path == path for s in self._shards):
-                    self._shards.append(shard)
+                for path, metadata in zip(todo, pool.map(self._footer, todo)):
+                    self._add(split, path, metadata)
         picked = []
         for path in paths:
-            shard = self._shard(split, path)
-            for group, count in enumerate(self._shards[shard].footer.row_group_rows):
-                take = count if remaining is None else min(count, remaining)
-                if take > 0:
-                    picked.append((shard, group, range(take)))
-                if remaining is not None:
-                    remaining -= take
-                    if remaining <= 0:
-                        return picked
+            if path not in self._numbers:
+                self._add(split, path, self._footer(path))
+            shard = self._numbers[path]
+            rows = self._shards[shard].metadata.num_rows
+            take = rows if remaining is None else min(rows, remaining)
+            if take > 0:
+                picked.append((shard, take))
+            if remaining is not None:
+                remaining -= take
+                if remaining <= 0:
+                    break
         return picked
 
-    def _footer_only(self, split: str, path: str) -> _Shard:
-        from .parquet import Unsupported, read_footer
+    def _add(self, split: str, path: str, metadata) -> None:
+        self._numbers[path] = len(self._shards)
+        self._shards.append(_Shard(split=split, path=path, metadata=metadata))
+
+    def _footer(self, path: str):
+        import pyarrow.parquet as pq
 
         try:
-            footer, _ = read_footer(self._images.fetcher(path), self._images.files[path])
-            return _Shard(split=split, path=path, footer=footer, metadata=footer.arrow_metadata(),
-                          rows=footer.num_rows)
-        except (Unsupported, OSError, ValueError) as error:
+            with self._images.open_file(path) as handle:
+                return pq.ParquetFile(handle).metadata
+        except (OSError, ValueError, pa.ArrowException) as error:
             raise SourceError(f"--hf-images {self._images.repo_id}: {path} is not a readable parquet file "
-                              f"({error}).") from None
+                              f"({str(error).splitlines()[0]}).") from None
 
     def _layout(self, shard: int) -> dict:
         """Which columns to read from a shard: ids, names, sizes, captions, urls, categories, and the image."""
@@ -385,28 +396,27 @@ class HubCocoSource(Source):
                 else:
                     columns.append(name)
         leaf = f"{image}.bytes"
-        levels = next(((metadata.schema.column(i).max_definition_level, metadata.schema.column(i).max_repetition_level)
-                       for i in range(len(metadata.schema)) if metadata.schema.column(i).path == leaf), None)
-        return {"image": image, "id": id_column, "columns": columns, "features": features, "levels": levels}
+        chunk = next(i for i in range(metadata.num_columns) if metadata.schema.column(i).path == leaf)
+        return {"image": leaf, "chunk": chunk, "id": id_column, "columns": columns, "features": features}
 
-    def _read_records(self, split: str, picked: list, captions: dict[int, dict]) -> list[Record]:
-        layouts = {shard: self._layout(shard) for shard in {s for s, _, _ in picked}}
-
+    def _read_records(self, split: str, picked: list[tuple[int, int]], captions: dict[int, dict]) -> list[Record]:
         def read(item):
-            shard, group, rows = item
-            try:
-                table = self._parquet(shard).read_row_group(group, columns=layouts[shard]["columns"])
-            except (OSError, pa.ArrowException) as error:
-                raise SourceError(f"--hf-images {self._images.repo_id}: {self._shards[shard].path} row group {group} "
-                                  f"could not be read ({str(error).splitlines()[0]}).") from None
-            return item, table.slice(rows.start, len(rows)).to_pylist()
+            shard, take = item
+            groups, where = [], []
+            for group, rows in enumerate(self._shards[shard].group_rows()):
+                if len(where) >= take:
+                    break
+                groups.append(group)
+                where += [(shard, group, row) for row in range(rows)]
+            table = self._read(shard, lambda f: f.read_row_groups(groups, columns=self._layout(shard)["columns"]),
+                               f"row groups 0-{groups[-1]}")
+            return table.slice(0, take).to_pylist(), where[:take]
 
         records = []
-        bar = _Progress(len(picked), "listing", "row groups")
-        with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool, bar:
-            for (shard, group, rows), values in pool.map(read, picked):
-                layout = layouts[shard]
-                for row, value in zip(rows, values):
+        with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool, _Progress(len(picked), "listing", "shards") as bar:
+            for (shard, _), (values, where) in zip(picked, pool.map(read, picked)):
+                layout = self._layout(shard)
+                for value, place in zip(values, where):
                     image_id = value.get(layout["id"])
                     if image_id is None:
                         raise SourceError("--hf-images: rows have no image_id/id column to join captions and show "
@@ -421,18 +431,23 @@ class HubCocoSource(Source):
                         categories=_categories(value, layout["features"]),
                         url=joined.get("url") or _first(value, URL_COLUMNS) or "",
                     ))
-                    self._where.append((shard, group, row))
+                    self._where.append(place)
                 bar.update(1)
         return records
 
-    def _parquet(self, shard: int):
+    def _read(self, shard: int, how, what: str, handle=None):
+        """how(pq.ParquetFile) on a shard (a file object opened for this call, or `handle`), errors as sentences."""
         import pyarrow.parquet as pq
 
-        from .parquet import FetchFile
-
-        return pq.ParquetFile(FetchFile(self._images.fetcher(self._shards[shard].path),
-                                        self._images.files[self._shards[shard].path]),
-                              metadata=self._shards[shard].metadata)
+        path = self._shards[shard].path
+        try:
+            if handle is not None:
+                return how(handle)
+            with self._images.open_file(path) as file:
+                return how(pq.ParquetFile(file, metadata=self._shards[shard].metadata))
+        except (OSError, ValueError, pa.ArrowException) as error:
+            raise SourceError(f"--hf-images {self._images.repo_id}: {path} {what} could not be read "
+                              f"({str(error).splitlines()[0]}); re-run to resume.") from None
 
     def _caption_lookup(self, split: str) -> dict[int, dict]:
         import pyarrow.parquet as pq
@@ -460,182 +475,111 @@ class HubCocoSource(Source):
         return lookup
 
     # -- bytes: plan, fetch, read -----------------------------------------------------------------------------------
+    def _group_bytes(self, shard: int, group: int) -> int:
+        """Bytes of a row group's image column chunk, from the footer."""
+        return self._shards[shard].metadata.row_group(group).column(self._layout(shard)["chunk"]).total_compressed_size
+
     def _plan(self, indices: list[int] | None = None) -> dict:
-        """How each needed shard is read: 'local' (on disk already), 'whole' (download it) or 'ranges' (fetch the
-        pages of the needed rows), with the bytes each way costs."""
+        """How each needed shard is read: 'local' (on disk already), 'whole' (download it) or 'groups' (fetch the
+        needed row groups' image columns by range), with the bytes each way costs."""
         records = self.records
         if indices is not None and len(indices) == len(records) and set(indices) == set(range(len(records))):
             indices = None  # every record: the plan the estimate made
         key = None if indices is None else tuple(indices)
         if key in self._plans:
             return self._plans[key]
-        need: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
+        need: dict[int, set[int]] = defaultdict(set)
         for index in (range(len(records)) if indices is None else indices):
-            shard, group, row = self._where[records[index].locator]
-            need[shard][group].add(row)
+            shard, group, _ = self._where[records[index].locator]
+            need[shard].add(group)
         plan = {}
-        for shard in sorted(need):
+        for shard, groups in sorted(need.items()):
             path = self._shards[shard].path
             size = self._images.files[path]
-            rows = sum(len(r) for r in need[shard].values())
+            fetched = sum(self._group_bytes(shard, g) for g in groups)
             if shard in self._local or self._images.cached(path) is not None:
                 plan[shard] = ("local", 0, size, [])
-            elif rows >= WHOLE_FRACTION * self._shards[shard].rows:
+            elif len(groups) >= WHOLE_FRACTION * len(self._shards[shard].group_rows()) or \
+                    fetched >= WHOLE_FRACTION * size:
                 plan[shard] = ("whole", size, 0, [])
             else:
-                spans = self._spans(shard, need[shard])
-                fetched = sum(length for _, length in spans)
-                plan[shard] = ("whole", size, 0, []) if fetched >= WHOLE_FRACTION * size else \
-                    ("ranges", fetched, 0, spans)
-        ranged = sorted((s for s, p in plan.items() if p[0] == "ranges"), key=lambda s: -plan[s][1])
-        while ranged and sum(plan[s][1] for s in ranged) > RANGE_MEMORY:
+                plan[shard] = ("groups", fetched, 0, sorted(groups))
+        ranged = sorted((s for s, p in plan.items() if p[0] == "groups"), key=lambda s: -plan[s][1])
+        while ranged and sum(plan[s][1] for s in ranged) > GROUP_MEMORY:
             shard = ranged.pop(0)
             plan[shard] = ("whole", self._images.files[self._shards[shard].path], 0, [])
         self._plans[key] = plan
         return plan
 
-    def _spans(self, shard: int, groups: dict[int, set[int]]) -> list[tuple[int, int]]:
-        """Byte spans holding the needed rows' pages (and dictionary pages), merged when adjacent."""
-        column = self._column(shard)
-        if column is None:  # no page reader for this file: whole column chunks
-            chunks = self._shards[shard].footer.chunks[(self._layout(shard)["image"], "bytes")]
-            return _merge([(chunks[g].start, chunks[g].size) for g in groups])
-        spans = []
-        for group, rows in groups.items():
-            dictionary, _ = column.pages(group)
-            if dictionary is not None:
-                spans.append((dictionary.offset, dictionary.size))
-            spans.extend({(page.offset, page.size) for page in (column.page_for(group, r)[1] for r in rows)})
-        return _merge(spans)
-
     def download_estimate(self) -> tuple[int, int, str]:
         plan = self._plan()
         whole = [s for s, p in plan.items() if p[0] == "whole"]
-        ranges = [s for s, p in plan.items() if p[0] == "ranges"]
+        ranged = [s for s, p in plan.items() if p[0] == "groups"]
         how = []
         if whole:
-            how.append(f"{len(whole)} of {len(self._split_files_all())} parquet shards whole")
-        if ranges:
-            how.append(f"the rows' pages of {len(ranges)} shard(s) by range")
+            how.append(f"{len(whole)} of {sum(map(len, self._split_files.values()))} parquet shards whole")
+        if ranged:
+            how.append(f"the rows' row groups of {len(ranged)} shard(s) by range")
         return sum(p[1] for p in plan.values()), sum(p[2] for p in plan.values()), ", ".join(how)
 
-    def _split_files_all(self) -> list[str]:
-        return [path for split in self.splits for path in self._split_files[split]]
-
     def fetch(self, indices: list[int] | None = None, progress: bool = True) -> None:
-        """Bring the bytes of these records' images close: whole shards into the Hub cache, or their pages into
-        memory (a trial); one progress bar in bytes, with its ETA."""
-        from .hubfiles import FETCHED, download_files
+        """Bring the bytes of these records' images close: whole shards into the Hub cache, or their row groups'
+        image columns into memory (a trial); one progress bar in bytes, with its ETA."""
+        from tqdm import tqdm
+
+        from .hubfiles import download_files
 
         plan = self._plan(indices)
         whole = [(self._images, self._shards[s].path) for s, p in plan.items() if p[0] == "whole"]
-        if whole:
-            found = download_files(whole, progress=progress, desc="downloading images")
-            for shard, p in plan.items():
-                if p[0] == "whole":
-                    self._local[shard] = found[self._shards[shard].path]
-                    self._columns.pop(shard, None)
+        found = download_files(whole, progress=progress, desc="downloading images") if whole else {}
         for shard, p in plan.items():
-            if p[0] == "local":
-                self._local[shard] = self._images.cached(self._shards[shard].path)
-                self._columns.pop(shard, None)
-        ranged = {s: p[3] for s, p in plan.items() if p[0] == "ranges"}
-        total = sum(length for spans in ranged.values() for _, length in spans)
-        if ranged:
-            from tqdm import tqdm
+            if p[0] in ("whole", "local"):
+                path = self._shards[shard].path
+                self._local[shard] = found.get(path) or self._images.cached(path)
+                self._files.pop(shard, None)
+        items = [(s, g) for s, p in plan.items() if p[0] == "groups" for g in p[3] if (s, g) not in self._fetched]
+        if not items:
+            return
+        with tqdm(total=sum(self._group_bytes(s, g) for s, g in items), unit="B", unit_scale=True,
+                  unit_divisor=1024, desc="fetching image row groups", dynamic_ncols=True, mininterval=1,
+                  disable=not progress) as bar, ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
+            for (shard, group), column in zip(items, pool.map(lambda item: self._image_column(*item), items)):
+                self._fetched[(shard, group)] = column
+                bar.update(self._group_bytes(shard, group))
 
-            before = FETCHED["bytes"]
-            items = [(s, offset, length) for s, spans in ranged.items() for offset, length in spans
-                     if not self._in_memory(s, offset, length)]
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="fetching image pages",
-                      dynamic_ncols=True, mininterval=1, disable=not progress) as bar, \
-                    ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-                fetchers = {s: self._images.fetcher(self._shards[s].path) for s in ranged}
-                for (s, offset, _), data in zip(items, pool.map(lambda i: fetchers[i[0]](i[1], i[2]), items)):
-                    self._memory.setdefault(s, []).append((offset, data))
-                    bar.update(len(data))
-            for spans in self._memory.values():
-                spans.sort(key=lambda span: span[0])
-            log.info("fetched %s of image pages by range in %d requests", human_bytes(FETCHED["bytes"] - before),
-                     len(items))
-
-    def _in_memory(self, shard: int, offset: int, size: int) -> bytes | None:
-        for start, data in self._memory.get(shard, ()):
-            if start <= offset and offset + size <= start + len(data):
-                return data[offset - start:offset - start + size]
-        return None
-
-    def _reader(self, shard: int):
-        path = self._shards[shard].path
-        if shard in self._local:
-            from .hubfiles import _LocalReader
-
-            base = _LocalReader(self._local[shard])
-        else:
-            base = self._images.fetcher(path)
-
-        def fetch(offset: int, size: int) -> bytes:
-            found = self._in_memory(shard, offset, size)
-            return found if found is not None else base(offset, size)
-
-        return fetch
-
-    def _column(self, shard: int):
-        """The page reader of a shard's image bytes (None when its layout needs pyarrow's whole-chunk read)."""
-        from .parquet import ByteArrayColumn
-
-        if shard not in self._columns:
-            layout = self._layout(shard)
-            chunks = self._shards[shard].footer.chunks.get((layout["image"], "bytes"))
-            levels = layout["levels"]
-            ok = chunks is not None and levels is not None and levels[1] == 0
-            self._columns[shard] = ByteArrayColumn(self._reader(shard), chunks, *levels) if ok else None
-        return self._columns[shard]
+    def _image_column(self, shard: int, group: int, handle=None) -> pa.Array:
+        """A row group's image bytes, read with pyarrow (only that column chunk)."""
+        table = self._read(shard, lambda f: f.read_row_group(group, columns=[self._layout(shard)["image"]]),
+                           f"row group {group}", handle)
+        return table.column(0).combine_chunks().field("bytes")
 
     def read(self, record: Record):
-        from .parquet import Unsupported
-
         shard, group, row = self._where[record.locator]
-        column = self._column(shard)
-        if column is not None:
-            try:
-                return column.value(group, row) or b""
-            except Unsupported as error:
-                log.debug("shard %d: page reader fell back to pyarrow (%s)", shard, error)
-                self._columns[shard] = None
-        return self._fallback(shard, group, row)
+        column = self._fetched.get((shard, group))
+        if column is None:
+            column = self._on_demand(shard, group)
+        return column[row].as_py() or b""
 
-    def _fallback(self, shard: int, group: int, row: int) -> bytes:
-        """pyarrow's whole-chunk read of a row group's image column (kept for the next rows of the group)."""
+    def _on_demand(self, shard: int, group: int) -> pa.Array:
+        """A row group read in this process (from the local shard, else by range), kept in a small LRU cache."""
         import pyarrow.parquet as pq
 
-        from .parquet import FetchFile
-
+        if self._pid != os.getpid():
+            self._per_process()
         key = (shard, group)
-        if key not in self._groups:
-            image = self._layout(shard)["image"]
-            path = self._shards[shard].path
-            handle = pq.ParquetFile(FetchFile(self._reader(shard), self._images.files[path]),
-                                    metadata=self._shards[shard].metadata)
-            self._groups.clear()  # one row group at a time: they are large
-            self._groups[key] = handle.read_row_group(group, columns=[f"{image}.bytes"]).column(0).combine_chunks()
-        value = self._groups[key].field("bytes")[row].as_py()
-        return value or b""
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_columns"], state["_groups"] = {}, {}  # rebuilt per process
-        return state
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for offset, length in sorted(spans):
-        if out and offset <= out[-1][0] + out[-1][1]:
-            out[-1][1] = max(out[-1][1], offset + length - out[-1][0])
-        else:
-            out.append([offset, length])
-    return [(offset, length) for offset, length in out]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        handle = None
+        local = self._local.get(shard) or self._images.cached(self._shards[shard].path)
+        if local is not None:
+            if shard not in self._files:
+                self._files[shard] = pq.ParquetFile(local, metadata=self._shards[shard].metadata, memory_map=True)
+            handle = self._files[shard]
+        column = self._cache[key] = self._image_column(shard, group, handle)
+        while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > READ_CACHE:
+            self._cache.popitem(last=False)
+        return column
 
 
 class _Progress:
