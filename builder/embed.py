@@ -102,7 +102,7 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
         return {"images": 0, "seconds": 0.0, "images_per_second": 0.0}
     batches = [list(range(lo, min(lo + batch_size, hi))) for s in pending
                for lo, hi in [ranges[s]] for lo in range(lo, hi, batch_size)]
-    # Download what the workers will read (Hub parquet shards, or a trial's pages) first, with its own bar and ETA;
+    # Download what the workers will read (Hub parquet shards, or a trial's row groups) first, with its own bar and ETA;
     # only the pending shards' images, so a resumed build fetches nothing it has already embedded.
     source.fetch([i for s in pending for i in range(*ranges[s])], progress=progress)
     cuda = encoder.device.type == "cuda"
