@@ -245,9 +245,10 @@ class HubCocoSource(Source):
     from the shard in the Hub cache (downloaded whole by `fetch` when most of it is needed) or from row groups
     fetched by range into memory (a --limit trial). Nothing is converted to a second (Arrow) copy.
 
-    Order: splits in --splits order, then image id. With --limit N the N images are the first N rows of the split's
-    shards (the repo's own order), so a trial reads the first row groups of the first shard whatever order the
-    repo keeps its ids in; they are then sorted by id like every build.
+    Order: splits in --splits order, then the repo's own row order (shard by shard), fixed at the pinned commit. Image
+    bytes are then read front to back, each row group decoded once, whatever order the repo keeps its ids in (in id
+    order, an unsorted repo would decode a whole row group per image); a --limit N trial is the first N rows, the
+    prefix of the full build.
     """
 
     def __init__(self, images_repo: str, captions_repo: str | None, splits: list[str]):
@@ -313,7 +314,7 @@ class HubCocoSource(Source):
             picked = self._pick(split, remaining)
             captions = self._caption_lookup(split) if self._captions else {}
             found = self._read_records(split, picked, captions)
-            found.sort(key=lambda r: (r.image_id, self._where[r.locator]))
+            found.sort(key=lambda r: self._where[r.locator])  # file order: see the class docstring
             records.extend(found)
             if remaining is not None:
                 remaining -= len(found)
