@@ -14,6 +14,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
@@ -195,7 +196,9 @@ class Gallery:
         self._table = table
         self.thumbnails = thumbnails
         self._image_ids = table.column("image_id").to_numpy()
-        self._row_of_id = {int(image_id): i for i, image_id in enumerate(self._image_ids)}
+        # image id -> row by binary search over the sorted ids (1 MB at COCO size; a dict of Python ints was 17 MB)
+        self._id_order = np.argsort(self._image_ids, kind="stable")
+        self._sorted_ids = self._image_ids[self._id_order]
         self.map_xy: np.ndarray | None = None  # 2-D PCA coordinates per row, for the embedding map
 
     def __len__(self) -> int:
@@ -244,6 +247,10 @@ class Gallery:
         gallery = cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS).combine_chunks(), thumbs)
         if "map_x" in table.column_names:  # builds before the embedding map have no coordinates
             gallery.map_xy = np.stack([table.column("map_x").to_numpy(), table.column("map_y").to_numpy()], axis=1)
+        # Arrow's allocator keeps the parquet decode buffers and the multi-chunk table just dropped (~100 MB at COCO
+        # size) for reuse that never comes; hand them back to the OS.
+        del table
+        pa.default_memory_pool().release_unused()
         return gallery
 
     @cached_property
@@ -288,7 +295,13 @@ class Gallery:
         return [Row(row=int(i), **record) for i, record in zip(indices, records)]
 
     def row_of(self, image_id: int) -> int | None:
-        return self._row_of_id.get(int(image_id))
+        image_id = int(image_id)  # as the dict lookup did: a non-number is the caller's ValueError / TypeError
+        if not -2**63 <= image_id < 2**63:
+            return None
+        where = int(np.searchsorted(self._sorted_ids, np.int64(image_id)))
+        if where < len(self._sorted_ids) and int(self._sorted_ids[where]) == image_id:
+            return int(self._id_order[where])
+        return None
 
     def search(self, vectors: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search on the calling thread alone. Queries come one at a time, which FAISS cannot split across

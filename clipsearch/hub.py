@@ -15,13 +15,11 @@ from huggingface_hub.errors import (
     CacheNotFound,
     EntryNotFoundError,
     GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
+from .errors import first_line, hub_unreachable
 from .gallery import Gallery, ThumbnailStore, holds_vectors
 from .manifest import (
     EMBEDDINGS,
@@ -69,17 +67,6 @@ def latest_tag(api: HfApi, repo_id: str) -> str | None:
     refs = api.list_repo_refs(repo_id, repo_type="dataset")
     tags = sorted(tag.name for tag in refs.tags if tag.name.startswith(TAG_PREFIX))
     return tags[-1] if tags else None
-
-
-def _unreachable(error: BaseException) -> bool:
-    """Errors meaning 'the Hub cannot be reached now', as opposed to 'what you asked for does not exist'."""
-    if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
-        return False
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, OSError)) or \
-        type(error).__module__.startswith(("httpx", "httpcore", "requests", "urllib3"))
 
 
 def download(repo_id: str, revision: str | None, *, endpoint: str | None = None, token: str | None = None,
@@ -189,7 +176,7 @@ class RemotePacks:
                 path.stat().st_size == entry.size and sha256_file(path) == entry.sha256)
         except Exception as error:  # noqa: BLE001 - the pack stays remote: its thumbnails are still fetched by range
             log.warning("thumbnail pack %s could not be downloaded (%s: %s); its thumbnails are fetched one at a time "
-                        "until the next start", name, type(error).__name__, str(error).splitlines()[0][:160])
+                        "until the next start", name, type(error).__name__, first_line(error, 160))
             return
         if good:
             remember_verified(path, entry, stamp_dir)
@@ -246,10 +233,10 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
     except RevisionNotFoundError:
         raise ArtifactError(f"INDEX_REVISION={revision}: no such tag, branch or commit in {repo_id}.") from None
     except Exception as error:  # noqa: BLE001 - classified below; anything else is re-raised
-        if not _unreachable(error):
+        if not hub_unreachable(error):
             raise
         log.warning("the Hub cannot be reached (%s); looking for a verified cached copy", type(error).__name__)
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        reason = first_line(error, 160)
     if served := open_cached(repo_id, revision, cache_dir, work_dir, f"The Hub could not be reached ({reason})"):
         return served
     raise ArtifactError(f"The Hub cannot be reached ({reason}) and no copy of {repo_id} is cached; check the "
