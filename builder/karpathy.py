@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipsearch.errors import first_line
+
 log = logging.getLogger(__name__)
 
 NAME = "karpathy-5k-test"
@@ -71,7 +73,8 @@ def load_split(location: str | None = None) -> KarpathySplit:
     except KarpathyUnavailable:
         raise
     except Exception as error:  # noqa: BLE001 - a malformed file costs this evaluation, never the build
-        raise KarpathyUnavailable(f"{describe(source)} could not be read ({_first(error)})") from None
+        raise KarpathyUnavailable(f"{describe(source)} could not be read "
+                                  f"({type(error).__name__}: {first_line(error)})") from None
 
 
 def read_split(path: Path, source: dict) -> KarpathySplit:
@@ -124,9 +127,5 @@ def _download(source: dict) -> Path:
         get_hf_file_metadata(hf_hub_url(repo, filename, **kwargs), timeout=10)
         return Path(hf_hub_download(repo, filename, **kwargs))
     except Exception as error:  # noqa: BLE001 - no network, no such repo/file/revision: skip with the reason
-        raise KarpathyUnavailable(f"{describe(source)} could not be downloaded ({_first(error)})") from None
-
-
-def _first(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0][:200]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+        raise KarpathyUnavailable(f"{describe(source)} could not be downloaded "
+                                  f"({type(error).__name__}: {first_line(error)})") from None

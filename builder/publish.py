@@ -10,6 +10,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from clipsearch.errors import first_line, hub_unreachable
 from clipsearch.hub import TAG_PREFIX
 from clipsearch.manifest import MANIFEST, ArtifactError, Manifest
 from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
@@ -61,12 +62,12 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
         previous = _previous_build(api, repo_id, parent) if MANIFEST in current else set()
         own_card = CARD not in current or _card_is_ours(api, repo_id, parent)
     except HfHubHTTPError as error:
-        raise PublishError(f"--push {repo_id}: the Hub refused access ({_first(error)}); check the repo id and "
+        raise PublishError(f"--push {repo_id}: the Hub refused access ({first_line(error)}); check the repo id and "
                            "that HF_TOKEN has write access.") from None
     except Exception as error:  # noqa: BLE001 - network failures become a sentence; anything else is re-raised
-        if not _network(error):
+        if not hub_unreachable(error):
             raise
-        raise PublishError(f"--push {repo_id}: the Hub could not be reached ({_first(error)}); nothing was "
+        raise PublishError(f"--push {repo_id}: the Hub could not be reached ({first_line(error)}); nothing was "
                            "published. Check the network (or HF_ENDPOINT) and re-run with --push.") from None
     names = sorted(manifest.files) + [MANIFEST]
     tag = new_tag()
@@ -89,24 +90,24 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
         if status in (409, 412):
             raise PublishError(f"--push {repo_id}: the repo changed while this build was being published (another "
                                "push won the race); nothing was changed by this one. Re-run with --push.") from None
-        raise PublishError(f"--push {repo_id}: the commit was refused ({_first(error)}).") from None
+        raise PublishError(f"--push {repo_id}: the commit was refused ({first_line(error)}).") from None
     except Exception as error:  # noqa: BLE001 - network failures become a sentence; anything else is re-raised
-        if not _network(error):
+        if not hub_unreachable(error):
             raise
         # The answer was lost, not necessarily the commit: either way the repo holds one complete set, and without
         # the build tag the app keeps serving the previous build.
         raise PublishError(f"--push {repo_id}: the connection to the Hub was lost during the commit "
-                           f"({_first(error)}); the repo holds either the previous build or this one, complete, and "
-                           "the app keeps serving the previous one. Re-run with --push to publish this build."
+                           f"({first_line(error)}); the repo holds either the previous build or this one, complete, "
+                           "and the app keeps serving the previous one. Re-run with --push to publish this build."
                            ) from None
     commit = info.oid
     try:
         api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
     except Exception as error:  # noqa: BLE001 - Hub refusals and network failures become a sentence
-        if not (isinstance(error, HfHubHTTPError) or _network(error)):
+        if not (isinstance(error, HfHubHTTPError) or hub_unreachable(error)):
             raise
         raise PublishError(f"--push {repo_id}: commit {commit[:12]} holds the complete build, but tagging it {tag} "
-                           f"failed ({_first(error)}), so the app keeps serving the previous build. Re-run with "
+                           f"failed ({first_line(error)}), so the app keeps serving the previous build. Re-run with "
                            "--push.") from None
     return Published(repo_id=repo_id, commit=commit, tag=tag,
                      url=f"{api.endpoint}/datasets/{repo_id}/tree/{tag}")
@@ -165,12 +166,3 @@ def _card_is_ours(api: HfApi, repo_id: str, commit: str) -> bool:
 def _has_commits(api: HfApi, repo_id: str) -> bool:
     refs = api.list_repo_refs(repo_id, repo_type="dataset")
     return any(branch.name == "main" for branch in refs.branches)
-
-
-def _network(error: BaseException) -> bool:
-    """The Hub could not be reached or the connection broke (as opposed to the Hub answering with an error)."""
-    return isinstance(error, OSError) or type(error).__module__.startswith(("httpx", "httpcore", "requests", "urllib3"))
-
-
-def _first(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import first_line, hub_unreachable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
@@ -114,7 +116,7 @@ def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str
         try:
             info = api.model_info(model_id, revision=commit, files_metadata=True)
         except Exception as error:  # noqa: BLE001 - only 'the Hub cannot be reached' falls back to the cache
-            if not _unreachable(error):
+            if not hub_unreachable(error):
                 raise
             return _cached_snapshot(model_id, commit), commit
         commit, names = _files_to_fetch(api, model_id, revision, info)
@@ -134,12 +136,12 @@ def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str
     except EncoderError:
         raise
     except HfHubHTTPError as error:
-        if _unreachable(error):
-            raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({_first_line(error)}); try again "
+        if hub_unreachable(error):
+            raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({first_line(error)}); try again "
                                "later or pass a local model folder.") from None
-        raise EncoderError(f"--model {model_id}: the Hub refused the download ({_first_line(error)}).") from None
+        raise EncoderError(f"--model {model_id}: the Hub refused the download ({first_line(error)}).") from None
     except Exception as error:  # noqa: BLE001 - network failures become a sentence; anything else propagates
-        if not _unreachable(error):
+        if not hub_unreachable(error):
             raise
         raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({type(error).__name__}); try again "
                            "later or pass a local model folder.") from None
@@ -203,9 +205,9 @@ def _conversion_pull_request(api, model_id: str, base: dict):
                 return pr.num, head
             log.info("%s: refs/pr/%d (%s) does not convert this revision; skipped", model_id, pr.num, pr.title)
     except HfHubHTTPError as error:  # discussions disabled, ... : no conversion to use
-        if _unreachable(error):
+        if hub_unreachable(error):
             raise
-        log.warning("%s: could not list pull requests (%s)", model_id, _first_line(error))
+        log.warning("%s: could not list pull requests (%s)", model_id, first_line(error))
     return None
 
 
@@ -241,17 +243,6 @@ def _cached_snapshot(model_id: str, commit: str) -> Path:
         )
     log.warning("the Hub cannot be reached; using the cached %s at %s", model_id, commit[:12])
     return folder
-
-
-def _unreachable(error: BaseException) -> bool:
-    """Errors meaning 'the Hub cannot be reached now', as opposed to 'what you asked for does not exist'."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)) or \
-        type(error).__module__.startswith(("httpx", "httpcore"))
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -297,12 +288,12 @@ class Encoder:
         try:
             config = AutoConfig.from_pretrained(folder)
         except (OSError, ValueError) as error:
-            raise EncoderError(f"--model {model_id}: not a transformers model folder ({_first_line(error)}).") from None
+            raise EncoderError(f"--model {model_id}: not a transformers model folder ({first_line(error)}).") from None
         paired = hasattr(config, "text_config") and hasattr(config, "vision_config")
         try:
             model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as error:
-            raise EncoderError(f"--model {model_id}: could not be loaded ({_first_line(error)}).") from None
+            raise EncoderError(f"--model {model_id}: could not be loaded ({first_line(error)}).") from None
         if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
             raise EncoderError(
                 f"--model {model_id}: {type(model).__name__} cannot embed both text and images; "
@@ -320,7 +311,7 @@ class Encoder:
             image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
         except (OSError, ValueError, KeyError) as error:
             raise EncoderError(f"--model {model_id}: it has no usable image processor (preprocessor_config.json: "
-                               f"{_first_line(error)}); save the model's image processor beside it.") from None
+                               f"{first_line(error)}); save the model's image processor beside it.") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
         except (ImportError, OSError, ValueError, KeyError, AttributeError, TypeError) as error:
@@ -369,7 +360,7 @@ class Encoder:
                 if texts:
                     cosine = min(cosine, float(np.min(np.sum(reference[0] * self.encode_texts(texts), axis=1))))
             except (RuntimeError, NotImplementedError, AssertionError) as error:  # kernel missing on this build
-                log.warning("precision %s unavailable here (%s)", candidate, _first_line(error))
+                log.warning("precision %s unavailable here (%s)", candidate, first_line(error))
                 cosine = None
             if cosine is not None and cosine >= min_cosine:
                 log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
@@ -637,8 +628,4 @@ def _tokenizer_problem(model_id: str, folder: Path, error: BaseException) -> str
         package = package or getattr(error, "name", None) or "a package"
         return (f"--model {model_id}: {what} needs the Python package {package}, which is not installed here; "
                 f"install it (pip install {package}, as requirements.txt lists) or pass another --model.")
-    return f"--model {model_id}: {what} could not be loaded ({_first_line(error)})."
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return f"--model {model_id}: {what} could not be loaded ({first_line(error)})."
