@@ -14,9 +14,8 @@ class ModelThread:
     """One worker thread that owns the model: loading, calibration and every batch of every lane run on it.
 
     Why one thread: PyTorch's OpenMP keeps a thread team per calling thread, and on a 2-core host two teams slow
-    each other down even when one is idle (measured, ViT-B/32 int8, one query: text 8.7 ms / image 31 ms when one
-    thread does everything; 14-17 ms / 39-43 ms when the model was loaded on the main thread and queries ran on
-    per-modality threads). Both cores still work on every batch through that one team.
+    each other down even when one is idle (figures in NOTES.md, "One model thread"); both cores still work on every
+    batch through that one team.
 
     Lanes micro-batch: `lane(name, fn, max_batch)` returns a callable taking one item; requests waiting on any lane
     are taken together, and each lane's items go through `fn(list_of_items) -> list_of_results` in batches of up

@@ -19,15 +19,12 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger than any camera photo, far smaller than a bomb
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
-# Decoding holds every pixel in memory at once, whatever the file size (3 bytes each: 300 MB for a 100-MP PNG of a
-# few hundred KB). At most two such big decodes run at a time per process, so a burst of big uploads (validators
-# decode outside the queue's concurrency limits) waits its turn instead of exhausting the Space's memory.
+# A decode holds every pixel at once (3 bytes each), whatever the file size: at most two big ones at a time per
+# process, so a burst of big uploads (validators decode outside the queue's limits) waits instead of exhausting memory.
 BIG_DECODE_PIXELS = 16_000_000
 _big_decodes = threading.BoundedSemaphore(2)
-# PIL allocates pixels in 16 MB blocks by default: below glibc's largest mmap threshold (32 MB), so the memory of a
-# big decode stayed in that thread's malloc arena after it was freed (1.5 GB resident after six 81-MP decodes on six
-# request threads). In 64 MB blocks it is mapped and unmapped, back to the system as soon as the image is freed;
-# pictures smaller than a block still get exactly their own size.
+# 64 MB pixel blocks are mmapped and go back to the system when freed; PIL's 16 MB default stayed in malloc arenas
+# (NOTES.md, "Big decodes").
 Image.core.set_block_size(max(Image.core.get_block_size(), 64 * 2**20))
 
 
