@@ -178,3 +178,11 @@ def app_server(shapes_artifacts, tmp_path_factory):
     launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     yield demo.local_url.rstrip("/"), service
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    """A gradio_client Client of the in-process app (one per test module)."""
+    from gradio_client import Client
+
+    return Client(app_server[0], verbose=False)

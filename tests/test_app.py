@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, truncated_jpeg
+from conftest import truncated_jpeg
 from gradio_client import Client, handle_file
-from huggingface_hub import HfApi
+from helpers import app_env, kinds, publish_artifacts, start_app, stop_app
 from tiny_models import draw_shape
-
-from builder.publish import push
-from clipsearch.manifest import Manifest
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server[0], verbose=False)
-
-
-def names(service, hits) -> list[str]:
-    gallery = service.searcher.gallery
-    return [gallery.rows([gallery.row_of(h["image_id"])])[0].file_name.rsplit("-", 1)[0] for h in hits]
 
 
 def test_text_search_returns_the_right_ids_and_honours_k(client, app_server):
     gallery, hits = client.predict("a red circle", 2, api_name="/search_text")
-    assert names(app_server[1], hits) == ["red-circle", "red-circle"]
+    assert kinds(app_server[1], hits) == ["red-circle", "red-circle"]
     assert {"image_id", "score", "caption"} <= set(hits[0]) and hits[0]["caption"] == "a red circle"
     assert len(gallery) == 2 and Path(gallery[0]["image"]).read_bytes()[:2] == b"\xff\xd8"  # a JPEG thumbnail
     for k in (1, 7, 50):
@@ -43,7 +25,7 @@ def test_image_search_and_more_like_this(client, app_server, tmp_path):
     query = tmp_path / "query.png"
     draw_shape("blue", "square", size=64, seed=31337).save(query)
     _, hits = client.predict(handle_file(str(query)), 3, api_name="/search_image")
-    assert names(app_server[1], hits)[0] == "blue-square"
+    assert kinds(app_server[1], hits)[0] == "blue-square"
     _, similar = client.predict(hits[0]["image_id"], 4, api_name="/search_similar")
     assert len(similar) == 4 and similar[0]["image_id"] == hits[0]["image_id"]
     assert similar[0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -78,50 +60,15 @@ def test_the_server_keeps_serving_after_bad_input(client, app_server):
         except Exception:  # noqa: BLE001 - empty text is refused; the rest must be answered
             assert not bad.strip("\x00\x01\x02 ")
     _, hits = client.predict("a yellow triangle", 1, api_name="/search_text")
-    assert names(app_server[1], hits) == ["yellow-triangle"]
+    assert kinds(app_server[1], hits) == ["yellow-triangle"]
 
 
 # --- `python app.py` against a Hub-compatible loopback server ------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_app(env: dict, log: Path, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    inherited = {k: v for k, v in os.environ.items()
-                 if k not in ("INDEX_DIR", "INDEX_REPO", "HF_TOKEN", "HF_HUB_CACHE", "HF_HOME")}
-    env = {**inherited, **env, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
-           "HF_HUB_DISABLE_XET": "1", "PYTHONUNBUFFERED": "1"}
-    handle = open(log, "w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            return process, log.read_text()
-        if "Running on local URL" in log.read_text():
-            return process, f"http://127.0.0.1:{port}"
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError("the app did not start in time:\n" + log.read_text()[-3000:])
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 def test_startup_from_the_hub_then_from_cache_when_it_is_down(hub, tmp_path, shapes_artifacts):
     repo = "tester/shapes-index"
-    published = push(shapes_artifacts, Manifest.read(shapes_artifacts), repo,
-                     api=HfApi(endpoint=hub.url, token="hf_test_write_token"))
-    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),
-           "CLIPSEARCH_CACHE": str(tmp_path / "app-cache")}
-    process, url = _start_app(env, tmp_path / "online.log")
+    published = publish_artifacts(hub, shapes_artifacts, repo)
+    env = app_env(hub, tmp_path, repo)
+    process, url = start_app(env, tmp_path / "online.log")
     try:
         assert url.startswith("http"), url
         log = (tmp_path / "online.log").read_text()
@@ -129,10 +76,10 @@ def test_startup_from_the_hub_then_from_cache_when_it_is_down(hub, tmp_path, sha
         _, hits = Client(url, verbose=False).predict("a red circle", 1, api_name="/search_text")
         assert hits[0]["caption"] == "a red circle"
     finally:
-        _stop(process)
+        stop_app(process)
 
     hub.stop()  # the Hub is unreachable: the verified cached copy is served, and the app says so
-    process, url = _start_app(env, tmp_path / "offline.log")
+    process, url = start_app(env, tmp_path / "offline.log")
     try:
         assert url.startswith("http"), url
         log = (tmp_path / "offline.log").read_text()
@@ -140,22 +87,20 @@ def test_startup_from_the_hub_then_from_cache_when_it_is_down(hub, tmp_path, sha
         _, hits = Client(url, verbose=False).predict("a red circle", 1, api_name="/search_text")
         assert hits[0]["caption"] == "a red circle"
     finally:
-        _stop(process)
+        stop_app(process)
 
     env["HF_HUB_CACHE"] = str(tmp_path / "empty-hf")  # nothing cached and no Hub: a clear error, no traceback
-    process, message = _start_app(env, tmp_path / "nothing.log")
+    process, message = start_app(env, tmp_path / "nothing.log")
     assert process.returncode not in (0, None), message
     assert "no copy of tester/shapes-index is cached" in message and "INDEX_DIR" in message
 
 
 def test_tampered_artifacts_are_refused(hub, tmp_path, shapes_artifacts):
     repo = "tester/tampered-index"
-    push(shapes_artifacts, Manifest.read(shapes_artifacts), repo,
-         api=HfApi(endpoint=hub.url, token="hf_test_write_token"))
+    publish_artifacts(hub, shapes_artifacts, repo)
     hub.corrupt(repo, "embeddings.npy")
-    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf"),
-           "CLIPSEARCH_CACHE": str(tmp_path / "app-cache")}
-    process, message = _start_app(env, tmp_path / "tampered.log")
+    env = app_env(hub, tmp_path, repo)
+    process, message = start_app(env, tmp_path / "tampered.log")
     assert process.returncode not in (0, None), message
     assert "embeddings.npy" in message and "does not match the sha256 in the manifest" in message
     assert "Traceback" not in message
@@ -169,7 +114,7 @@ def test_a_newer_format_version_is_refused_with_a_sentence(tmp_path, shapes_arti
             (folder / path.name).write_bytes(path.read_bytes())
     manifest = (folder / "manifest.json").read_text().replace('"format_version": 1', '"format_version": 99')
     (folder / "manifest.json").write_text(manifest)
-    process, message = _start_app({"INDEX_DIR": str(folder)} | {"CLIPSEARCH_CACHE": str(tmp_path / "c")},
+    process, message = start_app({"INDEX_DIR": str(folder)} | {"CLIPSEARCH_CACHE": str(tmp_path / "c")},
                                   tmp_path / "future.log")
     assert process.returncode not in (0, None)
     assert "format_version 99" in message and "update the app" in message

@@ -1,5 +1,5 @@
 """The model thread: one thread runs every model call, concurrent requests share batches, errors stay with their
-batch, and Gradio's lazily configured sessions hold exactly what Gradio would have computed."""
+batch. (Gradio's lazily configured sessions are in test_gradio_patches.)"""
 
 from __future__ import annotations
 
@@ -76,22 +76,3 @@ def test_lanes_waiting_together_all_complete_and_run_inline_from_the_model_threa
         assert [f.result(timeout=30) for f in futures] == [("t:" if n % 2 else "i:") + str(n) for n in range(6)]
     # a call made from the model thread itself runs inline instead of waiting on itself
     assert model.run(lambda: model.run(lambda: "inline")) == "inline"
-
-
-def test_lazy_session_configs_equal_what_gradio_computes(app_server):
-    """clipsearch.ui makes Gradio's per-session component configs lazy; every one must equal Gradio's own."""
-    from gradio.state_holder import SessionState
-
-    from clipsearch.ui import _LazyConfigValues, build_ui
-
-    blocks = build_ui(app_server[1])
-    session = SessionState(blocks)
-    assert isinstance(session.config_values, _LazyConfigValues)
-    first_key = next(iter(blocks.blocks))
-    assert first_key in session.config_values and len(session.config_values) == len(blocks.blocks)
-    config = blocks.default_config
-    eager = {key: config.config_for_block(key, [], block) for key, block in config.blocks.items()
-             if key in blocks.blocks}
-    assert dict(session.config_values.items()) == eager
-    session.config_values[first_key] = {"replaced": True}
-    assert session.config_values[first_key] == {"replaced": True}

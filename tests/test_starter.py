@@ -4,7 +4,7 @@ from COCO val2017 with the default model (the real Hub layouts, on the loopback 
 from __future__ import annotations
 
 import pytest
-from test_hub_coco import make_coco, publish_coco
+from coco_fixtures import make_coco, publish_coco
 from tiny_models import save_tiny_clip
 
 from clipsearch.encoder import DEFAULT_MODEL

@@ -1,0 +1,46 @@
+"""The workarounds of Gradio's internals in clipsearch.ui: per-session component configs computed lazily (each equal
+to what Gradio computes) and a cap on kept sessions, so raw-HTTP calls do not pile up memory."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from helpers import call, rss_mb
+
+
+def test_lazy_session_configs_equal_what_gradio_computes(app_server):
+    """clipsearch.ui makes Gradio's per-session component configs lazy; every one must equal Gradio's own."""
+    from gradio.state_holder import SessionState
+
+    from clipsearch.ui import _LazyConfigValues, build_ui
+
+    blocks = build_ui(app_server[1])
+    session = SessionState(blocks)
+    assert isinstance(session.config_values, _LazyConfigValues)
+    first_key = next(iter(blocks.blocks))
+    assert first_key in session.config_values and len(session.config_values) == len(blocks.blocks)
+    config = blocks.default_config
+    eager = {key: config.config_for_block(key, [], block) for key, block in config.blocks.items()
+             if key in blocks.blocks}
+    assert dict(session.config_values.items()) == eager
+    session.config_values[first_key] = {"replaced": True}
+    assert session.config_values[first_key] == {"replaced": True}
+
+
+def test_raw_api_calls_do_not_pile_up_sessions(app_server):
+    """Every raw-HTTP call is a new Gradio session holding a copy of the UI's config (~135 KB); only the newest 500
+    are kept (clipsearch.ui.launch), so a steady stream of calls reaches a ceiling instead of growing ~1.3 GB."""
+    url = app_server[0]
+
+    def calls(first: int, count: int) -> None:
+        with ThreadPoolExecutor(4) as pool:
+            kinds_ = list(pool.map(lambda n: call(url, "search_text", [f"a green cross {n}", 1])[0],
+                                   range(first, first + count)))
+        assert set(kinds_) == {"complete"}
+
+    calls(0, 650)  # fills the session store
+    before = rss_mb()
+    calls(1000, 500)
+    grown = rss_mb() - before
+    assert grown < 30, f"resident memory grew {grown:.0f} MB over 500 more calls"
+
