@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, scan_cache_dir
+from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url, scan_cache_dir
 from huggingface_hub.errors import (
     CacheNotFound,
     EntryNotFoundError,
@@ -18,9 +18,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
 from .errors import first_line, hub_unreachable
-from .gallery import Gallery, ThumbnailStore, holds_vectors
+from .gallery import Gallery, ThumbnailStore, ThumbnailUnavailable, holds_vectors
 from .manifest import (
     EMBEDDINGS,
     MANIFEST,
@@ -124,11 +125,11 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
 class RemotePacks:
     """Thumbnail packs of a pinned download that were not local when the app started serving.
 
-    Until a pack is local, a thumbnail is read with an HTTP range request for exactly its bytes (HfFileSystem at the
-    pinned commit: huggingface_hub's own session, auth, redirects and retries). A background thread downloads the
-    packs with hf_hub_download into the HF cache, one after the other, checks each one's size and sha256 against the
-    manifest and then serves it from disk; a pack that fails is refused (never served, its thumbnails show a
-    placeholder, the log says why) and its cached copy is removed so the next start fetches it again.
+    Until a pack is local, a thumbnail is read with an HTTP range request for exactly its bytes (read_range). A
+    background thread downloads the packs with hf_hub_download into the HF cache, one after the other, checks each
+    one's size and sha256 against the manifest and then serves it from disk; a pack that fails is refused (never
+    served, its thumbnails show a placeholder, the log says why) and its cached copy is removed so the next start
+    fetches it again.
     """
 
     def __init__(self, repo_id: str, commit: str, packs: dict[str, FileEntry], *, endpoint: str | None,
@@ -140,11 +141,21 @@ class RemotePacks:
         self.refused: list[str] = []
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
-        fs = HfFileSystem(endpoint=self.endpoint, token=self.token)  # fsspec caches one instance per thread
-        with fs.open(f"datasets/{self.repo_id}/{name}", "rb", revision=self.commit, cache_type="none",
-                     size=self.packs[name].size) as handle:
-            handle.seek(offset)
-            return handle.read(size)
+        """Exactly bytes [offset, offset + size) of pack `name` at the pinned commit: one GET with a Range header
+        through huggingface_hub's session (its headers, auth, redirects to the CDN, one retry). A server that
+        ignores the Range (200: the whole file) is refused before its body is read: never 512 MB for 15 KB."""
+        if size == 0:
+            return b""
+        url = hf_hub_url(self.repo_id, name, repo_type="dataset", revision=self.commit, endpoint=self.endpoint)
+        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={offset}-{offset + size - 1}",
+                   "Accept-Encoding": "identity"}
+        with http_stream_backoff("GET", url, headers=headers, max_retries=1,
+                                 timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+            hf_raise_for_status(response)
+            if response.status_code != 206:
+                raise ThumbnailUnavailable(f"the Hub answered {response.status_code}, not 206, to a range request "
+                                           f"for {size} bytes of {name}; not read")
+            return response.read()
 
     def start(self, store: ThumbnailStore, stamp_dir: Path | None) -> threading.Thread:
         """The background fetch; it begins on resume() (or after PACKS_WAIT_SECONDS)."""

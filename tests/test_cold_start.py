@@ -212,3 +212,16 @@ def test_the_app_starts_the_background_fetch_once_its_model_is_loaded(hub, packe
     assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
     hits = service.searcher.search_text("a red circle", 3)
     assert len(hits) == 3 and all(Path(hit.thumbnail).name != PLACEHOLDER for hit in hits)
+
+
+def test_a_hub_that_ignores_the_range_header_is_not_read_whole(hub, published, packed_artifacts, tmp_path,
+                                                               monkeypatch, caplog):
+    import hub_server
+
+    gallery, _ = _open(hub, tmp_path)
+    monkeypatch.setattr(hub_server, "_parse_range", lambda header, total: None)  # 200 with the whole pack
+    row = _rows_of(gallery, 1)[0]
+    with caplog.at_level(logging.WARNING, logger="clipsearch.gallery"):
+        assert gallery.thumbnails.path(row).name == PLACEHOLDER
+    assert "not 206" in caplog.text
+    assert not (gallery.thumbnails.cache_dir / f"{row}.jpg").exists()
