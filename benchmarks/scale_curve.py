@@ -4,8 +4,9 @@
     python benchmarks/scale_curve.py --sizes 10000,123287             # a quick look
     python benchmarks/scale_curve.py --sizes 10000000                 # 10M: compressed indexes only (RAM)
 
-Writes benchmarks/results/scale_curve.md (the table) and scale_curve.png (p50 and recall@5 against size, drawn
-with PIL: no plotting dependency). Pass --no-write to only print.
+Writes benchmarks/results/scale_curve.json (the rows and runs, as data), scale_curve.md (the table) and
+scale_curve.png (p50 and recall@5 against size, drawn with PIL: no plotting dependency); --merge keeps the rows of
+other sizes from scale_curve.json. Pass --no-write to only print, --results DIR to write elsewhere.
 
 The vectors are synthetic but shaped like CLIP image embeddings, not uniform noise (on which every ANN index is
 at its worst): dim 512, L2-normalised, a mixture of 1,000 Gaussian clusters of uneven size around a shared mean
@@ -33,14 +34,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import faiss
@@ -52,6 +53,8 @@ from faiss.contrib.ivf_tools import add_preassigned
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine  # noqa: E402
 
+from builder.index import HNSW_EF_CONSTRUCTION, choose_index, tune_params  # noqa: E402
+
 DIM = 512
 K = 5
 TARGET_RECALL = 0.98
@@ -60,6 +63,7 @@ TARGET_P50_MS = 10.0
 CHUNK = 250_000
 TUNE_QUERIES, EVAL_QUERIES = 500, 1000
 CHOICE = "**builder's choice**"
+NOT_RUN_HERE = "not run at this size in these runs"
 ASSIGN_EF_SEARCH = 128  # HNSW coarse quantizer's efSearch when adding vectors to lists (see add_to_lists)
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -119,6 +123,14 @@ class Row:
     cpu_p50_ms: float | None = None
     recall: float | None = None
     note: str = ""
+    choice: bool = False  # the builder's choice at this size (set when the table is written)
+    estimate: str = ""  # "; estimate from ..." for an index not run at this size (set by extrapolate)
+
+    @property
+    def shown_note(self) -> str:
+        """The table's note cell: the choice mark, the note, then the estimate."""
+        note = CHOICE + ("; " + self.note if self.note else "") if self.choice else self.note
+        return note + self.estimate
 
     @property
     def meets(self) -> bool:
@@ -135,21 +147,21 @@ CANDIDATES = ("Flat", "auto", "HNSW32", "IVF-SQ8", "IVF-SQfp16")
 DEFAULT_CANDIDATES = "Flat,auto,IVF-SQ8,IVF-SQfp16"
 
 
-def candidates(n: int, auto: tuple[str, str, str], wanted: list[str]) -> list[tuple[str, str, str, float]]:
+def candidates(n: int, auto: tuple[str, str], wanted: list[str]) -> list[tuple[str, str, str, float]]:
     """(name, FAISS factory, the search parameter to tune or "=PARAMS" to use as given, bytes per vector in RAM).
 
-    "auto" is the builder's own choice for n (builder_choice), built as build_index builds it and searched with
-    its parameters as given; it is left out where another candidate is the same index. HNSW32 is FAISS's default
-    graph (efConstruction 40). Up to 4,096 lists the IVF coarse quantizer is exact (0.3 ms per query at 4,096);
-    beyond, an HNSW graph over the centroids (adding 10M vectors to 16,384 exact centroids is ~170 TFLOP), searched
-    with quantizer_efSearch >= 2*nprobe: at its default of 16 it misses lists and caps recall (0.95 with every
-    list probed).
+    "auto" is the builder's own choice for n (builder.index.choose_index), built as build_index builds it and its
+    search effort tuned by builder.index.tune_params; it is left out where another candidate is the same index.
+    HNSW32 is FAISS's default graph (efConstruction 40). Up to 4,096 lists the IVF coarse quantizer is exact (0.3 ms
+    per query at 4,096); beyond, an HNSW graph over the centroids (adding 10M vectors to 16,384 exact centroids is
+    ~170 TFLOP), searched with quantizer_efSearch >= 2*nprobe: at its default of 16 it misses lists and caps recall
+    (0.95 with every list probed).
     """
     nlist = nlist_for(n)
     ivf = f"IVF{nlist}" if nlist <= 4096 else f"IVF{nlist}_HNSW32"
     rows = [("Flat", "Flat", "", 4 * DIM), ("HNSW32", "HNSW32", "efSearch", 4 * DIM + 300),
             ("IVF-SQ8", f"{ivf},SQ8", "nprobe", DIM + 8), ("IVF-SQfp16", f"{ivf},SQfp16", "nprobe", 2 * DIM + 8)]
-    factory, params, _ = auto
+    factory, params = auto
     if factory not in {r[1] for r in rows} or params:
         code = 2 * DIM if "SQfp16" in factory else DIM if "SQ8" in factory else 4 * DIM
         rows.insert(1, ("auto", factory, "=" + params, code + (300 if factory.startswith("HNSW") else 8)))
@@ -287,7 +299,7 @@ def available_bytes() -> int:
     return 2**62
 
 
-def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str, str], args, folder: Path,
+def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str], args, folder: Path,
              log) -> list[Row]:
     started = time.perf_counter()
     truth = exact_top(vectors, n, queries)
@@ -312,7 +324,7 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
         index = faiss.index_factory(DIM, factory, faiss.METRIC_INNER_PRODUCT)
         build = 0.0
         if graph and name == "auto":  # as build_index builds it
-            index.hnsw.efConstruction = max(index.hnsw.efConstruction, _builder_ef_construction())
+            index.hnsw.efConstruction = max(index.hnsw.efConstruction, HNSW_EF_CONSTRUCTION)
         if not index.is_trained:
             ivf = faiss.extract_index_ivf(index)
             if ivf.nlist not in coarse:
@@ -338,13 +350,11 @@ def run_size(n: int, vectors: Vectors, queries: np.ndarray, auto: tuple[str, str
             row.params = knob[1:]
             if row.params:
                 faiss.ParameterSpace().set_index_parameters(index, row.params)
-            tuner = _builder_tuner()
-            if tuner is not None and row.params:  # build_index(..., "auto") tunes its search effort the same way
-                row.params = tuner(index, row.params, tune_q, tune_truth)
+            if row.params:  # build_index(..., "auto") tunes its search effort the same way
+                row.params = tune_params(index, row.params, tune_q, tune_truth)
             row.note = "as the builder builds it" + (f" (efConstruction {index.hnsw.efConstruction})"
-                                                     if graph else "") + (
-                "; effort tuned by the builder's rule (builder.index.tune_params)" if tuner else
-                "; params as given, not tuned")
+                                                     if graph else "") + \
+                "; effort tuned by the builder's rule (builder.index.tune_params)"
             row.recall = recall(index.search(eval_q, K)[1], eval_truth)
         elif knob:
             row.params, tuned = tune(index, knob, tune_q, tune_truth)
@@ -390,26 +400,11 @@ def add_to_lists(index, vectors: Vectors, n: int, coarse: dict, log) -> float:
     return seconds + time.perf_counter() - started
 
 
-def _builder_tuner():
-    try:
-        from builder.index import tune_params
-    except ImportError:
-        return None
-    return tune_params
-
-
-def _builder_ef_construction() -> int:
-    try:
-        from builder.index import HNSW_EF_CONSTRUCTION
-    except ImportError:
-        return 40
-    return int(HNSW_EF_CONSTRUCTION)
-
-
 def extrapolate(rows: list[Row]) -> None:
     """For indexes not run at a size, an estimate from the biggest size the same index ran at, said to be one."""
     for row in rows:
-        if row.p50_ms is not None or "estimate" in row.note or not (row.name == "Flat" or "HNSW" in row.factory):
+        row.estimate = ""
+        if row.p50_ms is not None or not (row.name == "Flat" or "HNSW" in row.factory):
             continue
         ran = [r for r in rows if r.factory.split("IVF")[0] == row.factory.split("IVF")[0] and r.name == row.name
                and r.p50_ms is not None and r.size < row.size]
@@ -420,39 +415,10 @@ def extrapolate(rows: list[Row]) -> None:
         memory = base.memory_mb * scale
         size = f"{memory / 1024:,.1f} GiB" if memory >= 1024 else f"{memory:,.0f} MB"
         if row.name == "Flat":  # a scan: time and memory grow linearly
-            row.note += f"; estimate from {_short(base.size)}: p50 CPU ≈ {base.cpu_p50_ms * scale:,.0f} ms, {size}"
+            row.estimate = f"; estimate from {_short(base.size)}: p50 CPU ≈ {base.cpu_p50_ms * scale:,.0f} ms, {size}"
         else:  # graph build ~ n log n
             hours = base.build_s * scale * math.log(row.size) / math.log(base.size) / 3600
-            row.note += f"; estimate from {_short(base.size)}: build ≈ {hours:.1f} h here, {size}"
-
-
-# --- the builder's choice ------------------------------------------------------------------------------------------
-def recommended(n: int) -> str:
-    """This script's reading of its own table, used when builder.index has no choose_index: exact search while a
-    scan stays well under 10 ms on 2 cores (~0.09 ms per 1,000 vectors), then inverted lists with fp16 codes (no
-    measurable recall loss) while the index stays under ~2 GB, and 8-bit codes beyond (10M: 5 GB instead of 10)."""
-    if n <= 50_000:
-        return "Flat"
-    if n <= 2_000_000:
-        return "IVF-SQfp16"
-    return "IVF-SQ8"
-
-
-def builder_choice(n: int) -> tuple[str, str, str]:
-    """(factory, params, where the choice came from): builder.index.choose_index when the builder has one that
-    answers for a bare count, else this script's rule (its params are the ones tuned here)."""
-    try:
-        from builder.index import choose_index
-
-        choice = choose_index(n)
-    except Exception:  # noqa: BLE001 - not there yet, or a different signature: fall back, and say so
-        return {c[0]: c[1] for c in candidates(n)}[recommended(n)], "", "scale_curve.recommended"
-    if isinstance(choice, str):
-        return choice, "", "builder.index.choose_index"
-    if isinstance(choice, tuple):
-        return choice[0], str(choice[1]) if len(choice) > 1 else "", "builder.index.choose_index"
-    params = getattr(choice, "params", "") or getattr(choice, "search_params", "")
-    return str(getattr(choice, "factory", choice)), params, "builder.index.choose_index"
+            row.estimate = f"; estimate from {_short(base.size)}: build ≈ {hours:.1f} h here, {size}"
 
 
 # --- output --------------------------------------------------------------------------------------------------------
@@ -460,7 +426,7 @@ def fmt(value, pattern: str) -> str:
     return "—" if value is None else format(value, pattern)
 
 
-def markdown(rows: list[Row], runs: list[str], choices: dict) -> str:
+def markdown(rows: list[Row], runs: list[dict], choices: dict[int, tuple[str, str]]) -> str:
     lines = [
         "# Index scale curve",
         "",
@@ -483,7 +449,7 @@ def markdown(rows: list[Row], runs: list[str], choices: dict) -> str:
         "(assigning vectors to lists: ~26 s per million).",
         "",
         "Runs:",
-        *[f"- {run}" for run in runs],
+        *[f"- {run['line']}" for run in runs],
         "",
         "| vectors | index | FAISS factory | search params | build (s) | index size (MB) | p50 (ms) | p95 (ms) "
         "| p50 CPU (ms) | recall@5 vs exact | meets target | note |",
@@ -494,10 +460,9 @@ def markdown(rows: list[Row], runs: list[str], choices: dict) -> str:
             f"| {row.size:,} | {row.name} | `{row.factory}` | {row.params or '—'} | {fmt(row.build_s, '.1f')} | "
             f"{fmt(row.memory_mb, ',.0f')} | {fmt(row.p50_ms, '.2f')} | {fmt(row.p95_ms, '.2f')} | "
             f"{fmt(row.cpu_p50_ms, '.2f')} | {fmt(row.recall, '.4f')} | "
-            f"{'yes' if row.meets else ('no' if row.recall is not None else '—')} | {row.note} |")
-    sources = sorted({source for _, _, source in choices.values()})
-    lines += ["", f"Builder's choice (from `{'`, `'.join(sources)}`): " + "; ".join(
-        f"{_short(n)} → `{factory}`" + (f" {params}" if params else "") for n, (factory, params, _) in choices.items())
+            f"{'yes' if row.meets else ('no' if row.recall is not None else '—')} | {row.shown_note} |")
+    lines += ["", "Builder's choice (from `builder.index.choose_index`): " + "; ".join(
+        f"{_short(n)} → `{factory}`" + (f" {params}" if params else "") for n, (factory, params) in choices.items())
         + "."]
     return "\n".join(lines) + "\n"
 
@@ -591,16 +556,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", default=None, help="keep the memory-mapped vectors (4 GB per 1M) and exact "
                         "answers in this folder, for later runs (default: a temporary folder, removed at the end)")
     parser.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in "
-                        "scale_curve.md (e.g. a separate 10M run) and replace those of --sizes")
+                        "scale_curve.json (e.g. a separate 10M run) and replace those of --sizes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder for scale_curve.json, .md and .png (default %(default)s)")
     args = parser.parse_args(argv)
     sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if unknown := set(args.candidates) - set(CANDIDATES):
         parser.error(f"--candidates: unknown {', '.join(sorted(unknown))} (choose from {', '.join(CANDIDATES)})")
     started = time.perf_counter()
-    measuring = {(n, c[0]) for n in sizes for c in candidates(n, builder_choice(n), args.candidates)}
-    kept, runs = read_table(RESULTS / "scale_curve.md", measuring) if args.merge else ([], [])
+    measuring = {(n, c[0]) for n in sizes for c in candidates(n, choose_index(n, DIM), args.candidates)}
+    kept, runs = read_results(args.results / "scale_curve.json", measuring) if args.merge else ([], [])
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f} s] {message}", flush=True)
@@ -617,65 +584,61 @@ def main(argv: list[str] | None = None) -> int:
             log(f"generated {max(sizes):,} vectors in {vectors.seconds:.0f} s")
         for n in sizes:
             log(f"{n:,} vectors")
-            rows.extend(run_size(n, vectors, queries, builder_choice(n), args, Path(scratch), log))
+            rows.extend(run_size(n, vectors, queries, choose_index(n, DIM), args, Path(scratch), log))
             if n != sizes[-1]:  # kept if a later size fails
-                write(kept + rows, runs + [f"{run} (running)"], args, final=False)
+                write(kept + rows, runs + [{"sizes": sizes, "line": f"{run} (running)"}], args, final=False)
         del vectors
     minutes = (time.perf_counter() - started) / 60
-    write(kept + rows, runs + [f"{run}: {minutes:.0f} min, {time.strftime('%Y-%m-%d')}"], args, final=True)
+    write(kept + rows, runs + [{"sizes": sizes, "line": f"{run}: {minutes:.0f} min, {time.strftime('%Y-%m-%d')}"}],
+          args, final=True)
     return 0
 
 
-def write(rows: list[Row], runs: list[str], args, final: bool) -> None:
+def write(rows: list[Row], runs: list[dict], args, final: bool) -> None:
     rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
-    choices = {n: builder_choice(n) for n in sorted({r.size for r in rows})}
+    choices = {n: choose_index(n, DIM) for n in sorted({r.size for r in rows})}
     for row in rows:  # mark the builder's choice (again: a merged table may predate the current rule)
-        row.note = row.note.replace(CHOICE + "; ", "").replace(CHOICE, "")
-        factory, params, _ = choices[row.size]
-        if row.factory == factory and (row.name == "auto" or not params):
-            row.note = CHOICE + ("; " + row.note if row.note else "")
-    for n, (factory, params, _) in choices.items():  # a merged size measured before this choice existed
-        if not any(r.size == n and CHOICE in r.note for r in rows):
-            rows.append(Row(n, "auto", factory, params, note=CHOICE + "; not run at this size in these runs"))
+        factory, params = choices[row.size]
+        row.choice = row.factory == factory and (row.name == "auto" or not params)
+    for n, (factory, params) in choices.items():  # a merged size measured before this choice existed
+        if not any(r.size == n and r.choice for r in rows):
+            rows.append(Row(n, "auto", factory, params, note=NOT_RUN_HERE, choice=True))
     rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
     extrapolate(rows)
     table = markdown(rows, runs, choices)
     if final:
         print(table)
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "scale_curve.md").write_text(table if final else table + "\n(partial: still running)\n")
-        plot(rows, RESULTS / "scale_curve.png")
+        args.results.mkdir(parents=True, exist_ok=True)
+        measured = [r for r in rows if r.note != NOT_RUN_HERE]  # placeholders are made again from the rule
+        (args.results / "scale_curve.json").write_text(json.dumps(
+            {"partial": not final, "runs": runs, "rows": [row_data(r) for r in measured]}, indent=1,
+            ensure_ascii=False) + "\n")
+        (args.results / "scale_curve.md").write_text(table if final else table + "\n(partial: still running)\n")
+        plot(rows, args.results / "scale_curve.png")
         if final:
-            print(f"wrote {RESULTS / 'scale_curve.md'} and {RESULTS / 'scale_curve.png'}")
+            print(f"wrote {args.results / 'scale_curve.json'}, {args.results / 'scale_curve.md'} and "
+                  f"{args.results / 'scale_curve.png'}")
 
 
-def read_table(path: Path, replaced: set[tuple[int, str]]) -> tuple[list[Row], list[str]]:
-    """The rows of an earlier scale_curve.md that this run does not measure again (by size and index), and the
+DERIVED = ("choice", "estimate")  # recomputed whenever the table is written, so not kept
+
+
+def row_data(row: Row) -> dict:
+    return {name: value for name, value in asdict(row).items() if name not in DERIVED}
+
+
+def read_results(path: Path, replaced: set[tuple[int, str]]) -> tuple[list[Row], list[dict]]:
+    """The rows of an earlier scale_curve.json that this run does not measure again (by size and index), and the
     runs that made them."""
     if not path.exists():
         return [], []
-    text = path.read_text()
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 12 or not cells[0].replace(",", "").isdigit():
-            continue
-        size = int(cells[0].replace(",", ""))
-        if (size, cells[1]) in replaced:
-            continue
-        numbers = [None if c in ("—", "") else float(c.replace(",", "")) for c in cells[4:10]]
-        note = cells[11].split("; estimate from")[0]
-        if "not run at this size in these runs" in note:
-            continue  # a placeholder, made again if still needed
-        rows.append(Row(size, cells[1], cells[2].strip("`"), "" if cells[3] == "—" else cells[3], *numbers,
-                        note=note))
-    runs = [line[2:] for line in text.splitlines() if line.startswith("- `python benchmarks/scale_curve.py")]
-    for old in re.finditer(r"(`python benchmarks/scale_curve.py --sizes [\d,]+`) on .*?; (\d+) min in all", text):
-        runs.append(f"{old.group(1)}: {old.group(2)} min")  # the first format of this file
+    data = json.loads(path.read_text())
+    known = {f.name for f in fields(Row)} - set(DERIVED)
+    rows = [Row(**{k: v for k, v in row.items() if k in known}) for row in data["rows"]
+            if (row["size"], row["name"]) not in replaced]
     kept_sizes = {r.size for r in rows}
-    runs = [r for r in runs if kept_sizes & {int(x) for x in r.split("--sizes ")[1].split("`")[0].split(",")}]
-    return rows, runs
+    return rows, [run for run in data["runs"] if kept_sizes & set(run["sizes"])]
 
 
 if __name__ == "__main__":
