@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -52,6 +53,7 @@ PAGE_JS = r"""
 (() => {
   const marks = [];
   const bench = window.__bench = {marks, completed: []};
+  performance.setResourceTimingBufferSize(1000000);  // the default 250 entries fill up within a few searches
   const mark = (what, extra) => marks.push({t: performance.now(), what, ...(extra || {})});
   // Gradio's queue answers on a server-sent-event stream read with fetch (GET .../queue/data): read a tee of it.
   const onEvent = (text) => {
@@ -73,7 +75,10 @@ PAGE_JS = r"""
     } catch (err) {}
     const t = performance.now();
     marks.push({t, what: 'sse:' + msg, bytes: text.length});
-    if (msg === 'process_completed') bench.completed.push({t, urls, bytes: text.length});
+    if (msg === 'process_completed') {
+      bench.completed.push({t, urls, bytes: text.length});
+      if (bench.onAnswer) bench.onAnswer();
+    }
   };
   const readStream = async (body) => {
     const reader = body.getReader();
@@ -118,15 +123,14 @@ PAGE_JS = r"""
   const afterPaint = () => new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
 
   // Resolves when the newest answer after t0 is on screen: its thumbnails (by URL) are the grid's, loaded and
-  // decoded, and a frame has been painted since. For image mode, clicks the button once the preview has loaded
-  // unless the page already started a search by itself.
-  bench.wait = (t0, mode, want, clickName) => new Promise((resolve, reject) => {
+  // decoded, and a frame has been painted since. For image mode with a clickName, clicks that button the moment
+  // the preview has loaded.
+  bench.wait = (t0, mode, want, clickName, timeoutMs = 30000) => new Promise((resolve, reject) => {
     let done = false, clicked = null, previewAt = null, domAt = null, checking = false;
     const timer = setTimeout(() => {
       done = true;
       reject(new Error('timeout: ' + JSON.stringify(marks.filter((m) => m.t >= t0).map((m) => m.what))));
-    }, 30000);
-    const joinedSince = () => marks.some((m) => m.t >= t0 && m.what === 'fetch' && m.url.includes('/queue/join'));
+    }, timeoutMs);
     const check = async () => {
       if (done || checking) return;
       checking = true;
@@ -135,8 +139,7 @@ PAGE_JS = r"""
           const preview = document.querySelector('[data-testid=image] .image-frame img');
           if (preview && preview.complete && preview.naturalWidth > 0 && preview.src.includes(want)) {
             previewAt = performance.now();
-            await new Promise((r) => requestAnimationFrame(r));
-            if (!joinedSince()) {
+            if (clickName) {
               clicked = performance.now();
               const button = Array.from(document.querySelectorAll('button'))
                 .find((b) => b.textContent.trim() === clickName);
@@ -164,15 +167,17 @@ PAGE_JS = r"""
                  answerBytes: answer.bytes, shown: mine.length});
       } finally {
         checking = false;
-        if (!done) setTimeout(check, 0);  // re-check once more: a change may have come while this ran
       }
     };
+    // No polling (a per-frame loop would itself load the CPU the app shares): DOM changes, image loads and the
+    // answer's arrival are the moments anything can have changed; a slow fallback catches a missed one.
     const observer = new MutationObserver(check);
     observer.observe(document.body, {subtree: true, childList: true, attributes: true,
                                      attributeFilter: ['src', 'class']});
     document.addEventListener('load', check, true);
-    const poll = () => { if (!done) { check(); requestAnimationFrame(poll); } };
-    requestAnimationFrame(poll);
+    bench.onAnswer = check;
+    const fallback = () => { if (!done) { check(); setTimeout(fallback, 250); } };
+    setTimeout(fallback, 250);
   });
 })();
 """
@@ -234,19 +239,20 @@ def clear_picture(page) -> None:
         image.locator("input[type=file]").wait_for(state="attached")
 
 
-def image_search(page, picture: Path, button: str) -> dict:
+def image_search(page, picture: Path, button: str | None, timeout_ms: int = 30_000) -> dict:
     clear_picture(page)
     page.evaluate("() => new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)))")
     page.evaluate("() => { window.__bench.pending = null; }")
     # t0 is the file input's change event, recorded in the page; start waiting from just before it
     start = page.evaluate("() => performance.now()")
     page.evaluate(f"""() => {{
-        window.__bench.pending = window.__bench.wait({start}, 'image', {json.dumps(picture.name)}, {json.dumps(button)})
+        window.__bench.pending = window.__bench.wait({start}, 'image', {json.dumps(picture.name)},
+                                                     {json.dumps(button)}, {timeout_ms})
             .then((r) => {{ window.__bench.result = r; }}, (e) => {{ window.__bench.result = {{error: String(e)}}; }});
         window.__bench.result = null;
     }}""")
     page.get_by_test_id("image").locator("input[type=file]").set_input_files(picture)
-    page.wait_for_function("() => window.__bench.result !== null", timeout=60_000)
+    page.wait_for_function("() => window.__bench.result !== null", timeout=timeout_ms + 30_000)
     result = page.evaluate("() => window.__bench.result")
     if "error" in result:
         raise RuntimeError(result["error"])
@@ -307,6 +313,38 @@ def trace_summary(traces: list[dict], windows: list[tuple[float, float]]) -> dic
     return by_fn
 
 
+def _processes() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used so far) for every process we can read."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_split(app_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the app, and by everything else this script started (Playwright + Chromium).
+    The load average says how busy the machine is; these say how much work a search is, busy or not."""
+    table = _processes()
+
+    def subtree(root: int) -> set[int]:
+        mine, grew = {root}, True
+        while grew:
+            more = {pid for pid, (parent, _) in table.items() if parent in mine} - mine
+            mine |= more
+            grew = bool(more)
+        return mine
+
+    app = subtree(app_pid)
+    ours = subtree(os.getpid()) - app - {os.getpid()}
+    return sum(table[p][1] for p in app if p in table), sum(table[p][1] for p in ours if p in table)
+
+
 def text_aware_model(cache: Path) -> Path:
     """common.vit_b32_clip's model with its text config's eos_token_id set to its tokenizer's end token.
 
@@ -343,25 +381,40 @@ def run(args) -> dict:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         context, page, errors = page_setup(browser, app.url)
         page.wait_for_timeout(1000)  # let the page settle (fonts, lazy chunks) before the first search
-        windows = []
-        for i, text in enumerate(texts):
+        windows, cpu = [], {}
+        for i, text in enumerate(texts if "text" in args.modes else []):
             if i == args.warmup:
                 windows.append([time.time(), 0])
+                cpu["text"] = cpu_split(app.process.pid)
             result = text_search(page, text)
             if i >= args.warmup:
                 rows["text"].append(summarise(result, page.evaluate(TIMELINE_JS, [result["t0"], result["painted"]])))
-        windows[-1][1] = time.time()
+        if "text" in args.modes:
+            windows[-1][1] = time.time()
+            cpu["text"] = [b - a for a, b in zip(cpu["text"], cpu_split(app.process.pid))]
         loads.append(Path("/proc/loadavg").read_text().strip())
-        page.get_by_role("tab", name=IMAGE_TAB).click()
-        page.get_by_test_id("image").wait_for(state="visible")
-        for i, picture in enumerate(pictures):
+        if "image" in args.modes:
+            page.get_by_role("tab", name=IMAGE_TAB).click()
+            page.get_by_test_id("image").wait_for(state="visible")
+        # Does the page search as soon as a picture is chosen? The first warm-up picture says: no answer within
+        # 5 s without a click means the visitor has to press "Find similar images" (then pressed at once, always).
+        button = None
+        try:
+            if "image" in args.modes:
+                image_search(page, pictures[0], None, timeout_ms=5000)
+        except RuntimeError:
+            button = "Find similar images"
+        for i, picture in enumerate(pictures[1:] if "image" in args.modes else [], start=1):
             if i == args.warmup:
                 windows.append([time.time(), 0])
-            result = image_search(page, picture, "Find similar images")
+                cpu["image"] = cpu_split(app.process.pid)
+            result = image_search(page, picture, button)
             if i >= args.warmup:
                 rows["image"].append(summarise(result, page.evaluate(TIMELINE_JS,
                                                                      [result["t0"], result["painted"]])))
-        windows[-1][1] = time.time()
+        if "image" in args.modes:
+            windows[-1][1] = time.time()
+            cpu["image"] = [b - a for a, b in zip(cpu["image"], cpu_split(app.process.pid))]
         loads.append(Path("/proc/loadavg").read_text().strip())
         page.screenshot(path=str(args.cache / f"browser-latency-{args.label}.png"), full_page=True)
         context.close()
@@ -373,10 +426,14 @@ def run(args) -> dict:
     out = {"label": args.label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
            "machine": machine(), "loadavg": loads, "queries": args.queries, "server": server, "modes": {}}
     for mode, mine in rows.items():
+        if not mine:
+            continue
         totals = [r["total"] for r in mine]
         out["modes"][mode] = {
             "p50": statistics.median(totals), "p95": percentile(totals, 0.95), "n": len(totals),
-            "clicked": sum(1 for r in mine if r["clicked"] is not None),
+            "pressed": sum(1 for r in mine if r["clicked"] is not None),
+            # CPU per search over the timed queries, clearing the picture between image queries included
+            "cpu_app": 1000 * cpu[mode][0] / len(mine), "cpu_browser": 1000 * cpu[mode][1] / len(mine),
             **{key: med(mine, key) for key in ("upload_sent", "upload_done", "preview", "clicked", "join_sent",
                                                "join_done", "process_starts", "answer", "dom", "loaded",
                                                "answer_bytes", "all_answers_bytes", "sse_messages", "requests",
@@ -407,6 +464,8 @@ def table(results: dict[str, dict]) -> str:
             lambda r, m=mode: f"**{fmt(r['modes'][m]['p50'], digits=1)}**")
         row(f"{mode}: p95 ms", lambda r, m=mode: fmt(r["modes"][m]["p95"], digits=1))
         row(f"{mode}: queries timed", lambda r, m=mode: str(r["modes"][m]["n"]))
+    row("image: the script pressed the button (no search on upload)",
+        lambda r: "yes" if r["modes"]["image"].get("pressed") else "no")
     lines.append("| *breakdown, medians, ms from t0* | " + " | " * len(labels))
     steps = [("image", "upload request sent", "upload_sent"), ("image", "upload done", "upload_done"),
              ("image", "preview loaded", "preview"), ("image", "button pressed by the script", "clicked"),
@@ -421,6 +480,8 @@ def table(results: dict[str, dict]) -> str:
         row(f"{mode}: {name}", lambda r, m=mode, k=key: fmt(r["modes"][m].get(k), digits=1))
     lines.append("| *per search, medians* | " + " | " * len(labels))
     for mode in ("text", "image"):
+        row(f"{mode}: CPU ms per search, app / browser (mean)",
+            lambda r, m=mode: f"{fmt(r['modes'][m].get('cpu_app'))} / {fmt(r['modes'][m].get('cpu_browser'))}")
         row(f"{mode}: HTTP requests started", lambda r, m=mode: fmt(r["modes"][m]["requests"]))
         row(f"{mode}: SSE messages", lambda r, m=mode: fmt(r["modes"][m]["sse_messages"]))
         row(f"{mode}: answer size (process_completed), bytes",
@@ -449,6 +510,7 @@ def main() -> None:
     parser.add_argument("--app-root", help="serve the app.py/clipsearch found here instead of this checkout")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench" / "browser",
                         help="its own folder: the model here differs from common.vit_b32_clip's (text_aware_model)")
+    parser.add_argument("--modes", default="text,image", help="comma-separated: text, image")
     parser.add_argument("--no-save", action="store_true", help="print only; keep the stored results as they are")
     args = parser.parse_args()
     started = time.perf_counter()

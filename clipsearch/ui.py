@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 
@@ -12,6 +13,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from .gallery import LOCAL, PLACEHOLDER, ThumbnailStore
 from .images import ImageError
 from .published import KARPATHY, recall_label, recall_results, skipped_karpathy
 from .query import Filters, Query, compose, with_feedback
@@ -194,6 +196,10 @@ def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
 def hits_data(hits: list[Hit]) -> list[dict]:
     """The API's view of a hit: everything but the server-side thumbnail path."""
     return [{key: value for key, value in hit.to_dict().items() if key not in ("thumbnail", "row")} for hit in hits]
+
+
+def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
+    return [(f"#{hit['rank']} {hit['caption'][:48]}", hit["image_id"]) for hit in hits]
 
 
 def details_markdown(hit: dict) -> str:
@@ -431,7 +437,7 @@ def build_ui(service: Service) -> gr.Blocks:
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector ---
     def ui_search(text, picture, extra_text, extras, image_weight, negative, negative_weight, categories, match,
-                  splits, collapse, diversity, min_score, k, from_image: bool):
+                  splits, collapse, diversity, min_score, k, feedback_is_open, from_image: bool):
         images = ([picture] if from_image and picture else []) + [f for f in (extras or [])]
         if from_image and not picture:
             raise gr.Error("Please upload, paste or take a picture first.")
@@ -442,9 +448,9 @@ def build_ui(service: Service) -> gr.Blocks:
             hits, state = _run(query, categories, match == "all", splits, shape, k, 0)
         except (QueryError, ImageError) as error:
             raise gr.Error(str(error)) from None
-        return _page_outputs(hits, state)
+        return _page_outputs(hits, state, feedback_is_open)
 
-    def ui_next_page(state):
+    def ui_next_page(state, feedback_is_open):
         if not state:
             raise gr.Error("Search first, then ask for more results.")
         state = {**state, "page": state["page"] + 1}
@@ -452,7 +458,7 @@ def build_ui(service: Service) -> gr.Blocks:
             hits = _from_state(state)
         except QueryError as error:
             raise gr.Error(str(error)) from None
-        return _page_outputs(hits, state)
+        return _page_outputs(hits, state, feedback_is_open)
 
     def ui_feedback(state, liked, disliked):
         if not state:
@@ -465,16 +471,32 @@ def build_ui(service: Service) -> gr.Blocks:
             hits = _from_state(state)
         except QueryError as error:
             raise gr.Error(str(error)) from None
-        return _page_outputs(hits, state)
+        return _page_outputs(hits, state, True)
 
-    def _page_outputs(hits, state):
+    def _page_outputs(hits, state, feedback_is_open: bool):
+        """Only what a visitor sees changes. The map is not an output: its frame is ~260 KB of JSON (3,000 points)
+        that every search used to send and the browser to re-plot, hidden tab or not; the Map tab draws the latest
+        results when opened. The feedback lists are filled only while their panel is open (else when it opens)."""
         first = state["page"] * state["k"] + 1
         label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
-        choices = [(f"#{hit.rank} {hit.caption[:48]}", hit.image_id) for hit in hits]
         data = hits_data(hits)
+        marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
         return (gr.update(value=gallery_items(hits), label=label), data, state,
-                gr.update(visible=len(hits) == state["k"]), gr.update(choices=choices, value=[]),
-                gr.update(choices=choices, value=[]), embedding_map.frame(data) if embedding_map else None)
+                gr.update(visible=len(hits) == state["k"]), marks, marks)
+
+    def open_feedback(hits_now):
+        marks = gr.update(choices=feedback_choices(hits_now or []), value=[])
+        return True, marks, marks
+
+    def ui_image_search(*args):
+        """The picture changed (dropped, picked, pasted, captured or an example chosen): search at once; a cleared
+        picture leaves the results as they are."""
+        if not args[1]:
+            return tuple(gr.skip() for _ in paged)
+        return ui_search(*args, from_image=True)
+
+    def map_frame(hits_now):
+        return embedding_map.frame(hits_now or None)
 
     def ui_map_region(event: gr.SelectData):
         if embedding_map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
@@ -513,7 +535,8 @@ def build_ui(service: Service) -> gr.Blocks:
                         "text, so search by description is off.")
         if service.source.notice:
             gr.Markdown(f"⚠️ {service.source.notice}")
-        with gr.Tabs(selected="text" if has_text else "image"):
+        # "wrap": on a phone the tabs take a second row instead of hiding behind Gradio's "…" overflow menu.
+        with gr.Tabs(selected="text" if has_text else "image", overflow_behavior="wrap", elem_id="modes"):
             with gr.Tab("Text → Image", id="text", visible=has_text) as text_tab:
                 with gr.Row(equal_height=True):
                     query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
@@ -571,13 +594,14 @@ def build_ui(service: Service) -> gr.Blocks:
             results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
                                  elem_id="results", show_label=True, interactive=False)
             next_page = gr.Button("More results", visible=False, size="sm")
-            with gr.Accordion("Not quite? Mark results and refine", open=False):
+            with gr.Accordion("Not quite? Mark results and refine", open=False) as feedback:
                 with gr.Row():
                     liked = gr.Dropdown([], multiselect=True, label="More like these", scale=2)
                     disliked = gr.Dropdown([], multiselect=True, label="Less like these", scale=2)
                     refine_button = gr.Button("Refine results", scale=1)
             hits = gr.JSON(visible=False, label="hits")
             last_query = gr.State(None)
+            feedback_open = gr.State(False)
             with gr.Group():
                 details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
                 with gr.Row():
@@ -587,13 +611,23 @@ def build_ui(service: Service) -> gr.Blocks:
 
         refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse,
                   diversity, min_score]
-        paged = [results, hits, last_query, next_page, liked, disliked, map_plot]
-        ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui")
+        paged = [results, hits, last_query, next_page, liked, disliked]
+        # Progress shows as a small timer on the results alone: Gradio's full tracker (spinner and a pulsing border on
+        # every output) kept the browser drawing frames throughout the search, on the CPU the search needs.
+        ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui",
+                  show_progress="minimal", show_progress_on=results)
         for trigger in (text_button.click, query.submit):
-            trigger(lambda *a: ui_search(*a, from_image=False), [query, picture, *refine, text_k], paged, **ui)
-        image_button.click(lambda *a: ui_search(*a, from_image=True), [query, picture, *refine, image_k], paged,
-                           **ui)
-        next_page.click(ui_next_page, last_query, paged, **ui)
+            trigger(lambda *a: ui_search(*a, from_image=False), [query, picture, *refine, text_k, feedback_open],
+                    paged, **ui)
+        image_button.click(lambda *a: ui_search(*a, from_image=True), [query, picture, *refine, image_k,
+                                                                        feedback_open], paged, **ui)
+        # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
+        # still waiting for its turn.
+        picture.change(ui_image_search, [query, picture, *refine, image_k, feedback_open], paged,
+                       trigger_mode="always_last", **ui)
+        next_page.click(ui_next_page, [last_query, feedback_open], paged, **ui)
+        feedback.expand(open_feedback, hits, [feedback_open, liked, disliked], api_visibility="private")
+        feedback.collapse(lambda: False, None, feedback_open, api_visibility="private", queue=False)
         refine_button.click(ui_feedback, [last_query, liked, disliked], paged, **ui)
 
         # Named API endpoints, on hidden triggers so the visible UI can offer more than the contract's inputs.
@@ -618,6 +652,7 @@ def build_ui(service: Service) -> gr.Blocks:
         about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
         if embedding_map is not None:
             map_plot.select(ui_map_region, None, [results, hits], api_visibility="private")
+            map_tab.select(map_frame, hits, map_plot, api_visibility="private")  # the latest results, marked
         for tab in (text_tab, image_tab, map_tab):
             tab.select(lambda: gr.update(visible=True), None, results_area, api_visibility="private", queue=False)
         results.select(show_details, inputs=hits, outputs=[details, selected, more, similar_k],
@@ -647,6 +682,64 @@ def _example_images(searcher, count: int = 6) -> list[str]:
     return [str(searcher.gallery.thumbnails.path(row)) for row in rows]
 
 
+# --- thumbnails: Gradio's file route, answered here with caching headers (the one workaround of Gradio internals) --
+FILE_ROUTE = "/gradio_api/file="  # gradio.routes (6.31): @router.get("/file={path_or_url:path}") under API_PREFIX
+IMMUTABLE = "public, max-age=31536000, immutable"
+_THUMBNAIL_NAME = re.compile(rf"(\d+)\.jpg|{re.escape(PLACEHOLDER)}")
+
+
+class ThumbnailFiles:
+    """ASGI middleware that answers Gradio's file route for the gallery's thumbnails itself, cacheable for good.
+
+    Written for gradio 6.31, where every result's thumbnail is a GET /gradio_api/file=<absolute path> that Gradio
+    answers generically: it resolves and checks the path against its allowed and blocked lists, stats the file,
+    streams it from a worker thread and sends no Cache-Control, so a browser asks again for thumbnails it already
+    has. These URLs are content-addressed: the folder is named by the hash of the build's manifest (which pins every
+    thumbnail pack's sha256; see clipsearch.hub) and the file by its row, so the bytes behind a URL never change and
+    may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by range
+    request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
+    the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio."""
+
+    def __init__(self, app, store: ThumbnailStore):
+        self.app = app
+        self.store = store
+        folder = store.cache_dir
+        self.folders = {str(folder), os.path.abspath(folder), str(folder.resolve())}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            at = path.find(FILE_ROUTE)
+            if at >= 0 and await self._answer(path[at + len(FILE_ROUTE):], scope, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, target: str, scope, send) -> bool:
+        folder, _, name = target.rpartition("/")
+        named = _THUMBNAIL_NAME.fullmatch(name)
+        if not named or folder not in self.folders:
+            return False
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:  # ~10 KB from the page cache: no thread hop
+                body = handle.read()
+        except OSError:
+            return False  # not materialised (or removed): Gradio answers as it would
+        row = named.group(1)
+        verified = row is None or self.store.state(self.store.pack_of(int(row))) == LOCAL
+        etag = f'"{os.path.basename(folder)}-{name}"'.encode()
+        headers = [(b"cache-control", IMMUTABLE.encode() if verified else b"no-cache"), (b"etag", etag),
+                   (b"x-content-type-options", b"nosniff")]
+        request_headers = dict(scope.get("headers") or [])
+        if request_headers.get(b"if-none-match") == etag:
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        headers += [(b"content-type", b"image/jpeg"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        return True
+
+
 def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs):
     """Queue sized for a 2-vCPU Space: requests wait their turn (and are batched) instead of thrashing the CPU.
 
@@ -656,6 +749,7 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
 
     async def busy(request, error: HTTPException):
         if error.status_code == 503 and str(error.detail).startswith("Queue is full"):  # Gradio's queue, full
@@ -666,6 +760,8 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
 
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}), HTTPException: busy}
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
+                                Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails)]
     # Gradio keeps per-session state (a copy of every component's config, ~135 KB here) for its newest N sessions,
     # and every raw-HTTP API call is a new session: its default of 10,000 held ~1.3 GB. 500 keeps it near 70 MB;
     # a visitor whose session was dropped only loses "More results" paging (a sentence asks to search again).

@@ -119,7 +119,8 @@ def test_text_search_details_and_more_like_this(open_page, app_server):
     expect(details).to_contain_text(f"Image {image_id}", timeout=WAIT)
 
 
-def test_image_search(open_page, app_server, tmp_path):
+def test_image_search_starts_when_the_picture_is_chosen(open_page, app_server, tmp_path):
+    """No button press: choosing the file is enough (as dropping, pasting or capturing a picture is)."""
     from tiny_models import draw_shape
 
     picture = tmp_path / "query.png"
@@ -129,13 +130,52 @@ def test_image_search(open_page, app_server, tmp_path):
     page.get_by_role("tab", name="Image → Image").click()
     image = page.get_by_test_id("image")
     expect(image).to_be_visible(timeout=WAIT)
+    expect(page.locator("#results .thumbnail-item")).to_have_count(0)
     image.locator("input[type=file]").set_input_files(picture)
     expect(image.locator(".image-frame img")).to_have_attribute("src", re.compile(r"query\.png$"), timeout=WAIT)
-
-    page.get_by_role("button", name="Find similar images").click()
     wait_for_results(page)
     expect_ranking(page, expected, "blue square")
     shot(page, "3-image-search")
+
+    # The button still searches again; removing the picture leaves the results (and raises no error).
+    page.get_by_role("button", name="Find similar images").click()
+    wait_for_results(page)
+    image.get_by_role("button", name="Remove Image").click()
+    expect(image.locator(".image-frame img")).to_have_count(0)
+    expect(captions(page)).to_have_count(5)
+
+
+def test_thumbnails_are_cached_for_good(open_page, app_server):
+    """Thumbnail URLs are content-addressed (folder = build's manifest hash, file = row), so they are served
+    immutable for a year: a browser never asks for one again."""
+    thumbnails = app_server[1].searcher.gallery.thumbnails.cache_dir
+    page = open_page(DESKTOP)
+    answers = []
+    page.on("response", lambda response: answers.append(response) if "/gradio_api/file=" in response.url else None)
+    box = page.get_by_label("Describe the image")
+    box.fill("a green triangle")
+    box.press("Enter")
+    wait_for_results(page)
+    expect(page.locator("#results .thumbnail-item img")).to_have_count(5)
+    shown = page.locator("#results .thumbnail-item img").evaluate_all("imgs => imgs.map(i => i.src)")
+    page.wait_for_timeout(200)
+    served = {response.url: response for response in answers}
+    assert set(shown) <= set(served), (shown, list(served))
+    for url in shown:
+        response = served[url]
+        assert f"{thumbnails.name}/" in url, url
+        assert response.status == 200, (url, response.status)
+        headers = response.all_headers()
+        assert headers["cache-control"] == "public, max-age=31536000, immutable", headers
+        assert headers["content-type"] == "image/jpeg" and headers.get("etag"), headers
+    # Asked again (a revisit, as a cache would): the same bytes, the same headers, and 304 for a known ETag.
+    again = page.request.get(shown[0])
+    assert again.status == 200 and again.headers["cache-control"].endswith("immutable")
+    assert again.body() == served[shown[0]].body()
+    unchanged = page.request.get(shown[0], headers={"If-None-Match": again.headers["etag"]})
+    assert unchanged.status == 304
+    # Anything else under the file route is still Gradio's to answer (and to refuse).
+    assert page.request.get(shown[0].replace(".jpg", ".png")).status in (403, 404)
 
 
 def test_map_tab_draws_the_gallery(open_page):
@@ -151,7 +191,7 @@ def test_about_tab(open_page):
     page = open_page(DESKTOP)
     page.get_by_role("tab", name="About").click()
     panel = page.get_by_role("tabpanel")
-    expect(panel.get_by_text("This build")).to_be_visible(timeout=WAIT)
+    expect(panel.get_by_role("heading", name="This build")).to_be_visible(timeout=WAIT)
     expect(panel).to_contain_text("/search_text")
     shot(page, "5-about")
 
@@ -162,6 +202,26 @@ def test_empty_query_shows_validation_message(open_page):
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.get_by_text("Please type a description")).to_be_visible(timeout=WAIT)
     expect(page.locator("#results .thumbnail-item")).to_have_count(0)
+
+
+def test_phone_shows_both_search_modes_without_a_menu(open_page):
+    """At 390 px both modes are tabs in plain sight (Gradio's default would hide one behind its "…" menu)."""
+    page = open_page(PHONE)
+    for name in TABS:
+        tab = page.get_by_role("tab", name=name)
+        expect(tab).to_be_visible(timeout=WAIT)
+        bounds = tab.bounding_box()
+        assert bounds and bounds["x"] >= 0 and bounds["x"] + bounds["width"] <= PHONE["width"], (name, bounds)
+    expect(page.locator(".overflow-menu button")).to_be_hidden()
+    assert_no_horizontal_overflow(page)
+    shot(page, "8-phone-modes")
+
+    page.get_by_role("tab", name="Image → Image").click()
+    expect(page.get_by_role("tab", name="Image → Image")).to_have_attribute("aria-selected", "true")
+    expect(page.get_by_test_id("image")).to_be_visible(timeout=WAIT)
+    page.get_by_role("tab", name="Text → Image").click()
+    expect(page.get_by_label("Describe the image")).to_be_visible(timeout=WAIT)
+    assert_no_horizontal_overflow(page)
 
 
 def test_phone_layout(open_page):
