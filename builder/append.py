@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipsearch.encoder import DEFAULT_MODEL, Encoder, pick_device
+from clipsearch.encoder import DEFAULT_MODEL, Encoder
 from clipsearch.manifest import (
     EMBEDDINGS,
     INDEX,
@@ -35,7 +35,8 @@ from clipsearch.manifest import (
 from .embed import embed_shards, shard_ranges
 from .evaluate import evaluate
 from .index import build_index
-from .pack import SCHEMA, pack, project_2d
+from .pack import SCHEMA, pack, project_2d, write_metadata
+from .plan import BuildPlan
 from .sources import ImageFolderSource, Source
 
 log = logging.getLogger("builder")
@@ -73,44 +74,41 @@ def new_records(source: Source, table: pa.Table) -> int:
     return len(source.records)
 
 
-def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
-    """Embed `source`'s new images with the index's own model and write the combined artifact set into `out`.
+def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
+    """Embed `source`'s new images with the index's own model and write the combined artifact set into plan.out.
 
     Everything is assembled in a staging folder first (old thumbnail packs hard-linked, so nothing big is copied)
     and moved into `out` with the manifest last; a run killed at any point is finished by running it again.
     """
-    started = time.perf_counter()
+    started, out = time.perf_counter(), plan.out
     if not (out / MANIFEST).exists() and (staged := _finished_stage(out)):
         log.info("completing an append that was interrupted while its files were being moved into place")
         return _commit(staged, out)
     base = Manifest.read(out)
     verify_files(out, base)
     model = base.model
-    if args.model not in (DEFAULT_MODEL, model["model_id"]):
+    if plan.model not in (DEFAULT_MODEL, model["model_id"]):
         raise ArtifactError(f"--append: the index was built with {model['model_id']}; appending must use the same "
                             "model (leave out --model).")
     table = pq.read_table(out / METADATA)
     if new_records(source, table) == 0:
         log.info("nothing to add: every image is already in the index")
         return base
-    device = pick_device(args.device)
+    cpu = plan.device.type == "cpu"
     # the base's own precision, so old and new rows come from the same arithmetic
-    encoder = Encoder.load(model["model_id"], model.get("revision"), device,
-                           precision=base.precision if device.type == "cpu" and base.precision in ("bf16", "int8")
-                           else "fp32")
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
-    shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
+    encoder = Encoder.load(model["model_id"], model.get("revision"), plan.device,
+                           precision=base.precision if cpu and base.precision in ("bf16", "int8") else "fp32")
     key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
     work = out / APPEND_WORK / key  # per base build, so a resumed append never mixes bases
     work.mkdir(parents=True, exist_ok=True)
-    workers = args.num_workers if args.num_workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
     log.info("appending %d new images to %d (model %s)", len(source.records), base.count, model["model_id"])
-    speed = embed_shards(source, encoder, work, batch_size=batch_size, shard_size=shard_size, num_workers=workers)
+    speed = embed_shards(source, encoder, work, batch_size=plan.batch_size, shard_size=plan.shard_size,
+                         num_workers=plan.workers)
 
     stage = work / "next"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
-    packed = pack(source, work, stage, len(shard_ranges(len(source.records), shard_size)), encoder.info.dim)
+    packed = pack(source, work, stage, len(shard_ranges(len(source.records), plan.shard_size)), encoder.info.dim)
     # Old thumbnail packs stay byte-identical (the Hub stores them once); new ones continue the numbering.
     first_pack = len(base.thumbnails.files)
     new_files = [THUMBS_PATTERN.format(first_pack + n) for n in range(len(packed.thumb_files))]
@@ -127,20 +125,21 @@ def append(args, source: Source, out: Path, settings_extra: dict) -> Manifest:
     combined = combined.set_column(combined.schema.get_field_index("map_x"), "map_x", pa.array(xy[:, 0]))
     combined = combined.set_column(combined.schema.get_field_index("map_y"), "map_y", pa.array(xy[:, 1]))
     np.save(stage / EMBEDDINGS, vectors, allow_pickle=False)
-    pq.write_table(combined, stage / METADATA, compression="zstd", row_group_size=16384, store_schema=False)
+    write_metadata(combined, stage)
     index, index_info = build_index(vectors, base.index.factory, base.index.search_params)
     faiss.write_index(index, str(stage / INDEX))
     rows = combined.select(["captions", "split", "categories"]).to_pydict()
-    mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
-    evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], mode, categories=rows["categories"])
+    evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], plan.eval_mode,
+                          categories=rows["categories"])
     names = sorted([INDEX, EMBEDDINGS, METADATA, *base.thumbnails.files, *new_files])  # what this append wrote
     manifest = replace(
         base, count=len(vectors), index=index_info, sources=base.sources + source.infos,
         skipped=base.skipped + packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=base.thumbnails.files + new_files, max_side=base.thumbnails.max_side),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=device.type, precision=encoder.precision,
-        build_seconds=round(time.perf_counter() - started, 1),
-        images_per_second=round(speed["images_per_second"], 1), files=hash_files(stage, names), **settings_extra,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=plan.device.type,
+        precision=encoder.precision, build_seconds=round(time.perf_counter() - started, 1),
+        images_per_second=round(speed["images_per_second"], 1), files=hash_files(stage, names),
+        builder_version=builder_version,
     )
     write_manifest(stage, manifest)
     return _commit(stage, out)

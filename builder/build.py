@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import torch
 
-from clipsearch.encoder import BUILD_MIN_COSINE, DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError, pick_device
+from clipsearch.encoder import BUILD_MIN_COSINE, DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError
 from clipsearch.hub import DEFAULT_INDEX_REPO
 from clipsearch.manifest import (
     EMBEDDINGS,
@@ -33,11 +33,12 @@ from clipsearch.manifest import (
 )
 from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
-from .distributed import Group, Ranks, rank_device, rank_threads, rank_workers
+from .distributed import Group, Ranks, rank_threads
 from .embed import THUMB_SIDE, embed_shards, shard_ranges
 from .evaluate import evaluate
 from .index import AUTO, IndexBuildError, build_index
 from .pack import pack
+from .plan import BuildPlan
 from .publish import PublishError, push, require_token
 from .sources import (
     DEFAULT_HF_CAPTIONS,
@@ -218,42 +219,15 @@ def run(args: argparse.Namespace) -> Manifest | None:
 
 def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | None:
     started = time.perf_counter()
-    out = args.out
-    if (threads := rank_threads(ranks)) is not None:
-        torch.set_num_threads(threads)  # ranks sharing a node split its cores instead of oversubscribing them
-    repo_id = None
-    if ranks.main:
-        # Rank 0 checks, downloads (into the caches the other ranks then read) and resets --out before anyone embeds;
-        # a failure here reaches the other ranks as a message, not as a hang.
-        try:
-            check_out_folder(out, images=args.images)
-            check_writable(out)
-            if args.push is not None:
-                require_token()  # fail before hours of embedding, not after
-                repo_id = args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
-            source, encoder, plan = _load(args, ranks)
-            work = prepare_work(out, plan["settings"], args.fresh)
-            clear_artifacts(out)
-        except Exception as error:
-            group.broadcast({"error": f"{type(error).__name__}: {error}"})
-            raise
-        group.broadcast({"settings": plan["settings"]})
-    else:
-        ready = group.broadcast(None)
-        if "error" in ready:
-            raise BuildError(f"rank 0 could not start the build ({ready['error']}).")
     try:
-        if not ranks.main:
-            source, encoder, plan = _load(args, ranks)
-            work = _joined_work(out, plan["settings"], ready["settings"])
-        batch_size, shard_size, workers = plan["batch_size"], plan["shard_size"], plan["workers"]
-        device = encoder.device
-        shards = len(shard_ranges(len(source.records), shard_size))
+        plan, source, encoder, work = _start(args, ranks, group)
+        shards = len(shard_ranges(len(source.records), plan.shard_size))
         mine = ranks.shards(shards)
-        log.info("stage 3/6 embed: %d images, batch %d, %d workers, %s%s", len(source.records), batch_size,
-                 workers, device, f", {len(mine)} of {shards} shards on this rank" if ranks.distributed else "")
-        speed = embed_shards(source, encoder, work, batch_size=batch_size, shard_size=shard_size,
-                             num_workers=workers, shards=mine, progress=ranks.main)
+        log.info("stage 3/6 embed: %d images, batch %d, %d workers, %s%s", len(source.records), plan.batch_size,
+                 plan.workers, plan.device, f", {len(mine)} of {shards} shards on this rank" if ranks.distributed
+                 else "")
+        speed = embed_shards(source, encoder, work, batch_size=plan.batch_size, shard_size=plan.shard_size,
+                             num_workers=plan.workers, shards=mine, progress=ranks.main)
     except Exception as error:
         group.gather({"error": f"rank {ranks.rank}: {type(error).__name__}: {error}"})  # rank 0 says why, then ends
         raise
@@ -266,17 +240,48 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
     if ranks.distributed:
         speed = _combined(speeds)
         _use_every_core()  # the other ranks are done; indexing and evaluation get the whole node
+    return _finish(plan, source, encoder, work, shards, speed, started)
+
+
+def _start(args: argparse.Namespace, ranks: Ranks, group: Group) -> tuple[BuildPlan, Source, Encoder, Path]:
+    """All multi-process setup: rank 0 checks, downloads (into the caches the other ranks then read) and resets
+    --out before anyone embeds, a failure reaching the other ranks as a message, not a hang; each other rank then
+    loads the same gallery and model and checks that it sees rank 0's build. One process is rank 0 of one."""
+    if (threads := rank_threads(ranks)) is not None:
+        torch.set_num_threads(threads)  # ranks sharing a node split its cores instead of oversubscribing them
+    if ranks.main:
+        try:
+            _check_out(args)
+            plan, source, encoder = _load(args, ranks)
+            settings = plan.fingerprint(source, encoder)
+            work = prepare_work(plan.out, settings, plan.fresh)
+            clear_artifacts(plan.out)
+        except Exception as error:
+            group.broadcast({"error": f"{type(error).__name__}: {error}"})
+            raise
+        group.broadcast({"settings": settings})
+        return plan, source, encoder, work
+    ready = group.broadcast(None)
+    if "error" in ready:
+        raise BuildError(f"rank 0 could not start the build ({ready['error']}).")
+    plan, source, encoder = _load(args, ranks)
+    return plan, source, encoder, _joined_work(plan.out, plan.fingerprint(source, encoder), ready["settings"])
+
+
+def _finish(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, shards: int, speed: dict,
+            started: float) -> Manifest:
+    """Stages 4-6 on rank 0 once every shard is embedded: pack, index, evaluate, manifest, summary, push."""
+    out = plan.out
     log.info("stage 4/6 pack: thumbnails and metadata")
     packed = pack(source, work, out, shards, encoder.info.dim)
-    log.info("stage 5/6 index: %s over %d vectors", args.index, len(packed.vectors))
-    index, index_info = build_index(packed.vectors, args.index, args.index_params)
+    log.info("stage 5/6 index: %s over %d vectors", plan.index_factory, len(packed.vectors))
+    index, index_info = build_index(packed.vectors, plan.index_factory, plan.index_params)
     faiss.write_index(index, str(out / INDEX))
-    mode = args.eval if args.eval != "auto" else ("full" if device.type == "cuda" else "val")
-    log.info("stage 6/6 evaluate: %s", mode)
+    log.info("stage 6/6 evaluate: %s", plan.eval_mode)
     records = [source.records[i] for i in packed.rows]
     coco_ids = all(info.kind != "images" for info in source.infos)  # a folder's images are numbered, not COCO ids
-    evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records], mode,
-                          categories=[r.categories for r in records],
+    evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records],
+                          plan.eval_mode, categories=[r.categories for r in records],
                           image_ids=[r.image_id for r in records] if coco_ids else None)
     names = sorted([INDEX, *packed.files])  # exactly what this build wrote, never a listing of the folder
     manifest = Manifest(
@@ -285,14 +290,12 @@ def _run(args: argparse.Namespace, ranks: Ranks, group: Group) -> Manifest | Non
         sources=source.infos, skipped=packed.skipped, evaluation=evaluation, builder_version=builder_version(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1),
-        images_per_second=round(speed["images_per_second"], 1), device=device.type, precision=encoder.precision,
-        files=hash_files(out, names),
+        images_per_second=round(speed["images_per_second"], 1), device=plan.device.type,
+        precision=encoder.precision, files=hash_files(out, names),
     )
     write_manifest(out, manifest)
     print(summary(manifest, out, speed))
-    if repo_id:
-        published = push(out, manifest, repo_id, private=args.private)
-        print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
+    _publish(plan, manifest)
     return manifest
 
 
@@ -300,12 +303,7 @@ def run_append(args: argparse.Namespace) -> Manifest:
     """--append: embed only the new images of the source and add them to the build in --out (one process)."""
     from .append import append, fetch_base
 
-    check_out_folder(args.out, images=args.images)
-    check_writable(args.out)
-    repo_id = None
-    if args.push is not None:
-        require_token()
-        repo_id = args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
+    _check_out(args)
     if args.base:
         log.info("downloading the base build %s into %s", args.base, args.out)
         fetch_base(args.base, args.out)
@@ -313,37 +311,44 @@ def run_append(args: argparse.Namespace) -> Manifest:
         raise BuildError(f"--append: {args.out} holds no finished build; build it first, pass --base REPO to start "
                          "from a published one, or drop --append.")
     source = make_source(args)
-    manifest = append(args, source, args.out, {"builder_version": builder_version()})
-    print(f"\nThe index in {args.out.resolve()} now holds {manifest.count:,} images.")
-    if repo_id:
-        published = push(args.out, manifest, repo_id, private=args.private)
-        print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
+    plan = BuildPlan.from_args(args)
+    manifest = append(plan, source, builder_version())
+    print(f"\nThe index in {plan.out.resolve()} now holds {manifest.count:,} images.")
+    _publish(plan, manifest)
     return manifest
 
 
-def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[Source, Encoder, dict]:
-    """Stages 1-2 (gallery listing, model) and the settings that shape the result; every rank runs this."""
-    device = rank_device(pick_device(args.device), ranks)
+def _check_out(args: argparse.Namespace) -> None:
+    """Before any work: --out holds nothing foreign and is writable, and a --push has its token."""
+    check_out_folder(args.out, images=args.images)
+    check_writable(args.out)
+    if args.push is not None:
+        require_token()  # fail before hours of embedding, not after
+
+
+def _publish(plan: BuildPlan, manifest: Manifest) -> None:
+    """--push: one commit of the finished build in plan.out, reported in two lines."""
+    if plan.push_repo:
+        published = push(plan.out, manifest, plan.push_repo, private=plan.private)
+        print(f"published {published.repo_id} commit {published.commit[:12]} tag {published.tag}\n  {published.url}")
+
+
+def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[BuildPlan, Source, Encoder]:
+    """The plan and stages 1-2 (gallery listing, model); every rank runs this."""
+    plan = BuildPlan.from_args(args, ranks)
     log.info("stage 1/6 load: listing images")
     source = make_source(args)
-    if args.limit:
-        source.limit(args.limit)  # a Hub source then lists, and later fetches, only what the first N images need
+    if plan.limit:
+        source.limit(plan.limit)  # a Hub source then lists, and later fetches, only what the first N images need
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
-    log.info("stage 2/6 model: %s", args.model)
-    encoder = Encoder.load(args.model, args.model_revision, device,
-                           precision=args.precision if device.type == "cpu" else "fp32", min_cosine=BUILD_MIN_COSINE)
+    log.info("stage 2/6 model: %s", plan.model)
+    encoder = Encoder.load(plan.model, plan.model_revision, plan.device, precision=plan.precision,
+                           min_cosine=BUILD_MIN_COSINE)
     if ranks.main:
         from .sources import estimate_line
 
         log.info("%s", estimate_line(source, encoder.info.dim))  # before any image byte is fetched
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
-    shard_size = max(batch_size, args.shard_size // batch_size * batch_size)
-    workers = args.num_workers if args.num_workers is not None else rank_workers(ranks)
-    settings = {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
-                "batch_size": batch_size, "shard_size": shard_size, "thumb_side": THUMB_SIDE,
-                "device": device.type, "precision": encoder.precision, "format_version": FORMAT_VERSION}
-    return source, encoder, {"settings": settings, "batch_size": batch_size, "shard_size": shard_size,
-                             "workers": workers}
+    return plan, source, encoder
 
 
 def _joined_work(out: Path, mine: dict, main: dict) -> Path:

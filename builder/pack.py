@@ -81,11 +81,15 @@ def pack(source: Source, work: Path, out: Path, shard_count: int, dim: int) -> P
     vectors = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
     np.save(out / EMBEDDINGS, vectors, allow_pickle=False)
     columns["map_x"], columns["map_y"] = project_2d(vectors).T
-    table = pa.table(columns, schema=SCHEMA)
-    # Fixed writer settings and no pandas metadata keep the file byte-identical across identical builds.
-    pq.write_table(table, out / METADATA, compression="zstd", row_group_size=16384, store_schema=False)
+    write_metadata(pa.table(columns, schema=SCHEMA), out)
     log.info("packed %d rows, %d thumbnail files, %d skipped", len(rows), len(thumb_files), len(skipped))
     return Packed(vectors=vectors, rows=rows, skipped=skipped, thumb_files=thumb_files)
+
+
+def write_metadata(table: pa.Table, out: Path) -> None:
+    """Write metadata.parquet into `out`: the one place its writer settings live (pack and --append use it)."""
+    # Fixed writer settings and no pandas metadata keep the file byte-identical across identical builds.
+    pq.write_table(table, out / METADATA, compression="zstd", row_group_size=16384, store_schema=False)
 
 
 def project_2d(vectors: np.ndarray) -> np.ndarray:
