@@ -15,24 +15,13 @@ log = logging.getLogger(__name__)
 EXACT = "Flat"
 AUTO = "auto"
 RECALL_SAMPLE = 1000
-# Automatic choice (choose_index), from measurements on a 2-core CPU (AMD EPYC, AVX512, shared): one query
-# against an exact index costs about 0.5 ms at 10k x 512 float32, 1.5-4 ms at 20k, 7-13 ms at 50k and 13-24 ms at
-# COCO's 123k (memory bandwidth). Up to FLAT_MAX_FLOATS (20k vectors at CLIP's 512 dims, 40 MB) exact search stays
-# within ~2 ms; above it, HNSW32 answers in 0.1-0.8 ms. At 123k clustered 512-d vectors HNSW32 (efConstruction 80)
-# measured recall@5 against exact 0.975 / 0.997 / 1.0 / 1.0 at efSearch 16 / 32 / 64 / 128 (efConstruction 40:
-# 0.86 / 0.95 / 0.988 / 0.996); on looser clusters 0.994 / 0.9998 / 0.9998 at efSearch 32 / 64 / 128. The graph
-# stores its vectors as fp16 (SQfp16): 152 MB instead of 286 MB in memory at COCO size, the same speed, and recall@5
-# 0.9994 (gallery vectors as queries) / 0.9987 (perturbed ones) on the looser clusters; SQ8 (92 MB) drops to 0.990.
-# Scores come back accurate to ~1e-4; the exact vectors stay in embeddings.npy.
-# Above HNSW_MAX_COUNT the graph stops scaling here (benchmarks/results/scale_curve.md, synthetic clustered vectors):
-# at 1M, HNSW32_SQfp16 efSearch=128 kept only recall@5 0.93 (plain HNSW32 at efSearch 1024 too, and 10 min to
-# build), while inverted lists with 8-bit codes reached 0.986 at nprobe 6 in 0.23 ms and 33 s of build, at a quarter
-# of the fp32 size (512 MB per million vectors). Lists are capped at 4,096 so the coarse quantizer stays exact.
+# choose_index's thresholds are measured (NOTES.md, Measurements): exact search stays within ~2 ms per query
+# up to 20k x 512 on 2 cores, HNSW32 over fp16 keeps recall@5 up to 500k vectors, 8-bit IVF lists beyond.
 FLAT_MAX_FLOATS = 20_000 * 512
 ANN_FACTORY = "HNSW32_SQfp16"
 ANN_PARAMS = "efSearch=128"
 HNSW_MAX_COUNT = 500_000
-IVF_MAX_LISTS = 4096
+IVF_MAX_LISTS = 4096  # capped so the coarse quantizer stays exact
 HNSW_EF_CONSTRUCTION = 80  # FAISS's default 40 builds a noticeably worse graph; build time is about linear in it
 # --index auto raises the search effort along these ladders until recall@5 on perturbed gallery queries reaches
 # TUNE_TARGET (a margin over the 0.98 promise: other queries vary a little), starting from the chosen parameters.
@@ -135,12 +124,6 @@ def apply_params(index: faiss.Index, params: str) -> None:
         faiss.ParameterSpace().set_index_parameters(index, params)
     except RuntimeError as error:
         raise IndexBuildError(f"--index-params {params!r} do not apply to this index ({_first(error)}).") from None
-
-
-def recall_at_5(index: faiss.Index, vectors: np.ndarray, k: int = 5, seed: int = 0) -> tuple[float, int]:
-    """Mean |approx top-k ∩ exact top-k| / k over perturbed_queries(vectors, seed)."""
-    queries, truth = perturbed_queries(vectors, k, seed)
-    return recall(index.search(queries, k)[1], truth), len(queries)
 
 
 def perturbed_queries(vectors: np.ndarray, k: int = 5, seed: int = 0,
