@@ -235,8 +235,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=common.COCO_COUNT)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-cold")
     parser.add_argument("--variants", default="before,after",
-                        help="before: the app at git HEAD (or --before-ref), after: this working tree")
+                        help="before: the app at --before-ref, after: the app at --after-ref")
     parser.add_argument("--before-ref", default="e10165a~1", help="the code before this work (the app at that commit)")
+    parser.add_argument("--after-ref", default="HEAD", help="a commit, or 'worktree' for the checkout as it is")
     args = parser.parse_args()
     header = machine()
     folder = realistic_artifacts(args.cache, args.count)
@@ -253,12 +254,13 @@ def main() -> None:
     with server:
         publish(server, folder, args.cache / "vit-b32")
         for variant in args.variants.split(","):
+            ref = args.before_ref if variant == "before" else args.after_ref
             root = ROOT
-            if variant == "before":
-                root = args.cache / f"app-{args.before_ref}"
+            if ref != "worktree":  # the app exactly as committed (others' uncommitted edits left out)
+                root = args.cache / f"app-{variant}"
                 shutil.rmtree(root, ignore_errors=True)
                 root.mkdir(parents=True)
-                archive = subprocess.run(["git", "archive", args.before_ref, "app.py", "clipsearch"], cwd=ROOT,
+                archive = subprocess.run(["git", "archive", ref, "app.py", "clipsearch"], cwd=ROOT,
                                          capture_output=True, check=True).stdout
                 subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
             packs = manifest.thumbnails.files if variant.startswith("after") else []
