@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import torch
 
-from clipsearch.encoder import BUILD_MIN_COSINE, DEFAULT_MODEL, PRECISIONS, Encoder, EncoderError
+from clipsearch.encoder import DEFAULT_MODEL, Encoder, EncoderError
 from clipsearch.hub import DEFAULT_INDEX_REPO
 from clipsearch.manifest import (
     EMBEDDINGS,
@@ -31,6 +31,7 @@ from clipsearch.manifest import (
     hash_files,
     write_manifest,
 )
+from clipsearch.precision import BUILD_MIN_COSINE, PRECISIONS
 from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
 from .distributed import Group, Ranks, rank_threads

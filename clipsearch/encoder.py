@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from .errors import first_line, hub_unreachable
+from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, use_fast_path
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,7 @@ PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")  
 # safetensors_conversion.py looks for; only this author is trusted, as there).
 CONVERSION_BOT = "SFconvertbot"
 CONVERSION_TITLE = "Adding `safetensors` variant of this model"
-# Inference precisions on CPU. fp32 is the reference (the builder's default: index vectors are made with it);
-# bf16 weights are fast only where the CPU has bf16 instructions; int8 is torch's dynamic quantisation of every
-# nn.Linear (weights int8 per output channel, activations quantised per call; the token table kept in fp16), fast on
-# any x86 with AVX2, best with AVX512-VNNI. "auto" tries them in the order auto_precisions() gives for the host.
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
-# A fast path is kept only if it agrees with fp32 at least this well on the calibration batch (cosine, worst row).
-MIN_CALIBRATION_COSINE = 0.99
-# The builder's stricter gate: index vectors outlive the query path, so a fast path must agree with fp32 tenfold closer.
-BUILD_MIN_COSINE = 0.999
-CALIBRATION_TEXTS = (
-    "a photo of a dog catching a frisbee in a park",
-    "a red double-decker bus on a city street",
-    "two giraffes standing next to each other",
-    "a plate of pasta with broccoli",
-)
+
 
 
 class EncoderError(ValueError):
@@ -338,65 +324,11 @@ class Encoder:
         encoder = cls(model, image_processor, tokenizer, info, torch_device,
                       "bf16-autocast" if torch_device.type == "cuda" else "fp32")
         if torch_device.type == "cpu" and precision != "fp32":
-            encoder._use_fast_path(precision, min_cosine, lambda: AutoModel.from_pretrained(
+            use_fast_path(encoder, precision, min_cosine, lambda: AutoModel.from_pretrained(
                 folder, use_safetensors=True, trust_remote_code=False).eval())
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
         return encoder
-
-    # --- CPU fast path --------------------------------------------------------------------------------------------
-    def _use_fast_path(self, precision: str, min_cosine: float, reload_fp32) -> None:
-        """Switch this (fp32, CPU) encoder to bf16 or int8 if it stays within `min_cosine` of fp32."""
-        candidates = [precision] if precision != "auto" else auto_precisions()
-        texts = list(CALIBRATION_TEXTS) if self.info.has_text else []
-        images = calibration_images(self.info.image_size)
-        reference = self.encode_texts(texts) if texts else None, self.encode_images(images)
-        for candidate in candidates:
-            if self.precision != "fp32":  # a previous candidate failed: start again from the fp32 weights
-                self.model, self.precision, self._input_dtype = reload_fp32(), "fp32", torch.float32
-            try:
-                self._convert(candidate)
-                cosine = float(np.min(np.sum(reference[1] * self.encode_images(images), axis=1)))
-                if texts:
-                    cosine = min(cosine, float(np.min(np.sum(reference[0] * self.encode_texts(texts), axis=1))))
-            except (RuntimeError, NotImplementedError, AssertionError) as error:  # kernel missing on this build
-                log.warning("precision %s unavailable here (%s)", candidate, first_line(error))
-                cosine = None
-            if cosine is not None and cosine >= min_cosine:
-                log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
-                _release_freed_memory()  # what the calibration passes allocated
-                return
-            if cosine is not None:
-                log.warning("precision %s rejected: calibration cosine to fp32 %.5f < %g", candidate, cosine,
-                            min_cosine)
-        log.warning("no fast path kept (asked for %s); serving in fp32", precision)
-        if self.precision != "fp32":
-            self.model, self.precision, self._input_dtype = reload_fp32(), "fp32", torch.float32
-
-    def _convert(self, precision: str) -> None:
-        if precision == "bf16":
-            self.model.to(torch.bfloat16)
-            self._input_dtype = torch.bfloat16
-        elif precision == "int8":
-            # The weights point into the memory-mapped checkpoint; the tensors int8 keeps in fp32 (embeddings,
-            # norms, biases) would hold the whole map and every page of it that was touched resident. Own copies
-            # of those first (the Linear weights are replaced anyway), so the map goes and only the int8 model stays.
-            replaced = {id(module.weight) for module in self.model.modules() if type(module) is torch.nn.Linear}
-            for tensor in [*self.model.parameters(), *self.model.buffers()]:
-                if id(tensor) not in replaced:
-                    tensor.data = tensor.data.clone()
-            # VNNI sums u8 x s8 products in 32 bits; without it (AVX2) torch's 7-bit activations avoid saturation.
-            full_range = bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
-            with warnings.catch_warnings():  # torch's notice that its quantised tensors move to torchao; they work
-                warnings.simplefilter("ignore")
-                for parent in list(self.model.modules()):
-                    for name, child in list(parent.named_children()):
-                        if type(child) is torch.nn.Linear:
-                            setattr(parent, name, _Int8Linear.from_linear(child, full_range))
-                        elif type(child) is torch.nn.Embedding and child.weight.numel() >= VOCABULARY_TABLE:
-                            setattr(parent, name, _HalfEmbedding(child))
-        self.precision = precision
-        _release_freed_memory()
 
     # --- images -------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
@@ -443,97 +375,7 @@ class Encoder:
 
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
-VOCABULARY_TABLE = 2**20  # embedding tables at least this big (token vocabularies: CLIP's is 49408 x 512) go fp16
 
-
-class _HalfEmbedding(torch.nn.Module):
-    """A token table kept in fp16 and looked up in fp32: CLIP's 101 MB table becomes 50 MB; a row is read per
-    token, so the lookup costs nothing, and fp16 keeps 11 significant bits of values this small."""
-
-    def __init__(self, embedding: torch.nn.Embedding):
-        super().__init__()
-        self.padding_idx = embedding.padding_idx
-        self.register_buffer("weight", embedding.weight.detach().to(torch.float16))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(ids, self.weight).float()
-
-
-class _Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
-    """torch's dynamic int8 Linear (weights int8 per output channel, activations quantised per call), built
-    directly from an nn.Linear: the same result as torch.ao.quantization.quantize_dynamic with
-    per_channel_dynamic_qconfig, in a third of the time (no observers, and one weight packing instead of three).
-
-    With `full_range`, activations use all 8 bits: torch keeps them to 7 so that AVX2's 16-bit pairwise sums cannot
-    saturate, but VNNI sums in 32 bits, so the 8th bit is free accuracy (ViT-B/32 calibration cosine 0.9976 ->
-    0.9994; on the tests' shapes model the worst query-to-gallery score error drops from 0.033 to 0.012)."""
-
-    full_range = False
-
-    @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, full_range: bool) -> _Int8Linear:
-        weight = linear.weight.detach().float()
-        # symmetric per-channel int8, as PerChannelMinMaxObserver(qint8, per_channel_symmetric) computes it
-        scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(torch.finfo(torch.float32).eps).double()
-        qweight = torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
-        module = cls(1, 1)  # a placeholder size: the constructor would otherwise pack a full-size zero weight
-        module.in_features, module.out_features, module.full_range = linear.in_features, linear.out_features, full_range
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()  # own copy: not the checkpoint map
-        module.set_weight_bias(qweight, bias)
-        return module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
-                                                  reduce_range=not self.full_range).to(x.dtype)
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this host (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_has_bf16() -> bool:
-    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def auto_precisions() -> list[str]:
-    """Fast paths for precision="auto", best first, for this host. Measured on a 2-core AMD EPYC with AVX512-BF16
-    (no AMX), ViT-B/32, one query: int8 beats bf16 on both towers (text ~16 vs ~23 ms, image ~67 vs ~118 ms on one
-    busy core; fp32 58 / 201), so int8 leads unless AMX tiles make bf16 matrix maths the faster one."""
-    flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return ["bf16", "int8"]
-    return ["int8", "bf16"] if cpu_has_bf16() else ["int8"]
-
-
-def calibration_images(size: int) -> list[Image.Image]:
-    """Two deterministic pictures (a smooth gradient and coloured blocks) for the precision check."""
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    gradient = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))],
-                        axis=-1)
-    blocks = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).repeat(size // 8 + 1, 0).repeat(size // 8 + 1, 1)
-    return [Image.fromarray(gradient.astype(np.uint8)), Image.fromarray(blocks[:size, :size].astype(np.uint8))]
-
-
-def _release_freed_memory() -> None:
-    """Hand the replaced fp32 weights back to the OS (glibc keeps freed heap otherwise): resident memory counts."""
-    import gc
-
-    gc.collect()  # replaced modules can sit in reference cycles
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

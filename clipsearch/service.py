@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from .batcher import ModelThread
-from .encoder import PRECISIONS, Encoder, EncoderError
+from .encoder import Encoder, EncoderError
 from .gallery import Gallery
 from .hub import DEFAULT_INDEX_REPO, IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
+from .precision import PRECISIONS
 from .search import Searcher
 from .starter import build_starter
 

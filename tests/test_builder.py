@@ -296,7 +296,7 @@ def test_a_faster_cpu_precision_is_recorded_and_stays_close_to_fp32(tmp_path, sh
 def test_the_default_cpu_build_takes_a_fast_path_with_the_same_top_5_as_fp32(shapes_artifacts, shapes_fp32,
                                                                               shapes_folder, shapes_model):
     """A laptop user gets the fast path without knowing the flag, and the index answers as the fp32 one does."""
-    from clipsearch.encoder import BUILD_MIN_COSINE
+    from clipsearch.precision import BUILD_MIN_COSINE
 
     manifest = json.loads((shapes_artifacts / "manifest.json").read_text())
     assert manifest["precision"] in ("int8", "bf16")  # kept by the builder's own gate

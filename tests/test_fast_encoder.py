@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from tiny_models import COLORS, SHAPES, caption_for, draw_shape
 
-from clipsearch import encoder as encoder_module
-from clipsearch.encoder import Encoder, EncoderError, calibration_images, cpu_has_bf16
+from clipsearch import precision as fast_paths
+from clipsearch.encoder import Encoder, EncoderError
 from clipsearch.gallery import Gallery
+from clipsearch.precision import calibration_images, cpu_has_bf16
 from clipsearch.search import Searcher
 
 FAST = ("bf16", "int8")
@@ -92,19 +93,18 @@ def test_fast_path_returns_the_same_top_5_on_the_shapes_gallery(shapes_artifacts
 
 
 def test_auto_picks_a_fast_path_for_this_host(tiny_clip, caplog):
-    with caplog.at_level(logging.INFO, logger="clipsearch.encoder"):
+    with caplog.at_level(logging.INFO, logger="clipsearch"):
         encoder = Encoder.load(str(tiny_clip), None, "cpu", precision="auto")
-    assert encoder.precision == encoder_module.auto_precisions()[0]
+    assert encoder.precision == fast_paths.auto_precisions()[0]
     assert encoder.precision in FAST
     assert f"precision {encoder.precision}" in caplog.text and "calibration cosine" in caplog.text
-    assert encoder_module.auto_precisions()[0] == ("bf16" if "amx_bf16" in encoder_module.cpu_flags() else "int8")
-    assert ("bf16" in encoder_module.auto_precisions()) == cpu_has_bf16()
+    assert fast_paths.auto_precisions()[0] == ("bf16" if "amx_bf16" in fast_paths.cpu_flags() else "int8")
+    assert ("bf16" in fast_paths.auto_precisions()) == cpu_has_bf16()
 
 
-def test_a_fast_path_that_drifts_falls_back_to_fp32_and_says_why(tiny_clip, caplog, monkeypatch):
-    monkeypatch.setattr(encoder_module, "MIN_CALIBRATION_COSINE", 1.01)  # nothing but fp32 itself can pass
-    with caplog.at_level(logging.INFO, logger="clipsearch.encoder"):
-        encoder = Encoder.load(str(tiny_clip), None, "cpu", precision="auto")
+def test_a_fast_path_that_drifts_falls_back_to_fp32_and_says_why(tiny_clip, caplog):
+    with caplog.at_level(logging.INFO, logger="clipsearch"):  # a gate nothing but fp32 itself can pass
+        encoder = Encoder.load(str(tiny_clip), None, "cpu", precision="auto", min_cosine=1.01)
     assert encoder.precision == "fp32"
     assert "rejected: calibration cosine to fp32" in caplog.text and "serving in fp32" in caplog.text
     reference = Encoder.load(str(tiny_clip), None, "cpu")
