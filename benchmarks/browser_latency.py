@@ -262,6 +262,15 @@ def image_search(page, picture: Path, button: str | None, timeout_ms: int = 30_0
     return result
 
 
+def searches_on_upload(url: str) -> bool:
+    """Whether the page's picture input itself triggers an event that fills the results (from Gradio's config)."""
+    config = httpx.get(url + "/config", timeout=30).json()
+    pictures = {c["id"] for c in config["components"] if c.get("type") == "image"}
+    results = {c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "results"}
+    return any(any(target[0] in pictures and target[1] in ("change", "upload", "input") for target in d["targets"])
+               and results & set(d["outputs"]) for d in config["dependencies"])
+
+
 def summarise(result: dict, timeline: dict) -> dict:
     t0 = result["t0"]
     rel = lambda t: None if t is None else t - t0  # noqa: E731
@@ -327,9 +336,9 @@ def _processes() -> dict[int, tuple[int, float]]:
     return found
 
 
-def cpu_split(app_pid: int) -> tuple[float, float]:
-    """CPU seconds used so far by the app, and by everything else this script started (Playwright + Chromium).
-    The load average says how busy the machine is; these say how much work a search is, busy or not."""
+def cpu_now(app_pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each app, and ("browser") by everything else this script started: Playwright
+    and Chromium. The load average says how busy the machine is; these say how much work a search is."""
     table = _processes()
 
     def subtree(root: int) -> set[int]:
@@ -340,9 +349,11 @@ def cpu_split(app_pid: int) -> tuple[float, float]:
             grew = bool(more)
         return mine
 
-    app = subtree(app_pid)
-    ours = subtree(os.getpid()) - app - {os.getpid()}
-    return sum(table[p][1] for p in app if p in table), sum(table[p][1] for p in ours if p in table)
+    apps = {label: subtree(pid) for label, pid in app_pids.items()}
+    rest = subtree(os.getpid()) - set().union(*apps.values()) - {os.getpid()}
+    used = {label: sum(table[p][1] for p in pids if p in table) for label, pids in apps.items()}
+    used["browser"] = sum(table[p][1] for p in rest if p in table)
+    return used
 
 
 def text_aware_model(cache: Path) -> Path:
@@ -365,80 +376,103 @@ def text_aware_model(cache: Path) -> Path:
     return folder
 
 
-def run(args) -> dict:
+class Subject:
+    """One app under test (a label and the folder holding its app.py and clipsearch/) and its own browser page."""
+
+    def __init__(self, label: str, root: Path):
+        self.label, self.root = label, root
+        self.rows: dict[str, list[dict]] = {"text": [], "image": []}
+        self.cpu: dict[str, list[float]] = {"text": [0.0, 0.0], "image": [0.0, 0.0]}
+        self.windows: list[tuple[float, float]] = []
+        self.button: str | None = None
+
+
+def run(args, subjects: list[Subject]) -> dict[str, dict]:
+    """Every subject's app runs at once; queries alternate between them, so a machine that gets busier or quieter
+    during the run (other people's work) weighs on every column alike."""
+    import contextlib
+
     from playwright.sync_api import sync_playwright
 
     text_aware_model(args.cache)
     folder = synthetic_artifacts(args.cache, args.count)
     n = args.queries + args.warmup
+    # every subject gets the same queries (each app has its own caches; the browser keeps one per origin)
     pictures = sorted(coco_like_jpegs(args.cache / "browser-jpegs", n, seed=7).glob("*.jpg"))[:n]
     texts = text_queries(n, seed=11)
-    if args.app_root:
-        common.ROOT = Path(args.app_root).resolve()  # App runs `python app.py` in common.ROOT
     loads = [Path("/proc/loadavg").read_text().strip()]
-    rows: dict[str, list[dict]] = {"text": [], "image": []}
-    with App(folder, args.cache, env={"GRADIO_PROFILING": "1"}) as app, sync_playwright() as playwright:
+    with contextlib.ExitStack() as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context, page, errors = page_setup(browser, app.url)
-        page.wait_for_timeout(1000)  # let the page settle (fonts, lazy chunks) before the first search
-        windows, cpu = [], {}
-        for i, text in enumerate(texts if "text" in args.modes else []):
-            if i == args.warmup:
-                windows.append([time.time(), 0])
-                cpu["text"] = cpu_split(app.process.pid)
-            result = text_search(page, text)
+        for subject in subjects:
+            common.ROOT = subject.root  # App runs `python app.py` in common.ROOT
+            subject.app = stack.enter_context(App(folder, args.cache, env={"GRADIO_PROFILING": "1"}))
+            subject.context, subject.page, subject.errors = page_setup(browser, subject.app.url)
+        pids = {subject.label: subject.app.process.pid for subject in subjects}
+        time.sleep(1)  # let the pages settle (fonts, lazy chunks) before the first search
+
+        def timed(subject: Subject, mode: str, i: int, search) -> None:
+            before = cpu_now(pids)
+            began = time.time()
+            result = search()
+            ended = time.time()
+            after = cpu_now(pids)
             if i >= args.warmup:
-                rows["text"].append(summarise(result, page.evaluate(TIMELINE_JS, [result["t0"], result["painted"]])))
+                subject.windows.append((began, ended))
+                subject.cpu[mode][0] += after[subject.label] - before[subject.label]
+                subject.cpu[mode][1] += after["browser"] - before["browser"]
+                timeline = subject.page.evaluate(TIMELINE_JS, [result["t0"], result["painted"]])
+                subject.rows[mode].append(summarise(result, timeline))
+
         if "text" in args.modes:
-            windows[-1][1] = time.time()
-            cpu["text"] = [b - a for a, b in zip(cpu["text"], cpu_split(app.process.pid))]
+            for i in range(n):
+                for subject in subjects:
+                    timed(subject, "text", i, lambda s=subject, t=texts[i]: text_search(s.page, t))
         loads.append(Path("/proc/loadavg").read_text().strip())
         if "image" in args.modes:
-            page.get_by_role("tab", name=IMAGE_TAB).click()
-            page.get_by_test_id("image").wait_for(state="visible")
-        # Does the page search as soon as a picture is chosen? The first warm-up picture says: no answer within
-        # 5 s without a click means the visitor has to press "Find similar images" (then pressed at once, always).
-        button = None
-        try:
-            if "image" in args.modes:
-                image_search(page, pictures[0], None, timeout_ms=5000)
-        except RuntimeError:
-            button = "Find similar images"
-        for i, picture in enumerate(pictures[1:] if "image" in args.modes else [], start=1):
-            if i == args.warmup:
-                windows.append([time.time(), 0])
-                cpu["image"] = cpu_split(app.process.pid)
-            result = image_search(page, picture, button)
-            if i >= args.warmup:
-                rows["image"].append(summarise(result, page.evaluate(TIMELINE_JS,
-                                                                     [result["t0"], result["painted"]])))
-        if "image" in args.modes:
-            windows[-1][1] = time.time()
-            cpu["image"] = [b - a for a, b in zip(cpu["image"], cpu_split(app.process.pid))]
+            for subject in subjects:
+                subject.page.get_by_role("tab", name=IMAGE_TAB).click()
+                subject.page.get_by_test_id("image").wait_for(state="visible")
+            for i in range(n):
+                for subject in subjects:
+                    if i == 0 and not searches_on_upload(subject.app.url):
+                        # a visitor must press "Find similar images": the script does, the moment the preview has
+                        # loaded (zero reaction time)
+                        subject.button = "Find similar images"
+                    timed(subject, "image", i, lambda s=subject, p=pictures[i]: image_search(s.page, p, s.button))
         loads.append(Path("/proc/loadavg").read_text().strip())
-        page.screenshot(path=str(args.cache / f"browser-latency-{args.label}.png"), full_page=True)
-        context.close()
+        results = {}
+        for subject in subjects:
+            subject.page.screenshot(path=str(args.cache / f"browser-latency-{subject.label}.png"), full_page=True)
+            traces = server_traces(subject.app.url)
+            if subject.errors:
+                raise RuntimeError(f"{subject.label}: errors in the page: {subject.errors}")
+            results[subject.label] = summary(args, subject, trace_summary(traces, subject.windows), loads)
         browser.close()
-        traces = server_traces(app.url)
-    if errors:
-        raise RuntimeError(f"errors in the page: {errors}")
-    server = trace_summary(traces, windows)
-    out = {"label": args.label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": machine(), "loadavg": loads, "queries": args.queries, "server": server, "modes": {}}
-    for mode, mine in rows.items():
+    for result in results.values():
+        result["loadavg"] = loads
+    return results
+
+
+def summary(args, subject: Subject, server: dict, loads: list[str]) -> dict:
+    out = {"label": subject.label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "machine": machine(), "loadavg": loads, "queries": args.queries, "server": server, "modes": {},
+           "together_with": [], "code": str(subject.root)}
+    for mode, mine in subject.rows.items():
         if not mine:
             continue
         totals = [r["total"] for r in mine]
         out["modes"][mode] = {
             "p50": statistics.median(totals), "p95": percentile(totals, 0.95), "n": len(totals),
             "pressed": sum(1 for r in mine if r["clicked"] is not None),
-            # CPU per search over the timed queries, clearing the picture between image queries included
-            "cpu_app": 1000 * cpu[mode][0] / len(mine), "cpu_browser": 1000 * cpu[mode][1] / len(mine),
+            # CPU used while each timed search ran (clearing the picture before an image query excluded); the
+            # browser's figure includes the other subjects' pages idling meanwhile
+            "cpu_app": 1000 * subject.cpu[mode][0] / len(mine), "cpu_browser": 1000 * subject.cpu[mode][1] / len(mine),
             **{key: med(mine, key) for key in ("upload_sent", "upload_done", "preview", "clicked", "join_sent",
                                                "join_done", "process_starts", "answer", "dom", "loaded",
                                                "answer_bytes", "all_answers_bytes", "sse_messages", "requests",
                                                "thumbs_network", "thumbs_cached", "thumb_bytes")},
             "thumb_ms": statistics.median([ms for r in mine for ms in r["thumb_ms"]] or [0]),
+            "totals": [round(t, 1) for t in totals],
             "kinds_example": mine[-1]["kinds"], "fetches_example": mine[-1]["fetches"],
         }
     return out
@@ -456,7 +490,12 @@ def table(results: dict[str, dict]) -> str:
     lines = [head]
 
     def row(name, get):
-        lines.append(f"| {name} | " + " | ".join(get(results[label]) for label in labels) + " |")
+        def cell(label):
+            try:
+                return get(results[label])
+            except (KeyError, TypeError):
+                return "—"
+        lines.append(f"| {name} | " + " | ".join(cell(label) for label in labels) + " |")
 
     for mode in ("text", "image"):
         start = "Search click" if mode == "text" else "file chosen"
@@ -464,72 +503,76 @@ def table(results: dict[str, dict]) -> str:
             lambda r, m=mode: f"**{fmt(r['modes'][m]['p50'], digits=1)}**")
         row(f"{mode}: p95 ms", lambda r, m=mode: fmt(r["modes"][m]["p95"], digits=1))
         row(f"{mode}: queries timed", lambda r, m=mode: str(r["modes"][m]["n"]))
-    row("image: the script pressed the button (no search on upload)",
-        lambda r: "yes" if r["modes"]["image"].get("pressed") else "no")
-    lines.append("| *breakdown, medians, ms from t0* | " + " | " * len(labels))
+    row("image: button pressed by the script (no search on upload)",
+        lambda r: "yes" if r["modes"]["image"]["pressed"] else "no")
+    row("load average: start / after text / after image",
+        lambda r: " / ".join(x.split()[0] for x in r["loadavg"]))
+    row("measured together with (queries alternating)", lambda r: ", ".join(r["together_with"]) or "alone")
+    lines.append("| *breakdown: medians, ms from t0* |" + " |" * len(labels))
     steps = [("image", "upload request sent", "upload_sent"), ("image", "upload done", "upload_done"),
-             ("image", "preview loaded", "preview"), ("image", "button pressed by the script", "clicked"),
-             ("text", "queue/join sent", "join_sent"), ("image", "queue/join sent", "join_sent"),
-             ("text", "queue/join answered", "join_done"), ("image", "queue/join answered", "join_done"),
-             ("text", "SSE process_starts", "process_starts"), ("image", "SSE process_starts", "process_starts"),
-             ("text", "SSE process_completed (answer in the page)", "answer"),
-             ("image", "SSE process_completed (answer in the page)", "answer"),
-             ("text", "new thumbnails in the DOM", "dom"), ("image", "new thumbnails in the DOM", "dom"),
-             ("text", "thumbnails loaded", "loaded"), ("image", "thumbnails loaded", "loaded")]
+             ("image", "preview loaded", "preview"), ("image", "button pressed by the script", "clicked")]
+    for name, key in [("queue/join sent", "join_sent"), ("queue/join answered", "join_done"),
+                      ("SSE process_starts", "process_starts"), ("SSE process_completed: the answer", "answer"),
+                      ("new thumbnails in the DOM", "dom"), ("thumbnails loaded", "loaded")]:
+        steps += [("text", name, key), ("image", name, key)]
     for mode, name, key in steps:
         row(f"{mode}: {name}", lambda r, m=mode, k=key: fmt(r["modes"][m].get(k), digits=1))
-    lines.append("| *per search, medians* | " + " | " * len(labels))
+    lines.append("| *per search* |" + " |" * len(labels))
     for mode in ("text", "image"):
-        row(f"{mode}: CPU ms per search, app / browser (mean)",
-            lambda r, m=mode: f"{fmt(r['modes'][m].get('cpu_app'))} / {fmt(r['modes'][m].get('cpu_browser'))}")
-        row(f"{mode}: HTTP requests started", lambda r, m=mode: fmt(r["modes"][m]["requests"]))
-        row(f"{mode}: SSE messages", lambda r, m=mode: fmt(r["modes"][m]["sse_messages"]))
-        row(f"{mode}: answer size (process_completed), bytes",
-            lambda r, m=mode: fmt(r["modes"][m]["answer_bytes"]))
-        row(f"{mode}: thumbnails fetched / from cache",
+        row(f"{mode}: CPU ms, app / browser (means)",
+            lambda r, m=mode: f"{fmt(r['modes'][m]['cpu_app'])} / {fmt(r['modes'][m]['cpu_browser'])}")
+        row(f"{mode}: HTTP requests (median)", lambda r, m=mode: fmt(r["modes"][m]["requests"]))
+        row(f"{mode}: SSE messages (median)", lambda r, m=mode: fmt(r["modes"][m]["sse_messages"]))
+        row(f"{mode}: answer (process_completed) bytes", lambda r, m=mode: fmt(r["modes"][m]["answer_bytes"]))
+        row(f"{mode}: thumbnails fetched / from cache (median)",
             lambda r, m=mode: f"{fmt(r['modes'][m]['thumbs_network'])} / {fmt(r['modes'][m]['thumbs_cached'])}")
-        row(f"{mode}: one thumbnail request, ms", lambda r, m=mode: fmt(r["modes"][m]["thumb_ms"], digits=1))
-    lines.append("| *server (Gradio traces), medians, ms* | " + " | " * len(labels))
+        row(f"{mode}: one thumbnail request, ms (median)", lambda r, m=mode: fmt(r["modes"][m]["thumb_ms"], digits=1))
+    lines.append("| *server: Gradio's traces, medians, ms* |" + " |" * len(labels))
     fns = sorted({fn for r in results.values() for fn in r["server"]})
     for fn in fns:
         for phase in ("queue_wait", "preprocess", "fn_call", "postprocess", "total"):
             if fn == "gradio_file_upload" and phase != "total":
                 continue
-            row(f"`{fn}` {phase}", lambda r, f=fn, k=phase: fmt(r["server"].get(f, {}).get(k), digits=1))
-    lines.append("| load average (start, after text, after image) | "
-                 + " | ".join(" / ".join(x.split()[0] for x in results[label]["loadavg"]) for label in labels) + " |")
+            row(f"`{fn}` {phase}", lambda r, f=fn, k=phase: fmt(r["server"][f][k], digits=1))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", default="after", help="column name, e.g. before / after")
+    parser.add_argument("--label", default="after", help="column name for this checkout's code, e.g. after")
+    parser.add_argument("--app-root", help="serve the app.py/clipsearch found here instead of this checkout")
+    parser.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
+                        help="another app to measure in the same run, queries alternating (e.g. before=/tmp/old)")
     parser.add_argument("--queries", type=int, default=30, help="timed queries per mode (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--count", type=int, default=common.COCO_COUNT)
-    parser.add_argument("--app-root", help="serve the app.py/clipsearch found here instead of this checkout")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench" / "browser",
                         help="its own folder: the model here differs from common.vit_b32_clip's (text_aware_model)")
     parser.add_argument("--modes", default="text,image", help="comma-separated: text, image")
     parser.add_argument("--no-save", action="store_true", help="print only; keep the stored results as they are")
     args = parser.parse_args()
+    subjects = [Subject(label, Path(folder).resolve()) for label, folder in
+                (item.split("=", 1) for item in args.also)]
+    subjects.insert(0, Subject(args.label, Path(args.app_root).resolve() if args.app_root else common.ROOT))
     started = time.perf_counter()
-    result = run(args)
+    results = run(args, subjects)
+    for label, result in results.items():
+        result["together_with"] = [other for other in results if other != label]
     store = RESULTS / "browser_latency.json"
     saved = json.loads(store.read_text()) if store.exists() else {}
-    saved[args.label] = result
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        store.write_text(json.dumps(saved, indent=1) + "\n")
+    saved.update(results)
     text = (f"# Browser latency: what a visitor feels\n\n`python benchmarks/browser_latency.py --label <label>` "
             f"(Chromium {CHROMIUM} headless via Playwright, viewport 1280×900, app and browser on the same machine), "
-            f"{result['queries']} distinct queries per mode after warm-up, {args.count:,}-row synthetic artifacts, "
-            "ViT-B/32-size random CLIP.\n\n"
-            + "\n".join(f"- **{label}**: {r['date']}, {r['machine']}; load averages {' | '.join(r['loadavg'])}"
-                        for label, r in saved.items())
+            f"{args.queries} distinct queries per mode after {args.warmup} warm-up, {args.count:,}-row synthetic "
+            "artifacts, ViT-B/32-size random CLIP (text_aware_model). t0: the Search click (text) or the file "
+            "input's change event (image); end: five result thumbnails loaded, decoded and painted.\n\n"
+            + "\n".join(f"- **{label}**: {r['date']}, {r['machine']}; code: `{r['code']}`; load averages "
+                        f"{' | '.join(r['loadavg'])}" for label, r in saved.items())
             + "\n\n" + table(saved) + "\n")
     print(text)
     if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        store.write_text(json.dumps(saved, indent=1) + "\n")
         (RESULTS / "browser_latency.md").write_text(text)
     print(f"(ran in {time.perf_counter() - started:.0f} s)")
 
