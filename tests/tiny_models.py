@@ -537,13 +537,16 @@ def shapes_retrieval_metrics(
 
 def train_shapes_clip(
     path,
-    seconds: float = 60,
+    seconds: float = 900,
     seed: int = 0,
     image_size: int = 32,
     max_steps: int = 1000,
     eval_every: int = 50,
 ) -> Path:
     """Train the tiny CLIP contrastively on coloured shapes (CPU, <= `seconds`) and save it to `path`.
+
+    The time limit is only a safety net (the run stops early at perfect retrieval or at max_steps): a tight one made
+    the model, and every semantic assertion on it, depend on how busy the machine was.
 
     Stops early once a held-out gallery is retrieved perfectly at two consecutive
     evaluations; the final metrics are written to `path / MARKER_FILE`.
@@ -660,7 +663,7 @@ def _train_loop(
     return steps, loss, perfect >= 2
 
 
-def cached_shapes_clip(root_dir, seconds: float = 60, seed: int = 0) -> Path:
+def cached_shapes_clip(root_dir, seconds: float = 900, seed: int = 0) -> Path:
     """Train the shapes CLIP into root_dir/"shapes-clip" once; later calls reuse the finished folder."""
     path = Path(root_dir) / "shapes-clip"
     if not (path / MARKER_FILE).exists():
