@@ -293,27 +293,10 @@ def timed_queries(fn, items: list, want: int, budget_s: float) -> dict:
 
 
 def auto_order() -> list[str]:
-    """The fast paths precision="auto" tries on this host, from wherever the encoder package keeps that rule."""
-    import importlib
+    """The fast paths precision="auto" tries on this host."""
+    from clipsearch.precision import auto_precisions
 
-    for module in ("clipsearch.precision", "clipsearch.encoder"):
-        try:
-            rule = getattr(importlib.import_module(module), "auto_precisions", None)
-        except ImportError:
-            continue
-        if rule:
-            return list(rule())
-    return ["?"]
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return list(auto_precisions())
 
 
 def code_version() -> str:
@@ -811,6 +794,8 @@ def main() -> None:
     candidates = [BY_ID[m] for m in args.models] if args.models else [c for c in CANDIDATES if c.default]
     import torch
     import transformers
+
+    from clipsearch.precision import cpu_flags
 
     flags = cpu_flags()
     header = {
