@@ -496,7 +496,7 @@ def build_ui(service: Service) -> gr.Blocks:
         return ui_search(*args, from_image=True)
 
     def map_frame(hits_now):
-        return embedding_map.frame(hits_now or None)
+        return embedding_map.frame(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep what is drawn
 
     def ui_map_region(event: gr.SelectData):
         if embedding_map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
@@ -647,11 +647,13 @@ def build_ui(service: Service) -> gr.Blocks:
                          api_name="search", concurrency_limit=CONCURRENCY, concurrency_id="ui")
         more.click(fn=search_similar, inputs=[selected, similar_k], outputs=[results, hits],
                    validator=validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY,
+                   show_progress="minimal", show_progress_on=results,
                    ).success(similar_state, [selected, similar_k], [last_query, next_page], api_visibility="private")
         # Results belong to the search tabs: the About tab hides them.
         about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
         if embedding_map is not None:
-            map_plot.select(ui_map_region, None, [results, hits], api_visibility="private")
+            map_plot.select(ui_map_region, None, [results, hits], api_visibility="private", show_progress="minimal",
+                            show_progress_on=results)
             map_tab.select(map_frame, hits, map_plot, api_visibility="private")  # the latest results, marked
         for tab in (text_tab, image_tab, map_tab):
             tab.select(lambda: gr.update(visible=True), None, results_area, api_visibility="private", queue=False)
@@ -698,7 +700,8 @@ class ThumbnailFiles:
     thumbnail pack's sha256; see clipsearch.hub) and the file by its row, so the bytes behind a URL never change and
     may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by range
     request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
-    the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio."""
+    the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio. (Gradio's
+    login check is not applied to these files: this app launches without auth; thumbnails are public anyway.)"""
 
     def __init__(self, app, store: ThumbnailStore):
         self.app = app
