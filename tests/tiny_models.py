@@ -322,14 +322,7 @@ def _build(kind: str, image_size: int, seed: int):
             processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
         elif kind == "siglip2":
             tokenizer = _siglip2_tokenizer()
-            text = dict(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=SIGLIP2_TEXT_LEN,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                projection_size=PROJECTION_DIM,
-            )
+            text = _siglip2_text(tokenizer)
             dims = dict(hidden_size=PROJECTION_DIM, intermediate_size=64, **common)
             config = Siglip2Config(
                 text_config={**text, **dims},
@@ -346,14 +339,7 @@ def _build(kind: str, image_size: int, seed: int):
             # Fixed-resolution SigLIP 2 (google/siglip2-base-patch16-224 & co.): a SigLIP model ("siglip" in
             # config.json) with SigLIP 2's Gemma tokenizer and 64-token text.
             tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN)
-            text = dict(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=SIGLIP2_TEXT_LEN,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                projection_size=PROJECTION_DIM,
-            )
+            text = _siglip2_text(tokenizer)
             dims = dict(hidden_size=PROJECTION_DIM, intermediate_size=64, **common)
             config = SiglipConfig(
                 text_config={**text, **dims},
@@ -418,6 +404,13 @@ def _write_reference_tokenizer_files(path: Path, tokenizer) -> None:
         (path / "vocab.json").write_text(json.dumps(bpe["vocab"], ensure_ascii=False))
         merges = [m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]]
         (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def _siglip2_text(tokenizer) -> dict:
+    """SigLIP 2's text config around its tokenizer (64-token text), for both the NaFlex and fixed-resolution kinds."""
+    return dict(vocab_size=len(tokenizer), max_position_embeddings=SIGLIP2_TEXT_LEN,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, projection_size=PROJECTION_DIM)
 
 
 def save_tiny_clip(path, kind: str = "clip", image_size: int = 32, seed: int = 0) -> Path:
