@@ -9,17 +9,20 @@ desktop viewport 1280×900. Times are taken in the page with performance.now():
 - text: from just before the Search button's click() to the moment all five result <img> elements of this answer
   have loaded, been decoded (img.decode()) and a frame has been painted (requestAnimationFrame, then a task);
 - image: from the file input's change event (the file is chosen, as a drop or a picker does) to the same point.
-  Where the page does not search on upload by itself (no queue/join request once the preview is shown), the script
-  presses "Find similar images" the moment the preview has loaded, as a visitor with zero reaction time would.
+  Where the page does not search on upload by itself (read from the app's config), the script presses "Find similar
+  images" the moment the preview has loaded, as a visitor with zero reaction time would.
 
 Every query is distinct (text: distinct strings, so the app's text-vector cache never answers; image: a distinct
-640×480 JPEG per query). The breakdown comes from the page (EventSource messages, fetch starts, Resource Timing,
+640×480 JPEG per query). The breakdown comes from the page (the queue's event stream, fetch starts, Resource Timing,
 DOM mutations, img load events) and from Gradio's own per-event server traces (GRADIO_PROFILING=1:
 queue wait, preprocess, the function itself = encode + search, postprocess).
 
 Results are kept per label in benchmarks/results/browser_latency.json; the Markdown table of every label so far is
-printed and written to benchmarks/results/browser_latency.md. To measure older code, point --app-root at a copy of
-that commit (e.g. `git archive <commit> app.py clipsearch | tar -x -C DIR`); the page is driven the same way.
+printed and written to benchmarks/results/browser_latency.md (`--report` rewrites it from the JSON alone). To
+compare code, measure the apps in one run with their queries alternating, so that a machine shared with other jobs
+weighs on every column alike: `--app-root DIR --label after --also before=OLD_DIR`, where each DIR holds an app.py
+and clipsearch/ (e.g. `git archive <commit> app.py clipsearch | tar -x -C OLD_DIR`). Per search the script also
+records the CPU time the app and the browser used, which says how much work a search is however busy the machine.
 """
 
 from __future__ import annotations
@@ -400,6 +403,7 @@ def run(args, subjects: list[Subject]) -> dict[str, dict]:
     pictures = sorted(coco_like_jpegs(args.cache / "browser-jpegs", n, seed=7).glob("*.jpg"))[:n]
     texts = text_queries(n, seed=11)
     loads = [Path("/proc/loadavg").read_text().strip()]
+    header = machine()  # its load average is the one at the start
     with contextlib.ExitStack() as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         for subject in subjects:
@@ -446,16 +450,16 @@ def run(args, subjects: list[Subject]) -> dict[str, dict]:
             traces = server_traces(subject.app.url)
             if subject.errors:
                 raise RuntimeError(f"{subject.label}: errors in the page: {subject.errors}")
-            results[subject.label] = summary(args, subject, trace_summary(traces, subject.windows), loads)
+            results[subject.label] = summary(args, subject, trace_summary(traces, subject.windows), header)
         browser.close()
     for result in results.values():
         result["loadavg"] = loads
     return results
 
 
-def summary(args, subject: Subject, server: dict, loads: list[str]) -> dict:
+def summary(args, subject: Subject, server: dict, header: str) -> dict:
     out = {"label": subject.label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": machine(), "loadavg": loads, "queries": args.queries, "server": server, "modes": {},
+           "machine": header, "queries": args.queries, "server": server, "modes": {},
            "together_with": [], "code": str(subject.root)}
     for mode, mine in subject.rows.items():
         if not mine:
@@ -550,17 +554,23 @@ def main() -> None:
                         help="its own folder: the model here differs from common.vit_b32_clip's (text_aware_model)")
     parser.add_argument("--modes", default="text,image", help="comma-separated: text, image")
     parser.add_argument("--no-save", action="store_true", help="print only; keep the stored results as they are")
+    parser.add_argument("--report", action="store_true", help="only print and write the table of the stored results")
+    parser.add_argument("--note", help="a sentence for the Markdown page, under the list of runs")
     args = parser.parse_args()
     subjects = [Subject(label, Path(folder).resolve()) for label, folder in
                 (item.split("=", 1) for item in args.also)]
     subjects.insert(0, Subject(args.label, Path(args.app_root).resolve() if args.app_root else common.ROOT))
     started = time.perf_counter()
-    results = run(args, subjects)
-    for label, result in results.items():
-        result["together_with"] = [other for other in results if other != label]
     store = RESULTS / "browser_latency.json"
     saved = json.loads(store.read_text()) if store.exists() else {}
-    saved.update(results)
+    if not args.report:
+        results = run(args, subjects)
+        for label, result in results.items():
+            result["together_with"] = [other for other in results if other != label]
+        saved.update(results)
+    if args.note:
+        saved.setdefault("_notes", []).append(args.note)
+    notes = saved.pop("_notes", [])
     text = (f"# Browser latency: what a visitor feels\n\n`python benchmarks/browser_latency.py --label <label>` "
             f"(Chromium {CHROMIUM} headless via Playwright, viewport 1280×900, app and browser on the same machine), "
             f"{args.queries} distinct queries per mode after {args.warmup} warm-up, {args.count:,}-row synthetic "
@@ -568,11 +578,12 @@ def main() -> None:
             "input's change event (image); end: five result thumbnails loaded, decoded and painted.\n\n"
             + "\n".join(f"- **{label}**: {r['date']}, {r['machine']}; code: `{r['code']}`; load averages "
                         f"{' | '.join(r['loadavg'])}" for label, r in saved.items())
+            + "".join(f"\n\n{note}" for note in notes)
             + "\n\n" + table(saved) + "\n")
     print(text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
-        store.write_text(json.dumps(saved, indent=1) + "\n")
+        store.write_text(json.dumps({**saved, "_notes": notes}, indent=1) + "\n")
         (RESULTS / "browser_latency.md").write_text(text)
     print(f"(ran in {time.perf_counter() - started:.0f} s)")
 
