@@ -3,8 +3,9 @@
     python benchmarks/build_throughput.py [--images 512] [--device cpu|cuda] [--batch-size 32] [--num-workers N]
 
 Both run in this process on the same JPEG folder with a ViT-B/32-size CLIP (random weights: same compute). On CPU
-the builder is timed twice: at its default fp32 (the reference arithmetic) and with `--precision auto` (int8, or
-bf16 where AMX makes it faster, kept only at cosine >= 0.99 to fp32), whose vectors are compared with fp32's.
+the builder is timed twice: with `--precision fp32` (the reference arithmetic) and with its default `--precision
+auto` (int8, or bf16 where AMX makes it faster, kept only at cosine >= BUILD_MIN_COSINE to fp32, as the CLI does),
+whose vectors are compared with fp32's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def ours(folder: Path, model_dir: Path, device: str, batch: int, workers: int | 
     from clipsearch.encoder import Encoder
 
     source = ImageFolderSource(folder)
-    encoder = Encoder.load(str(model_dir), None, device, precision=precision)
+    from clipsearch.precision import BUILD_MIN_COSINE
+
+    encoder = Encoder.load(str(model_dir), None, device, precision=precision, min_cosine=BUILD_MIN_COSINE)
     import os
 
     workers = workers if workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))
