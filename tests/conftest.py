@@ -24,6 +24,13 @@ from tiny_models import COLORS, SHAPES, cached_shapes_clip, caption_for, draw_sh
 SHAPE_CATEGORY_IDS = {shape: number for number, shape in enumerate(SHAPES, start=1)}
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `memory` (resident-memory growth of the in-process app) run first: after the tests that decode
+    81-MP pictures and bombs in this same process, glibc's per-thread arenas keep growing by tens of MB whatever the
+    app does (measured: 47-56 MB over 500 text calls then, under 30 alone), which says nothing about the app."""
+    items.sort(key=lambda item: item.get_closest_marker("memory") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "clip")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from helpers import call, rss_mb
 
 
@@ -27,6 +28,7 @@ def test_lazy_session_configs_equal_what_gradio_computes(app_server):
     assert session.config_values[first_key] == {"replaced": True}
 
 
+@pytest.mark.memory
 def test_raw_api_calls_do_not_pile_up_sessions(app_server):
     """Every raw-HTTP call is a new Gradio session holding a copy of the UI's config (~135 KB); only the newest 500
     are kept (clipsearch.ui.launch), so a steady stream of calls reaches a ceiling instead of growing ~1.3 GB."""
