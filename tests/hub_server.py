@@ -711,11 +711,12 @@ class HubServer:
         with self.storage.lock:
             self._fail = {"remaining": n, "status": status, "methods": {m.upper() for m in methods}}
 
-    def cut_after(self, nbytes: int, times: int = 1) -> None:
+    def cut_after(self, nbytes: int, times: int = 1, *, once_per_file: bool = False) -> None:
         """The next `times` /resolve GETs advertise the full length, send `nbytes` of body, then drop the
-        connection. Replaces any pending `cut_after`."""
+        connection; with `once_per_file`, a file's resumed GET is never cut again (whatever order the client
+        fetches files in). Replaces any pending `cut_after`."""
         with self.storage.lock:
-            self._cut = {"nbytes": nbytes, "remaining": times}
+            self._cut = {"nbytes": nbytes, "remaining": times, "once_per_file": once_per_file, "cut": set()}
 
     def corrupt(self, repo_id: str, path: str, repo_type: str | None = "dataset", revision: str = "main") -> bytes:
         """From now on, serve `path` at `revision`'s commit with flipped bytes (same size), while ETag,
@@ -1116,9 +1117,12 @@ class HubServer:
                 fail["remaining"] -= 1
                 raise _HubError(fail["status"], f"Injected failure (HTTP {fail['status']})", headers=commit_header)
             cut_bytes: int | None = None
-            if request.method == "GET" and self._cut is not None and self._cut["remaining"] > 0:
-                self._cut["remaining"] -= 1
-                cut_bytes = self._cut["nbytes"]
+            cut = self._cut
+            if request.method == "GET" and cut is not None and cut["remaining"] > 0 \
+                    and not (cut["once_per_file"] and (repo_id, path) in cut["cut"]):
+                cut["remaining"] -= 1
+                cut["cut"].add((repo_id, path))
+                cut_bytes = cut["nbytes"]
 
         headers = {
             **commit_header,
