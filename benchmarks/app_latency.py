@@ -26,7 +26,7 @@ from common import ROOT, call, coco_like_jpegs, machine, upload, vit_b32_clip
 def build(cache: Path, count: int) -> Path:
     out = cache / f"index-{count}"
     if not (out / "manifest.json").exists():
-        model = vit_b32_clip(cache / "vit-b32")
+        model = vit_b32_clip(cache / "clip-b32")
         folder = coco_like_jpegs(cache / "jpegs", count)
         subprocess.run([sys.executable, "-m", "builder.build", "--images", str(folder), "--model", str(model),
                         "--out", str(out), "--limit", str(count), "--quiet", "--eval", "none"], cwd=ROOT, check=True)

@@ -358,26 +358,6 @@ def cpu_now(app_pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
-def text_aware_model(cache: Path) -> Path:
-    """common.vit_b32_clip's model with its text config's eos_token_id set to its tokenizer's end token.
-
-    As common.py saves it, the config keeps CLIP's 49407 while the benchmark tokenizer ends texts with its own id,
-    so transformers pools position 0 (the start token) and every text gets the same vector: every text query would
-    return the same five images and a browser would never fetch a text search's thumbnails. Same architecture and
-    compute; only the pooled position changes."""
-    from transformers import AutoTokenizer, CLIPConfig
-
-    folder = common.vit_b32_clip(cache / "vit-b32")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = CLIPConfig.from_pretrained(folder)
-    if config.text_config.eos_token_id != tokenizer.eos_token_id:
-        config.text_config.eos_token_id = tokenizer.eos_token_id
-        config.text_config.bos_token_id = tokenizer.bos_token_id
-        config.text_config.pad_token_id = tokenizer.pad_token_id
-        config.save_pretrained(folder)
-    return folder
-
-
 class Subject:
     """One app under test (a label and the folder holding its app.py and clipsearch/) and its own browser page."""
 
@@ -396,7 +376,7 @@ def run(args, subjects: list[Subject]) -> dict[str, dict]:
 
     from playwright.sync_api import sync_playwright
 
-    text_aware_model(args.cache)
+    common.vit_b32_clip(args.cache / "clip-b32")
     folder = synthetic_artifacts(args.cache, args.count)
     n = args.queries + args.warmup
     # every subject gets the same queries (each app has its own caches; the browser keeps one per origin)
@@ -551,7 +531,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--count", type=int, default=common.COCO_COUNT)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench" / "browser",
-                        help="its own folder: the model here differs from common.vit_b32_clip's (text_aware_model)")
+                        help="cache folder (model, artifacts, pictures)")
     parser.add_argument("--modes", default="text,image", help="comma-separated: text, image")
     parser.add_argument("--no-save", action="store_true", help="print only; keep the stored results as they are")
     parser.add_argument("--report", action="store_true", help="only print and write the table of the stored results")
@@ -574,7 +554,7 @@ def main() -> None:
     text = (f"# Browser latency: what a visitor feels\n\n`python benchmarks/browser_latency.py --label <label>` "
             f"(Chromium {CHROMIUM} headless via Playwright, viewport 1280×900, app and browser on the same machine), "
             f"{args.queries} distinct queries per mode after {args.warmup} warm-up, {args.count:,}-row synthetic "
-            "artifacts, ViT-B/32-size random CLIP (text_aware_model). t0: the Search click (text) or the file "
+            "artifacts, ViT-B/32-size random CLIP. t0: the Search click (text) or the file "
             "input's change event (image); end: five result thumbnails loaded, decoded and painted.\n\n"
             + "\n".join(f"- **{label}**: {r['date']}, {r['machine']}; code: `{r['code']}`; load averages "
                         f"{' | '.join(r['loadavg'])}" for label, r in saved.items())

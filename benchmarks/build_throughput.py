@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    model_dir = vit_b32_clip(args.cache / "vit-b32")
+    model_dir = vit_b32_clip(args.cache / "clip-b32")
     folder = coco_like_jpegs(args.cache / "jpegs", args.images)
     batch = args.batch_size or (256 if args.device == "cuda" else 32)
     naive_rate = naive(folder, model_dir, args.device)

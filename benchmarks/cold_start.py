@@ -252,7 +252,7 @@ def main() -> None:
     server.app = timing
     rows = []
     with server:
-        publish(server, folder, args.cache / "vit-b32")
+        publish(server, folder, args.cache / "clip-b32")
         for variant in args.variants.split(","):
             ref = args.before_ref if variant == "before" else args.after_ref
             root = ROOT

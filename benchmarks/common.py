@@ -50,9 +50,14 @@ def vit_b32_clip(folder: Path) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
     torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(projection_dim=512))  # defaults: ViT-B/32 vision, 12-layer 512-wide text
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=_clip_tokenizer())
-    processor.tokenizer.model_max_length = 77
+    tokenizer = _clip_tokenizer()
+    tokenizer.model_max_length = 77
+    # the text tower pools at its config's eos id: it must be this tokenizer's, or every text gets one vector
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    # defaults: ViT-B/32 vision, 12-layer 512-wide text
+    model = CLIPModel(CLIPConfig(projection_dim=512, text_config=ids))
+    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -148,7 +153,7 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, index: str = "auto
     if (out / MANIFEST).exists():
         return out
     started = time.perf_counter()
-    model = vit_b32_clip(cache / "vit-b32")
+    model = vit_b32_clip(cache / "clip-b32")
     info = Encoder.load(str(model), None, "cpu").info  # fp32: exactly what the builder records
     rng = np.random.default_rng(seed)
     val = min(5000, count // 20)
