@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
-import html
 import logging
-import os
-import re
 import threading
 from collections import OrderedDict
 
 import gradio as gr
 import numpy as np
-import pandas as pd
 
-from .gallery import LOCAL, PLACEHOLDER, ThumbnailStore
+from .gradio_patches import (
+    QueryImage,
+    QueryNumber,
+    QuerySlider,
+    ThumbnailFiles,
+    busy_handler,
+    lazy_session_configs,
+    session_capacity,
+)
 from .images import ImageError
-from .published import KARPATHY, recall_label, recall_results, skipped_karpathy
 from .query import Filters, Query, compose, with_feedback
 from .query import search as run_search
 from .search import MAX_K, Hit, QueryError, check_k, clean_text
 from .service import Service
+from .views import (
+    HIGHLIGHT,
+    TITLE,
+    EmbeddingMap,
+    about_markdown,
+    details_markdown,
+    feedback_choices,
+    gallery_items,
+    hits_data,
+)
 
 log = logging.getLogger(__name__)
 
-# Gradio recomputes a usage summary with pandas over its last 10,000 events after every event (~3 ms a search,
-# growing with traffic); once per 1,000 events is plenty for the API page's statistics. Read when a Blocks is made.
-os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
-
-TITLE = "COCO CLIP visual search"
 EXAMPLE_QUERIES = [
     "a dog catching a frisbee in a park",
     "two giraffes standing next to each other",
@@ -46,93 +54,6 @@ CSS = """
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 """
-
-
-class _LazyConfigValues(dict):
-    """A Gradio session's per-component configs, each computed when first used instead of all up front.
-
-    Gradio 6 builds a new session for every raw-HTTP API call (twice with a validator) and, at creation, computes
-    the config of every component on the page (~4 ms and ~135 KB with this UI) for deep links, which API calls never
-    ask for. Reading any entry computes it exactly as Gradio would; listing them computes the rest first."""
-
-    def __init__(self, blocks_config, live_ids):
-        super().__init__()
-        self._config = blocks_config
-        self._pending = {key: None for key in blocks_config.blocks if key in live_ids}  # Gradio's order
-
-    def _fill(self, key) -> None:
-        if self._pending.pop(key, 0) is None:
-            dict.__setitem__(self, key, self._config.config_for_block(key, [], self._config.blocks[key]))
-
-    def _fill_all(self) -> None:
-        for key in list(self._pending):
-            self._fill(key)
-
-    def __getitem__(self, key):
-        self._fill(key)
-        return super().__getitem__(key)
-
-    def get(self, key, default=None):
-        self._fill(key)
-        return super().get(key, default)
-
-    def __contains__(self, key) -> bool:
-        return key in self._pending or super().__contains__(key)
-
-    def __setitem__(self, key, value) -> None:
-        self._pending.pop(key, None)
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key) -> None:
-        if self._pending.pop(key, 0) is None:
-            return
-        super().__delitem__(key)
-
-    def __iter__(self):
-        self._fill_all()
-        return super().__iter__()
-
-    def __len__(self) -> int:
-        return len(self._pending) + super().__len__()
-
-    def items(self):
-        self._fill_all()
-        return super().items()
-
-    def keys(self):
-        self._fill_all()
-        return super().keys()
-
-    def values(self):
-        self._fill_all()
-        return super().values()
-
-
-class _NoComponents:
-    """The Blocks as SessionState's constructor sees it, minus the components it would configure eagerly."""
-
-    def __init__(self, blocks):
-        self._blocks = blocks
-        self.blocks: dict = {}
-
-    def __getattr__(self, name):
-        return getattr(self._blocks, name)
-
-
-def _lazy_session_configs() -> None:
-    """Install _LazyConfigValues in Gradio's SessionState (once per process)."""
-    from gradio import state_holder
-
-    original = state_holder.SessionState.__init__
-    if getattr(original, "lazy_configs", False):
-        return
-
-    def __init__(self, blocks):
-        original(self, _NoComponents(blocks))
-        self.config_values = _LazyConfigValues(self.blocks_config, blocks.blocks)
-
-    __init__.lazy_configs = True
-    state_holder.SessionState.__init__ = __init__
 
 
 class DecodedImages:
@@ -154,186 +75,8 @@ class DecodedImages:
             return self._items.pop(key, None)
 
 
-class QueryImage(gr.Image):
-    """gr.Image that hands even unreadable uploads to our validator, which says what is wrong with them
-    (gr.Image's own preprocessing opens the file first and turns a bad one into a bare HTTP 400)."""
-
-    def preprocess(self, payload):
-        try:
-            return super().preprocess(payload)
-        except Exception:  # noqa: BLE001 - any failure here is reported by validate_image with a sentence
-            return str(payload.path) if payload is not None and payload.path else None
-
-    def get_block_name(self) -> str:
-        return "image"  # rendered by the standard image component
-
-
-class QueryNumber(gr.Number):
-    """gr.Number that hands any value to our validators (see QuerySlider)."""
-
-    def preprocess(self, payload):
-        return payload
-
-    def get_block_name(self) -> str:
-        return "number"
-
-
-class QuerySlider(gr.Slider):
-    """gr.Slider for k that hands any value to our validators, which answer with the allowed range in a sentence
-    (gr.Slider's own range check would answer an API caller with a bare HTTP 400)."""
-
-    def preprocess(self, payload):
-        return payload
-
-    def get_block_name(self) -> str:
-        return "slider"
-
-
-def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
-    return [(hit.thumbnail, f"{hit.score:.3f} · {hit.caption}") for hit in hits]
-
-
-def hits_data(hits: list[Hit]) -> list[dict]:
-    """The API's view of a hit: everything but the server-side thumbnail path."""
-    return [{key: value for key, value in hit.to_dict().items() if key not in ("thumbnail", "row")} for hit in hits]
-
-
-def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
-    return [(f"#{hit['rank']} {hit['caption'][:48]}", hit["image_id"]) for hit in hits]
-
-
-def details_markdown(hit: dict) -> str:
-    captions = "\n".join(f"- {html.escape(c)}" for c in hit["captions"]) or "- (no captions)"
-    categories = ", ".join(html.escape(c) for c in hit["categories"]) or "none listed"
-    link = f" · [Open the original image]({hit['url']})" if hit.get("url") else ""
-    split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
-    return (
-        f"### Image {hit['image_id']}{split}\n"
-        f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
-        f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
-    )
-
-
-MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
-MAP_LEGEND = 12  # the most common categories get their own colour; the rest share "other"
-HIGHLIGHT = "★ current results"
-
-
-class EmbeddingMap:
-    """The gallery's 2-D PCA coordinates as a sampled, category-coloured scatter with the current results on top."""
-
-    def __init__(self, gallery):
-        self.gallery = gallery
-        total = len(gallery)
-        rng = np.random.default_rng(0)
-        self.rows = np.sort(rng.choice(total, size=min(MAP_POINTS, total), replace=False))
-        records = gallery.rows(self.rows.tolist())
-        counts: dict[str, int] = {}
-        for record in records:
-            for name in record.categories:
-                counts[name] = counts.get(name, 0) + 1
-        legend = set(sorted(counts, key=lambda n: (-counts[n], n))[:MAP_LEGEND])
-
-        def colour(names: list[str]) -> str:
-            best = max(names, key=lambda n: (counts.get(n, 0), n), default=None)
-            return best if best in legend else ("other" if names else "no category")
-
-        self.base = pd.DataFrame({
-            "x": gallery.map_xy[self.rows, 0], "y": gallery.map_xy[self.rows, 1],
-            "category": [colour(r.categories) for r in records], "image_id": [r.image_id for r in records],
-            "caption": [(r.captions[0] if r.captions else r.file_name)[:60] for r in records],
-        })
-
-    def frame(self, hits: list[dict] | None = None) -> pd.DataFrame:
-        if not hits:
-            return self.base
-        rows = [self.gallery.row_of(h["image_id"]) for h in hits]
-        extra = pd.DataFrame({
-            "x": self.gallery.map_xy[rows, 0], "y": self.gallery.map_xy[rows, 1], "category": HIGHLIGHT,
-            "image_id": [h["image_id"] for h in hits], "caption": [h["caption"][:60] for h in hits],
-        })
-        return pd.concat([self.base, extra], ignore_index=True)
-
-    def region(self, x_range, count: int = 12) -> list[int]:
-        """Rows of the sampled points inside a brushed x-range, those nearest its middle first."""
-        low, high = sorted(float(v) for v in x_range)
-        xs = self.gallery.map_xy[self.rows, 0]
-        inside = np.flatnonzero((xs >= low) & (xs <= high))
-        order = inside[np.argsort(np.abs(xs[inside] - (low + high) / 2), kind="stable")][:count]
-        return self.rows[order].tolist()
-
-
-def _recall_table(name: str, result: dict) -> str:
-    """One recall result as a table; on the Karpathy split, the model's published figures beside ours, and the
-    verdict of the comparison."""
-
-    def cells(recall: dict) -> str:
-        return " | ".join(f"{recall[k]:.1f}" if k in recall else "—" for k in ("R@1", "R@5", "R@10"))
-
-    published = result.get("published")
-    rows = [f"| text → image, this build | {cells(result['text_to_image'])} |"]
-    if published:
-        rows.append(f"| text → image, published | {cells(published['text_to_image'])} |")
-    rows.append(f"| image → text, this build | {cells(result['image_to_text'])} |")
-    if published:
-        rows.append(f"| image → text, published | {cells(published['image_to_text'])} |")
-    text = (f"\n**Recall on {recall_label(name, result)}**\n\n| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|\n"
-            + "\n".join(rows))
-    if name == KARPATHY:
-        text += "\n\nThe Karpathy 5k test split is the one the CLIP, open_clip and SigLIP papers report."
-    if published:
-        text += (f"\n\nPublished: [{published['source']}]({published['source_url']}), {published['reference']}."
-                 f"\n\n{'⚠️ ' if published['flagged'] else ''}{published['note']}")
-    return text
-
-
-def about_markdown(service: Service) -> str:
-    manifest, source = service.searcher.gallery.manifest, service.source
-    model = manifest.model
-    if service.searcher.has_text:
-        intro = (f"{TITLE} finds images from the COCO 2017 gallery that match a description or look like a picture "
-                 "you give it. Both are embedded with a CLIP model into the same vector space; the closest gallery "
-                 "images are found with FAISS. Everything runs on this Space's CPU.")
-    else:
-        intro = (f"{TITLE} finds the gallery images that look most like a picture you give it. This index was built "
-                 f"with an image-only model ({model['architecture']}), chosen for visual similarity: it has no text "
-                 "side, so search by description is off. The closest gallery images are found with FAISS.")
-    lines = [
-        f"## About\n{intro}",
-        "### This build",
-        f"- **Model:** `{model['model_id']}`" + (f" @ `{model['revision'][:12]}`" if model.get("revision") else ""),
-        f"- **Images:** {manifest.count:,} (dimension {manifest.dim}, index {manifest.index.factory})",
-        f"- **Built:** {manifest.created_at} by builder `{manifest.builder_version}`",
-    ]
-    if source.repo_id:
-        lines.append(f"- **Artifacts:** `{source.repo_id}` at `{source.ref}` (commit `{(source.revision or '')[:12]}`)")
-    else:
-        lines.append(f"- **Artifacts:** local folder `{source.folder}`")
-    if source.notice:
-        lines.append(f"- ⚠️ {source.notice}")
-    for name, result in recall_results(manifest.evaluation):
-        lines.append(_recall_table(name, result))
-    if reason := skipped_karpathy(manifest.evaluation):
-        lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
-                     f"measured for this build ({reason}).")
-    if by_category := manifest.evaluation.get("image_to_image_by_category"):
-        lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
-                     "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"
-                     f"| {by_category['P@1']:.1f} | {by_category['P@5']:.1f} | {by_category['P@10']:.1f} | "
-                     f"{by_category['mAP']:.1f} |")
-    lines.append(
-        "\n### Use it from Python\n```python\nfrom gradio_client import Client, handle_file\n"
-        "client = Client(\"<this Space's id or URL>\")\n"
-        "gallery, hits = client.predict(\"a dog on a beach\", 5, api_name=\"/search_text\")\n"
-        "gallery, hits = client.predict(handle_file(\"photo.jpg\"), 5, api_name=\"/search_image\")\n"
-        "gallery, hits = client.predict(hits[0][\"image_id\"], 5, api_name=\"/search_similar\")\n"
-        "print(hits[0][\"image_id\"], hits[0][\"score\"], hits[0][\"caption\"])\n```"
-    )
-    return "\n".join(lines)
-
-
 def build_ui(service: Service) -> gr.Blocks:
-    _lazy_session_configs()
+    lazy_session_configs()
     # Thumbnails never change under a given cache folder (it is named by the manifest's hash), so Gradio may serve
     # them where they are instead of copying each result (and each example) into its cache: ~4 ms less per search,
     # and only uploads ever land in the cache, which delete_cache below empties of hour-old files.
@@ -684,91 +427,21 @@ def _example_images(searcher, count: int = 6) -> list[str]:
     return [str(searcher.gallery.thumbnails.path(row)) for row in rows]
 
 
-# --- thumbnails: Gradio's file route, answered here with caching headers (the one workaround of Gradio internals) --
-FILE_ROUTE = "/gradio_api/file="  # gradio.routes (6.31): @router.get("/file={path_or_url:path}") under API_PREFIX
-IMMUTABLE = "public, max-age=31536000, immutable"
-_THUMBNAIL_NAME = re.compile(rf"(\d+)\.jpg|{re.escape(PLACEHOLDER)}")
-
-
-class ThumbnailFiles:
-    """ASGI middleware that answers Gradio's file route for the gallery's thumbnails itself, cacheable for good.
-
-    Written for gradio 6.31, where every result's thumbnail is a GET /gradio_api/file=<absolute path> that Gradio
-    answers generically: it resolves and checks the path against its allowed and blocked lists, stats the file,
-    streams it from a worker thread and sends no Cache-Control, so a browser asks again for thumbnails it already
-    has. These URLs are content-addressed: the folder is named by the hash of the build's manifest (which pins every
-    thumbnail pack's sha256; see clipsearch.hub) and the file by its row, so the bytes behind a URL never change and
-    may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by range
-    request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
-    the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio. (Gradio's
-    login check is not applied to these files: this app launches without auth; thumbnails are public anyway.)"""
-
-    def __init__(self, app, store: ThumbnailStore):
-        self.app = app
-        self.store = store
-        folder = store.cache_dir
-        self.folders = {str(folder), os.path.abspath(folder), str(folder.resolve())}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path: str = scope["path"]
-            at = path.find(FILE_ROUTE)
-            if at >= 0 and await self._answer(path[at + len(FILE_ROUTE):], scope, send):
-                return
-        await self.app(scope, receive, send)
-
-    async def _answer(self, target: str, scope, send) -> bool:
-        folder, _, name = target.rpartition("/")
-        named = _THUMBNAIL_NAME.fullmatch(name)
-        if not named or folder not in self.folders:
-            return False
-        try:
-            with open(os.path.join(folder, name), "rb") as handle:  # ~10 KB from the page cache: no thread hop
-                body = handle.read()
-        except OSError:
-            return False  # not materialised (or removed): Gradio answers as it would
-        row = named.group(1)
-        verified = row is None or self.store.state(self.store.pack_of(int(row))) == LOCAL
-        etag = f'"{os.path.basename(folder)}-{name}"'.encode()
-        headers = [(b"cache-control", IMMUTABLE.encode() if verified else b"no-cache"), (b"etag", etag),
-                   (b"x-content-type-options", b"nosniff")]
-        request_headers = dict(scope.get("headers") or [])
-        if request_headers.get(b"if-none-match") == etag:
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            return True
-        headers += [(b"content-type", b"image/jpeg"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-        return True
-
-
 def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs):
     """Queue sized for a 2-vCPU Space: requests wait their turn (and are batched) instead of thrashing the CPU.
 
     When `queue_size` requests are already waiting, the next one is turned away at once (HTTP 503 with Retry-After
     and a sentence saying the search is busy; gradio_client raises QueueError, the browser says "busy, try again")
     instead of waiting without end."""
-    from fastapi.exception_handlers import http_exception_handler
-    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
     from starlette.middleware import Middleware
 
-    async def busy(request, error: HTTPException):
-        if error.status_code == 503 and str(error.detail).startswith("Queue is full"):  # Gradio's queue, full
-            return JSONResponse({"detail": f"The search is busy right now ({queue_size} searches are waiting); "
-                                           "please try again in a few seconds."},
-                                status_code=503, headers={"Retry-After": "5"})
-        return await http_exception_handler(request, error)
-
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-    app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}), HTTPException: busy}
+    app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
+                                        HTTPException: busy_handler(queue_size)}
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails)]
-    # Gradio keeps per-session state (a copy of every component's config, ~135 KB here) for its newest N sessions,
-    # and every raw-HTTP API call is a new session: its default of 10,000 held ~1.3 GB. 500 keeps it near 70 MB;
-    # a visitor whose session was dropped only loses "More results" paging (a sentence asks to search again).
-    kwargs.setdefault("state_session_capacity", 500)
+    kwargs = {**session_capacity(), **kwargs}  # the caller's own cap wins
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo.launch(
         theme=gr.themes.Soft(), css=CSS, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],

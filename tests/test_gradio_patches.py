@@ -1,5 +1,6 @@
-"""The workarounds of Gradio's internals in clipsearch.ui: per-session component configs computed lazily (each equal
-to what Gradio computes) and a cap on kept sessions, so raw-HTTP calls do not pile up memory."""
+"""The workarounds of Gradio's internals in clipsearch.gradio_patches: per-session component configs computed lazily
+(each equal to what Gradio computes), a cap on kept sessions, so raw-HTTP calls do not pile up memory, and the
+warning when the installed gradio is not the one they were written for."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from helpers import call, rss_mb
 
 
 def test_lazy_session_configs_equal_what_gradio_computes(app_server):
-    """clipsearch.ui makes Gradio's per-session component configs lazy; every one must equal Gradio's own."""
+    """gradio_patches makes Gradio's per-session component configs lazy; every one must equal Gradio's own."""
     from gradio.state_holder import SessionState
 
-    from clipsearch.ui import _LazyConfigValues, build_ui
+    from clipsearch.gradio_patches import _LazyConfigValues
+    from clipsearch.ui import build_ui
 
     blocks = build_ui(app_server[1])
     session = SessionState(blocks)
@@ -31,7 +33,8 @@ def test_lazy_session_configs_equal_what_gradio_computes(app_server):
 @pytest.mark.memory
 def test_raw_api_calls_do_not_pile_up_sessions(app_server):
     """Every raw-HTTP call is a new Gradio session holding a copy of the UI's config (~135 KB); only the newest 500
-    are kept (clipsearch.ui.launch), so a steady stream of calls reaches a ceiling instead of growing ~1.3 GB."""
+    are kept (gradio_patches.SESSION_CAPACITY), so a steady stream of calls reaches a ceiling instead of growing
+    ~1.3 GB."""
     url = app_server[0]
 
     def calls(first: int, count: int) -> None:
@@ -46,3 +49,19 @@ def test_raw_api_calls_do_not_pile_up_sessions(app_server):
     grown = rss_mb() - before
     assert grown < 30, f"resident memory grew {grown:.0f} MB over 500 more calls"
 
+
+@pytest.mark.parametrize("installed, warned", [("6.31.0", False), ("6.31.7", False), ("6.32.0", True), ("7.0.1", True)])
+def test_version_guard_warns_only_for_another_gradio(monkeypatch, caplog, installed, warned):
+    """The patches were read from one gradio: another major.minor gets one warning naming them, and still starts."""
+    import gradio
+
+    from clipsearch import gradio_patches
+
+    monkeypatch.setattr(gradio, "__version__", installed)
+    with caplog.at_level("WARNING", logger="clipsearch.gradio_patches"):
+        assert gradio_patches.check_version() is not warned
+    messages = [r.getMessage() for r in caplog.records if r.name == "clipsearch.gradio_patches"]
+    assert len(messages) == int(warned)
+    if warned:
+        assert installed in messages[0] and gradio_patches.WRITTEN_FOR in messages[0]
+        assert "lazy_session_configs" in messages[0] and "ThumbnailFiles" in messages[0]

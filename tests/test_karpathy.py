@@ -22,7 +22,7 @@ from builder.publish import dataset_card
 from clipsearch import published
 from clipsearch.encoder import Encoder
 from clipsearch.manifest import EMBEDDINGS, METADATA, Manifest
-from clipsearch.ui import about_markdown
+from clipsearch.views import about_markdown
 
 FAKE_PUBLISHED = dict(t2i_r1=90.0, t2i_r5=101.6, t2i_r10=100.0, i2t_r1=95.5, i2t_r5=100.0, i2t_r10=100.0)
 

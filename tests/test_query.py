@@ -178,7 +178,7 @@ def test_relevance_feedback_moves_toward_marked_results(shapes):
 
 
 def test_the_build_stores_a_2d_map_that_the_app_samples_and_highlights(shapes_artifacts):
-    from clipsearch.ui import HIGHLIGHT, EmbeddingMap
+    from clipsearch.views import HIGHLIGHT, EmbeddingMap
 
     gallery = Gallery.open(shapes_artifacts)
     assert gallery.map_xy.shape == (len(gallery), 2) and np.isfinite(gallery.map_xy).all()

@@ -1,0 +1,157 @@
+"""Hits and the build's manifest formatted for the UI's components: plain values, no Gradio event logic."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+from .published import KARPATHY, recall_label, recall_results, skipped_karpathy
+from .search import Hit
+from .service import Service
+
+TITLE = "COCO CLIP visual search"
+
+
+def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
+    return [(hit.thumbnail, f"{hit.score:.3f} · {hit.caption}") for hit in hits]
+
+
+def hits_data(hits: list[Hit]) -> list[dict]:
+    """The API's view of a hit: everything but the server-side thumbnail path."""
+    return [{key: value for key, value in hit.to_dict().items() if key not in ("thumbnail", "row")} for hit in hits]
+
+
+def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
+    return [(f"#{hit['rank']} {hit['caption'][:48]}", hit["image_id"]) for hit in hits]
+
+
+def details_markdown(hit: dict) -> str:
+    captions = "\n".join(f"- {html.escape(c)}" for c in hit["captions"]) or "- (no captions)"
+    categories = ", ".join(html.escape(c) for c in hit["categories"]) or "none listed"
+    link = f" · [Open the original image]({hit['url']})" if hit.get("url") else ""
+    split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
+    return (
+        f"### Image {hit['image_id']}{split}\n"
+        f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
+        f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
+    )
+
+
+MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
+MAP_LEGEND = 12  # the most common categories get their own colour; the rest share "other"
+HIGHLIGHT = "★ current results"
+
+
+class EmbeddingMap:
+    """The gallery's 2-D PCA coordinates as a sampled, category-coloured scatter with the current results on top."""
+
+    def __init__(self, gallery):
+        self.gallery = gallery
+        total = len(gallery)
+        rng = np.random.default_rng(0)
+        self.rows = np.sort(rng.choice(total, size=min(MAP_POINTS, total), replace=False))
+        records = gallery.rows(self.rows.tolist())
+        counts: dict[str, int] = {}
+        for record in records:
+            for name in record.categories:
+                counts[name] = counts.get(name, 0) + 1
+        legend = set(sorted(counts, key=lambda n: (-counts[n], n))[:MAP_LEGEND])
+
+        def colour(names: list[str]) -> str:
+            best = max(names, key=lambda n: (counts.get(n, 0), n), default=None)
+            return best if best in legend else ("other" if names else "no category")
+
+        self.base = pd.DataFrame({
+            "x": gallery.map_xy[self.rows, 0], "y": gallery.map_xy[self.rows, 1],
+            "category": [colour(r.categories) for r in records], "image_id": [r.image_id for r in records],
+            "caption": [(r.captions[0] if r.captions else r.file_name)[:60] for r in records],
+        })
+
+    def frame(self, hits: list[dict] | None = None) -> pd.DataFrame:
+        if not hits:
+            return self.base
+        rows = [self.gallery.row_of(h["image_id"]) for h in hits]
+        extra = pd.DataFrame({
+            "x": self.gallery.map_xy[rows, 0], "y": self.gallery.map_xy[rows, 1], "category": HIGHLIGHT,
+            "image_id": [h["image_id"] for h in hits], "caption": [h["caption"][:60] for h in hits],
+        })
+        return pd.concat([self.base, extra], ignore_index=True)
+
+    def region(self, x_range, count: int = 12) -> list[int]:
+        """Rows of the sampled points inside a brushed x-range, those nearest its middle first."""
+        low, high = sorted(float(v) for v in x_range)
+        xs = self.gallery.map_xy[self.rows, 0]
+        inside = np.flatnonzero((xs >= low) & (xs <= high))
+        order = inside[np.argsort(np.abs(xs[inside] - (low + high) / 2), kind="stable")][:count]
+        return self.rows[order].tolist()
+
+
+def _recall_table(name: str, result: dict) -> str:
+    """One recall result as a table; on the Karpathy split, the model's published figures beside ours, and the
+    verdict of the comparison."""
+
+    def cells(recall: dict) -> str:
+        return " | ".join(f"{recall[k]:.1f}" if k in recall else "—" for k in ("R@1", "R@5", "R@10"))
+
+    published = result.get("published")
+    rows = [f"| text → image, this build | {cells(result['text_to_image'])} |"]
+    if published:
+        rows.append(f"| text → image, published | {cells(published['text_to_image'])} |")
+    rows.append(f"| image → text, this build | {cells(result['image_to_text'])} |")
+    if published:
+        rows.append(f"| image → text, published | {cells(published['image_to_text'])} |")
+    text = (f"\n**Recall on {recall_label(name, result)}**\n\n| direction | R@1 | R@5 | R@10 |\n|---|---|---|---|\n"
+            + "\n".join(rows))
+    if name == KARPATHY:
+        text += "\n\nThe Karpathy 5k test split is the one the CLIP, open_clip and SigLIP papers report."
+    if published:
+        text += (f"\n\nPublished: [{published['source']}]({published['source_url']}), {published['reference']}."
+                 f"\n\n{'⚠️ ' if published['flagged'] else ''}{published['note']}")
+    return text
+
+
+def about_markdown(service: Service) -> str:
+    manifest, source = service.searcher.gallery.manifest, service.source
+    model = manifest.model
+    if service.searcher.has_text:
+        intro = (f"{TITLE} finds images from the COCO 2017 gallery that match a description or look like a picture "
+                 "you give it. Both are embedded with a CLIP model into the same vector space; the closest gallery "
+                 "images are found with FAISS. Everything runs on this Space's CPU.")
+    else:
+        intro = (f"{TITLE} finds the gallery images that look most like a picture you give it. This index was built "
+                 f"with an image-only model ({model['architecture']}), chosen for visual similarity: it has no text "
+                 "side, so search by description is off. The closest gallery images are found with FAISS.")
+    lines = [
+        f"## About\n{intro}",
+        "### This build",
+        f"- **Model:** `{model['model_id']}`" + (f" @ `{model['revision'][:12]}`" if model.get("revision") else ""),
+        f"- **Images:** {manifest.count:,} (dimension {manifest.dim}, index {manifest.index.factory})",
+        f"- **Built:** {manifest.created_at} by builder `{manifest.builder_version}`",
+    ]
+    if source.repo_id:
+        lines.append(f"- **Artifacts:** `{source.repo_id}` at `{source.ref}` (commit `{(source.revision or '')[:12]}`)")
+    else:
+        lines.append(f"- **Artifacts:** local folder `{source.folder}`")
+    if source.notice:
+        lines.append(f"- ⚠️ {source.notice}")
+    for name, result in recall_results(manifest.evaluation):
+        lines.append(_recall_table(name, result))
+    if reason := skipped_karpathy(manifest.evaluation):
+        lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
+                     f"measured for this build ({reason}).")
+    if by_category := manifest.evaluation.get("image_to_image_by_category"):
+        lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
+                     "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"
+                     f"| {by_category['P@1']:.1f} | {by_category['P@5']:.1f} | {by_category['P@10']:.1f} | "
+                     f"{by_category['mAP']:.1f} |")
+    lines.append(
+        "\n### Use it from Python\n```python\nfrom gradio_client import Client, handle_file\n"
+        "client = Client(\"<this Space's id or URL>\")\n"
+        "gallery, hits = client.predict(\"a dog on a beach\", 5, api_name=\"/search_text\")\n"
+        "gallery, hits = client.predict(handle_file(\"photo.jpg\"), 5, api_name=\"/search_image\")\n"
+        "gallery, hits = client.predict(hits[0][\"image_id\"], 5, api_name=\"/search_similar\")\n"
+        "print(hits[0][\"image_id\"], hits[0][\"score\"], hits[0][\"caption\"])\n```"
+    )
+    return "\n".join(lines)
