@@ -303,13 +303,26 @@ class Gallery:
             return int(self._id_order[where])
         return None
 
-    def search(self, vectors: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search on the calling thread alone. Queries come one at a time, which FAISS cannot split across
-        threads anyway, while every request thread that lets it start an OpenMP team slows the model thread's own
-        team (see clipsearch.batcher.ModelThread): 12.2 -> 10.5 ms per text query at COCO size, measured."""
-        faiss.omp_set_num_threads(1)  # per calling thread
-        return self.index.search(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.manifest.dim), k,
-                                 params=params)
+    def search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k rows nearest to one query vector (cosine, best first; fewer when fewer exist), among the rows where
+        the boolean mask `allowed` is true if given: (scores, rows), both 1-D."""
+        faiss.omp_set_num_threads(1)  # per calling thread: one query cannot use a team, and teams slow the model's
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.manifest.dim)
+        if allowed is None:
+            scores, rows = self.index.search(query, k)
+        elif isinstance(faiss.downcast_index(self.index), faiss.IndexFlat):
+            # A bitmap selector inside the flat scan: the k best *matching* rows, never a post-filtered shortfall.
+            bits = np.packbits(allowed, bitorder="little")
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            scores, rows = self.index.search(query, k, params=faiss.SearchParameters(sel=selector))
+        else:
+            # Approximate indexes can miss matches under a selective filter; score the matching rows exactly instead.
+            candidates = np.flatnonzero(allowed)
+            exact = np.asarray(self.vectors[candidates], np.float32) @ query[0]
+            order = np.argsort(-exact, kind="stable")[:k]
+            return exact[order], candidates[order]
+        found = rows[0] >= 0
+        return scores[0][found], rows[0][found]
 
     def vector(self, row: int) -> np.ndarray:
         return np.asarray(self.vectors[row], dtype=np.float32)

@@ -1,16 +1,17 @@
-"""Composed queries and result shaping: image+text with weights, negative text, filters, paging, near-duplicates."""
+"""What a search asks for, checked once at the boundary: text, k, composed queries, filters, paging, result shape."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
-from .search import MAX_K, Hit, QueryError, Searcher, check_k, clean_text
+from .gallery import QueryError
 
+MAX_K = 50
 MAX_DEPTH = 1000  # paging stops here: nobody reads result 1001, and deeper searches only cost time
-DUPLICATE_COSINE = 0.95  # two gallery images this close are the same shot for a visitor
+MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
 
 
 @dataclass
@@ -36,142 +37,83 @@ class Query:
     negative_weight: float = 0.5
 
 
-def compose(searcher: Searcher, query: Query) -> tuple[np.ndarray, str | None]:
-    """The query vector (unit length) and the text used for choosing each hit's best caption."""
-    text = clean_text(query.text) if query.text and query.text.strip() else None
-    images = [image for image in query.images if image is not None]
-    if not text and not images:
-        raise QueryError("Please type a description or add an example image.")
-    if not 0.0 <= float(query.image_weight) <= 1.0 or not 0.0 <= float(query.negative_weight) <= 2.0:
-        raise QueryError("image_weight must be between 0 and 1, and negative_weight between 0 and 2.")
-    parts = []
-    if images:
-        vectors = [searcher.encode_image(searcher.load_image(image)) for image in images]
-        picture = _unit(np.mean(vectors, axis=0))
-        parts.append((float(query.image_weight) if text else 1.0, picture))
-    if text:
-        parts.append((1.0 - float(query.image_weight) if images else 1.0, searcher.encode_text(text)))
-    vector = sum(weight * part for weight, part in parts)
-    if query.negative and query.negative.strip():
-        vector = vector - float(query.negative_weight) * searcher.encode_text(clean_text(query.negative))
-    if not np.linalg.norm(vector) > 1e-6:
-        raise QueryError("The weights cancel the query out; give the text or the images more weight.")
-    return _unit(vector), text
+@dataclass(frozen=True)
+class Plan:
+    """Which hits to return for a query vector: page `page` (0-based) of k, among the filtered rows, optionally
+    without near-duplicates (collapse), re-ranked for variety (diversity 0..1) or cut at a minimum cosine.
+    Build it with Plan.checked, which validates every field with a sentence for the caller."""
+
+    k: int = 5
+    page: int = 0
+    filters: Filters = field(default_factory=Filters)
+    collapse: bool = False
+    diversity: float = 0.0
+    min_score: float | None = None
+
+    @classmethod
+    def checked(cls, k, page=0, filters: Filters | None = None, collapse=False, diversity=0.0,
+                min_score=None) -> Plan:
+        k = check_k(k)
+        if not 0.0 <= float(diversity or 0.0) <= 1.0:
+            raise QueryError("diversity must be between 0 (off) and 1.")
+        return cls(k=k, page=check_page(page, k), filters=filters or Filters(), collapse=bool(collapse),
+                   diversity=float(diversity or 0.0), min_score=float(min_score) if min_score else None)
+
+    def next_page(self) -> Plan:
+        return dataclasses.replace(self, page=check_page(self.page + 1, self.k))
+
+    @property
+    def first_rank(self) -> int:
+        return self.page * self.k + 1
 
 
-def with_feedback(searcher: Searcher, vector: np.ndarray, more_like: list[int] | None = None,
-                  less_like: list[int] | None = None, *, alpha: float = 1.0, beta: float = 0.75,
-                  gamma: float = 0.25) -> np.ndarray:
-    """Rocchio relevance feedback from stored gallery vectors (no re-encoding): toward the images marked
-    'more like this', away from those marked 'less like this'."""
-    def mean_of(ids):
-        rows = [searcher.gallery.row_of(int(i)) for i in ids or []]
-        if any(row is None for row in rows):
-            raise QueryError("A feedback image id is not in this gallery.")
-        return np.mean([searcher.gallery.vector(row) for row in rows], axis=0) if rows else 0.0
+@dataclass(frozen=True, eq=False)  # eq=False: hashable by identity (Gradio hashes state values), arrays are not
+class Paging:
+    """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan."""
 
-    refined = alpha * np.asarray(vector, np.float32) + beta * mean_of(more_like) - gamma * mean_of(less_like)
-    if not np.linalg.norm(refined) > 1e-6:
-        raise QueryError("The feedback cancels the query out; mark fewer images as 'less like this'.")
-    return _unit(refined)
+    vector: np.ndarray
+    text: str | None
+    plan: Plan
 
 
-def search(searcher: Searcher, vector: np.ndarray, k: int = 5, *, page: int = 0, filters: Filters | None = None,
-           collapse: bool = False, query_text: str | None = None, diversity: float = 0.0,
-           min_score: float | None = None) -> list[Hit]:
-    """Page `page` (0-based) of the k best images among those matching the filters; exact for a flat index.
-
-    diversity > 0 re-ranks by maximal marginal relevance (0 = pure similarity, 1 = mostly variety); min_score
-    drops hits less similar than that cosine."""
-    k, page = check_k(k), _check_page(page, k)
-    if not 0.0 <= float(diversity) <= 1.0:
-        raise QueryError("diversity must be between 0 (off) and 1.")
-    gallery = searcher.gallery
-    allowed = gallery.mask(filters.categories, filters.match_all, filters.splits) if filters and filters.active() \
-        else None
-    if allowed is not None and not allowed.any():
-        return []
-    want = (page + 1) * k
-    depth = min(len(gallery), want * 4 if collapse or diversity else want)
-    while True:
-        scores, rows = _nearest(gallery, np.asarray(vector, np.float32).reshape(1, -1), depth, allowed)
-        found = [(float(s), int(r)) for s, r in zip(scores, rows) if r >= 0]
-        if min_score is not None:
-            found = [(s, r) for s, r in found if s >= float(min_score)]
-        if collapse:
-            found = _collapse(gallery, found)
-        if len(found) >= want or depth >= len(gallery) or min_score is not None and len(found) < depth:
-            break
-        depth = min(len(gallery), depth * 4)  # duplicates ate the candidates: look deeper
-    if diversity:
-        found = _mmr(gallery, found, float(diversity), want)
-    page_found = found[page * k:want]
-    hits = searcher.hits_for(page_found, query_text)
-    for offset, hit in enumerate(hits):
-        hit.rank = page * k + offset + 1
-    return hits
+def clean_text(text) -> str:
+    """Normalise a text query; empty or whitespace-only text is a QueryError with a sentence."""
+    if not isinstance(text, str):
+        raise QueryError("The query must be text.")
+    text = text[:4 * MAX_QUERY_CHARS]  # cut before any per-character work: a 10 MB query costs no more than 4 kB
+    # Control characters carry no meaning for the model and can confuse tokenizers.
+    text = "".join(ch if ch.isprintable() or ch in " \t" else " " for ch in text)
+    text = " ".join(text.split())
+    if not text:
+        raise QueryError("Please type a description of the image you are looking for.")
+    return text[:MAX_QUERY_CHARS]
 
 
-def _nearest(gallery, vector: np.ndarray, depth: int, allowed: np.ndarray | None):
-    if allowed is None:
-        scores, rows = gallery.search(vector, depth)
-        return scores[0], rows[0]
-    if isinstance(faiss.downcast_index(gallery.index), faiss.IndexFlat):
-        # A bitmap selector inside the flat scan: the k best *matching* images, never a post-filtered shortfall.
-        bits = np.packbits(allowed, bitorder="little")
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits)))
-        scores, rows = gallery.search(vector, depth, params=params)
-        return scores[0], rows[0]
-    # Approximate indexes can miss matches under a selective filter; score the matching rows exactly instead.
-    candidates = np.flatnonzero(allowed)
-    scores = np.asarray(gallery.vectors[candidates], np.float32) @ vector[0]
-    order = np.argsort(-scores, kind="stable")[:depth]
-    return scores[order], candidates[order]
+def check_k(k) -> int:
+    """k must be a whole number in 1..MAX_K; anything else is a QueryError naming the allowed range."""
+    if isinstance(k, bool):
+        raise QueryError(f"k must be a whole number between 1 and {MAX_K}.")
+    if isinstance(k, float) and k.is_integer():
+        k = int(k)
+    if isinstance(k, str) and k.strip().isdigit():
+        k = int(k.strip())
+    if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r}).")
+    return int(k)
 
 
-def _collapse(gallery, found: list[tuple[float, int]]) -> list[tuple[float, int]]:
-    """Greedy: keep a hit unless it is a near-copy (cosine > DUPLICATE_COSINE) of a better one already kept."""
-    kept, kept_vectors = [], []
-    for score, row in found:
-        vector = gallery.vector(row)
-        if kept_vectors and float(np.max(np.stack(kept_vectors) @ vector)) > DUPLICATE_COSINE:
-            continue
-        kept.append((score, row))
-        kept_vectors.append(vector)
-    return kept
-
-
-def _mmr(gallery, found: list[tuple[float, int]], diversity: float, want: int) -> list[tuple[float, int]]:
-    """Maximal marginal relevance: each next hit balances similarity to the query against the closest hit
-    already chosen; scores stay the true cosine to the query."""
-    if not found:
-        return found
-    vectors = np.stack([gallery.vector(row) for _, row in found])
-    relevance = np.asarray([score for score, _ in found], np.float32)
-    chosen: list[int] = [0]
-    closest = vectors @ vectors[0]
-    while len(chosen) < min(want, len(found)):
-        value = (1.0 - diversity) * relevance - diversity * closest
-        value[chosen] = -np.inf
-        pick = int(np.argmax(value))
-        chosen.append(pick)
-        closest = np.maximum(closest, vectors @ vectors[pick])
-    return [found[i] for i in chosen]
-
-
-def _check_page(page, k: int) -> int:
+def check_page(page, k: int) -> int:
+    if page is None:
+        return 0
     if isinstance(page, float) and page.is_integer():
         page = int(page)
-    if not isinstance(page, int) or isinstance(page, bool) or page < 0:
+    if not isinstance(page, (int, np.integer)) or isinstance(page, bool) or page < 0:
         raise QueryError("page must be a whole number, 0 for the first page.")
     if (page + 1) * k > MAX_DEPTH:
         raise QueryError(f"Results stop at {MAX_DEPTH}; refine the query instead of paging further.")
-    return page
+    return int(page)
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
-
-
-__all__ = ["Filters", "Query", "compose", "search", "with_feedback", "MAX_K", "MAX_DEPTH"]
+def check_weights(query: Query) -> None:
+    if not 0.0 <= float(query.image_weight) <= 1.0 or not 0.0 <= float(query.negative_weight) <= 2.0:
+        raise QueryError("image_weight must be between 0 and 1, and negative_weight between 0 and 2.")

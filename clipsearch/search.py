@@ -1,4 +1,4 @@
-"""The search core: encode a query with the shared encoder, search the gallery, return typed hits."""
+"""The search core: every query (text, image, similar, composed) becomes a vector and ends in Searcher.search."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from .batcher import ModelThread
 from .encoder import Encoder
 from .gallery import Gallery, QueryError
 from .images import open_image
+from .query import Plan, Query, check_weights, clean_text
+from .ranking import collapse, mmr
 
-MAX_K = 50
-MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
 TEXT_CACHE_SIZE = 1024  # recent text queries whose vectors are kept (2 KB each at 512 dims): repeats skip the model
 
 
@@ -59,7 +59,7 @@ class Searcher:
         self._encode_text = self.model_thread.lane("text", lambda texts: list(encoder.encode_texts(texts)), text_batch)
         self._encode_image = self.model_thread.lane("image", lambda images: list(encoder.encode_images(images)),
                                                     image_batch)
-        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see search_text
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see text_vector
         self._text_lock = threading.Lock()
 
     # --- queries --------------------------------------------------------------------------------------------------
@@ -75,30 +75,58 @@ class Searcher:
                              "endpoint).")
 
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
+        self.require_text()  # before the text: an image-only index answers that sentence whatever was typed
+        query, plan = clean_text(text), Plan.checked(k)
+        return self.search(self.text_vector(query), plan, query_text=query)
+
+    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
+        plan = Plan.checked(k)
+        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
+        return self.search(self._encode_image(picture), plan)
+
+    def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
+        """'More like this': the stored vector of a gallery image, no re-encoding."""
+        return self.search(self.stored_vector(image_id), Plan.checked(k))
+
+    def search(self, vector: np.ndarray, plan: Plan, query_text: str | None = None) -> list[Hit]:
+        """Where every search ends: the hits of `plan` for a unit query vector, ranked from plan.first_rank; exact
+        for a flat index. query_text picks each hit's best caption."""
+        gallery = self.gallery
+        allowed = gallery.mask(**vars(plan.filters)) if plan.filters.active() else None
+        if allowed is not None and not allowed.any():
+            return []
+        want = (plan.page + 1) * plan.k
+        depth = min(len(gallery), want * 4 if plan.collapse or plan.diversity else want)
+        while True:
+            scores, rows = gallery.search(vector, depth, allowed)
+            found = [(float(s), int(r)) for s, r in zip(scores, rows)]
+            if plan.min_score is not None:
+                found = [(s, r) for s, r in found if s >= plan.min_score]
+            if plan.collapse:
+                found = collapse(gallery, found)
+            if len(found) >= want or depth >= len(gallery) or plan.min_score is not None and len(found) < depth:
+                break
+            depth = min(len(gallery), depth * 4)  # duplicates ate the candidates: look deeper
+        if plan.diversity:
+            found = mmr(gallery, found, plan.diversity, want)
+        return self.hits_for(found[plan.page * plan.k:want], query_text, first_rank=plan.first_rank)
+
+    # --- query vectors --------------------------------------------------------------------------------------------
+    def text_vector(self, query: str) -> np.ndarray:
+        """A cleaned text query as a unit vector: recent queries from a cache, the rest micro-batched with other
+        visitors' queries on the model thread."""
         self.require_text()
-        query, k = clean_text(text), check_k(k)
         with self._text_lock:
             vector = self._text_vectors.get(query)
             if vector is not None:
                 self._text_vectors.move_to_end(query)
         if vector is None:
-            # micro-batched with other visitors' queries; a copy, so the cache does not pin the whole batch
-            vector = np.array(self._encode_text(query), dtype=np.float32)
+            vector = np.array(self._encode_text(query), dtype=np.float32)  # a copy: the cache must not pin the batch
             with self._text_lock:
                 self._text_vectors[query] = vector
                 while len(self._text_vectors) > TEXT_CACHE_SIZE:
                     self._text_vectors.popitem(last=False)
-        return self.search_vector(vector, k, query_text=query)
-
-    def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
-        k = check_k(k)
-        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
-        return self.search_vector(self._encode_image(picture), k)
-
-    def encode_text(self, text: str) -> np.ndarray:
-        """One cleaned text query as a unit vector, encoded together with concurrent queries."""
-        self.require_text()
-        return self._encode_text(text)
+        return vector
 
     def encode_image(self, picture: Image.Image) -> np.ndarray:
         return self._encode_image(picture)
@@ -107,24 +135,53 @@ class Searcher:
         """Decode a query image (raises clipsearch.images.ImageError with a sentence when it is unusable)."""
         return open_image(image, draft_size=self.encoder.info.image_size)
 
-    def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
-        """'More like this': the stored vector of a gallery image, no re-encoding."""
+    def stored_vector(self, image_id: int) -> np.ndarray:
         row = self.gallery.row_of(image_id)
         if row is None:
             raise QueryError(f"Image id {image_id} is not in this gallery.")
-        return self.search_vector(self.gallery.vector(row), k)
+        return self.gallery.vector(row)
 
-    def search_vector(self, vector: np.ndarray, k: int = 5, query_text: str | None = None) -> list[Hit]:
-        k = check_k(k)
-        scores, rows = self.gallery.search(vector, k)
-        found = [(float(s), int(r)) for s, r in zip(scores[0], rows[0]) if r >= 0]
-        return self.hits_for(found, query_text)
+    def compose(self, query: Query) -> tuple[np.ndarray, str | None]:
+        """The query vector (unit length) of a composed query and the text used for choosing each hit's caption."""
+        text = clean_text(query.text) if query.text and query.text.strip() else None
+        images = [image for image in query.images if image is not None]
+        if not text and not images:
+            raise QueryError("Please type a description or add an example image.")
+        check_weights(query)
+        parts = []
+        if images:
+            picture = _unit(np.mean([self._encode_image(self.load_image(image)) for image in images], axis=0))
+            parts.append((float(query.image_weight) if text else 1.0, picture))
+        if text:
+            parts.append((1.0 - float(query.image_weight) if images else 1.0, self.text_vector(text)))
+        vector = sum(weight * part for weight, part in parts)
+        if query.negative and query.negative.strip():
+            vector = vector - float(query.negative_weight) * self.text_vector(clean_text(query.negative))
+        if not np.linalg.norm(vector) > 1e-6:
+            raise QueryError("The weights cancel the query out; give the text or the images more weight.")
+        return _unit(vector), text
+
+    def with_feedback(self, vector: np.ndarray, more_like: list[int] | None = None,
+                      less_like: list[int] | None = None, *, alpha: float = 1.0, beta: float = 0.75,
+                      gamma: float = 0.25) -> np.ndarray:
+        """Rocchio relevance feedback from stored gallery vectors (no re-encoding): toward the images marked
+        'more like this', away from those marked 'less like this'."""
+        def mean_of(ids):
+            rows = [self.gallery.row_of(int(i)) for i in ids or []]
+            if any(row is None for row in rows):
+                raise QueryError("A feedback image id is not in this gallery.")
+            return np.mean([self.gallery.vector(row) for row in rows], axis=0) if rows else 0.0
+
+        refined = alpha * np.asarray(vector, np.float32) + beta * mean_of(more_like) - gamma * mean_of(less_like)
+        if not np.linalg.norm(refined) > 1e-6:
+            raise QueryError("The feedback cancels the query out; mark fewer images as 'less like this'.")
+        return _unit(refined)
 
     # --- results ------------------------------------------------------------------------------------------------
-    def hits_for(self, found: list[tuple[float, int]], query_text: str | None) -> list[Hit]:
+    def hits_for(self, found: list[tuple[float, int]], query_text: str | None, first_rank: int = 1) -> list[Hit]:
         records = self.gallery.rows([row for _, row in found])
         hits = []
-        for rank, ((score, row), record) in enumerate(zip(found, records), start=1):
+        for rank, ((score, row), record) in enumerate(zip(found, records), start=first_rank):
             hits.append(Hit(
                 rank=rank, row=row, image_id=record.image_id, score=round(score, 4),
                 caption=best_caption(query_text, record.captions) or record.file_name,
@@ -133,32 +190,6 @@ class Searcher:
                 thumbnail=str(self.gallery.thumbnails.path(row)),
             ))
         return hits
-
-
-def clean_text(text) -> str:
-    """Normalise a text query; empty or whitespace-only text is a QueryError with a sentence."""
-    if not isinstance(text, str):
-        raise QueryError("The query must be text.")
-    text = text[:4 * MAX_QUERY_CHARS]  # cut before any per-character work: a 10 MB query costs no more than 4 kB
-    # Control characters carry no meaning for the model and can confuse tokenizers.
-    text = "".join(ch if ch.isprintable() or ch in " \t" else " " for ch in text)
-    text = " ".join(text.split())
-    if not text:
-        raise QueryError("Please type a description of the image you are looking for.")
-    return text[:MAX_QUERY_CHARS]
-
-
-def check_k(k) -> int:
-    """k must be a whole number in 1..MAX_K; anything else is a QueryError naming the allowed range."""
-    if isinstance(k, bool):
-        raise QueryError(f"k must be a whole number between 1 and {MAX_K}.")
-    if isinstance(k, float) and k.is_integer():
-        k = int(k)
-    if isinstance(k, str) and k.strip().isdigit():
-        k = int(k.strip())
-    if not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
-        raise QueryError(f"k must be a whole number between 1 and {MAX_K} (got {k!r}).")
-    return int(k)
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -173,3 +204,8 @@ def best_caption(query: str | None, captions: list[str]) -> str:
     words = set(_WORD.findall(query.lower()))
     overlaps = [len(words & set(_WORD.findall(caption.lower()))) for caption in captions]
     return captions[int(np.argmax(overlaps))]
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    vector = np.asarray(vector, np.float32)
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)

@@ -94,7 +94,7 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     stored = np.load(packed_artifacts / EMBEDDINGS)
     assert np.array_equal(np.asarray(gallery.vectors, np.float32), stored)
     scores, rows = gallery.search(stored[3], 5)
-    assert rows[0][0] == 3 and scores[0][0] == pytest.approx(1.0, abs=1e-5)
+    assert rows[0] == 3 and scores[0] == pytest.approx(1.0, abs=1e-5)
     # The index and metadata were hashed once, while downloading, and stamped: opening them did not hash again.
     stamps = _read_stamps(tmp_path / "work")
     assert {manifest.files[INDEX].sha256, manifest.files[METADATA].sha256} <= set(stamps.values())
@@ -156,7 +156,7 @@ def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, pac
     good = _rows_of(gallery, 2)[0]
     assert gallery.thumbnails.path(good).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, good)
     scores, rows = gallery.search(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
-    assert rows[0][0] == bad_rows[0]  # search is unaffected: its thumbnail is the placeholder
+    assert rows[0] == bad_rows[0]  # search is unaffected: its thumbnail is the placeholder
 
 
 def test_a_restart_with_a_complete_cache_downloads_nothing_and_works_offline(hub, published, packed_artifacts,
@@ -184,7 +184,7 @@ def test_offline_with_packs_never_downloaded_serves_search_with_placeholders(hub
         gallery, source = _open(hub, tmp_path)
     assert source.notice and "never downloaded" in caplog.text
     assert gallery.thumbnails.path(0).name == PLACEHOLDER
-    assert gallery.search(np.asarray(gallery.vectors[5], np.float32), 1)[1][0][0] == 5
+    assert gallery.search(np.asarray(gallery.vectors[5], np.float32), 1)[1][0] == 5
 
 
 def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts, tmp_path):

@@ -12,8 +12,14 @@ from tiny_models import draw_shape
 
 from clipsearch.encoder import Encoder
 from clipsearch.gallery import Gallery
-from clipsearch.query import Filters, Query, compose, search
+from clipsearch.query import Filters, Plan, Query
 from clipsearch.search import QueryError, Searcher
+
+
+def search(searcher: Searcher, vector, k, *, page=0, filters=None, collapse=False, diversity=0.0, min_score=None,
+           query_text=None):
+    """One checked plan, then Searcher.search, where every search ends."""
+    return searcher.search(vector, Plan.checked(k, page, filters, collapse, diversity, min_score), query_text)
 
 
 def _searcher(folder) -> Searcher:
@@ -32,8 +38,8 @@ def _kind(hit) -> str:
 
 def test_words_steer_a_picture_search(shapes, tmp_path):
     blue_square = draw_shape("blue", "square", size=64, seed=4711)
-    alone, _ = compose(shapes, Query(images=[blue_square]))
-    mixed, text = compose(shapes, Query(text="red", images=[blue_square], image_weight=0.5))
+    alone, _ = shapes.compose(Query(images=[blue_square]))
+    mixed, text = shapes.compose(Query(text="red", images=[blue_square], image_weight=0.5))
     before = [_kind(h) for h in search(shapes, alone, 10)]
     after = [_kind(h) for h in search(shapes, mixed, 10, query_text=text)]
     assert sum(k.startswith("red-") for k in after[:4]) > sum(k.startswith("red-") for k in before[:4])
@@ -45,8 +51,8 @@ def test_words_steer_a_picture_search(shapes, tmp_path):
 
 
 def test_negative_text_pushes_a_direction_away(shapes):
-    plain, _ = compose(shapes, Query(text="a circle"))
-    minus_red, _ = compose(shapes, Query(text="a circle", negative="red", negative_weight=1.0))
+    plain, _ = shapes.compose(Query(text="a circle"))
+    minus_red, _ = shapes.compose(Query(text="a circle", negative="red", negative_weight=1.0))
     reds_before = sum(_kind(h).startswith("red-") for h in search(shapes, plain, 8))
     reds_after = sum(_kind(h).startswith("red-") for h in search(shapes, minus_red, 8))
     assert reds_after < reds_before or reds_before == 0 and reds_after == 0
@@ -55,21 +61,21 @@ def test_negative_text_pushes_a_direction_away(shapes):
 
 def test_several_pictures_are_averaged(shapes):
     pictures = [draw_shape("green", "cross", size=64, seed=s) for s in (1, 2, 3)]
-    vector, _ = compose(shapes, Query(images=pictures))
-    singles = [compose(shapes, Query(images=[p]))[0] for p in pictures]
+    vector, _ = shapes.compose(Query(images=pictures))
+    singles = [shapes.compose(Query(images=[p]))[0] for p in pictures]
     expected = np.mean(singles, axis=0)
     assert np.allclose(vector, expected / np.linalg.norm(expected), atol=1e-5)
 
 
 def test_empty_or_cancelled_queries_get_a_sentence(shapes):
     with pytest.raises(QueryError, match="description or add an example image"):
-        compose(shapes, Query(text="   "))
+        shapes.compose(Query(text="   "))
     with pytest.raises(QueryError, match="image_weight must be between 0 and 1"):
-        compose(shapes, Query(text="red", images=[draw_shape("red", "circle")], image_weight=3))
+        shapes.compose(Query(text="red", images=[draw_shape("red", "circle")], image_weight=3))
 
 
 def test_paging_continues_exactly_where_the_first_page_stopped(shapes):
-    vector, _ = compose(shapes, Query(text="a yellow triangle"))
+    vector, _ = shapes.compose(Query(text="a yellow triangle"))
     whole = [h.image_id for h in search(shapes, vector, 15)]
     pages = [h for page in range(3) for h in search(shapes, vector, 5, page=page)]
     assert [h.image_id for h in pages] == whole and [h.rank for h in pages] == list(range(1, 16))
@@ -90,7 +96,7 @@ def coco_searcher(tmp_path_factory, coco_dir, tiny_clip) -> Searcher:
 ])
 def test_filters_give_the_best_k_among_matching_images(coco_searcher, categories, match_all, splits):
     gallery = coco_searcher.gallery
-    vector, _ = compose(coco_searcher, Query(text="a red circle"))
+    vector, _ = coco_searcher.compose(Query(text="a red circle"))
     hits = search(coco_searcher, vector, 7, filters=Filters(categories, match_all, splits))
     rows = [r for r in gallery.rows(list(range(len(gallery))))
             if (not categories or set(r.categories) & set(categories)) and (not splits or r.split in splits)]
@@ -101,7 +107,7 @@ def test_filters_give_the_best_k_among_matching_images(coco_searcher, categories
 
 
 def test_match_all_and_unknown_names(coco_searcher):
-    vector, _ = compose(coco_searcher, Query(text="a red circle"))
+    vector, _ = coco_searcher.compose(Query(text="a red circle"))
     assert search(coco_searcher, vector, 5, filters=Filters(["circle", "cross"], match_all=True)) == []
     with pytest.raises(QueryError, match="Unknown category or split: unicorn"):
         search(coco_searcher, vector, 5, filters=Filters(["unicorn"]))
@@ -145,7 +151,7 @@ def test_the_search_endpoint_composes_filters_and_pages(app_server, tmp_path):
 
 
 def test_diversity_reranks_for_variety_and_min_score_drops_weak_hits(shapes):
-    vector, _ = compose(shapes, Query(text="a red circle"))
+    vector, _ = shapes.compose(Query(text="a red circle"))
     plain = search(shapes, vector, 6)
     varied = search(shapes, vector, 6, diversity=0.7)
     assert varied[0].image_id == plain[0].image_id  # the best match stays first
@@ -163,18 +169,17 @@ def test_diversity_reranks_for_variety_and_min_score_drops_weak_hits(shapes):
 
 
 def test_relevance_feedback_moves_toward_marked_results(shapes):
-    from clipsearch.query import with_feedback
 
-    vector, _ = compose(shapes, Query(text="a circle"))
+    vector, _ = shapes.compose(Query(text="a circle"))
     first = search(shapes, vector, 10)
     blue = [h.image_id for h in first if h.file_name.startswith("blue-")][:1]
     others = [h.image_id for h in first if not h.file_name.startswith("blue-")][:2]
     assert blue, "the query should surface at least one blue circle"
-    refined = search(shapes, with_feedback(shapes, vector, more_like=blue, less_like=others), 10)
+    refined = search(shapes, shapes.with_feedback(vector, more_like=blue, less_like=others), 10)
     blues = lambda hits: sum(h.file_name.startswith("blue-") for h in hits[:4])  # noqa: E731
     assert blues(refined) > blues(first) or blues(first) == 4
     with pytest.raises(QueryError, match="not in this gallery"):
-        with_feedback(shapes, vector, more_like=[987654321])
+        shapes.with_feedback(vector, more_like=[987654321])
 
 
 def test_the_build_stores_a_2d_map_that_the_app_samples_and_highlights(shapes_artifacts):

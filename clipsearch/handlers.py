@@ -1,0 +1,252 @@
+"""Event handlers: each turns a request into a checked query, runs it through the Searcher, adapts hits to outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+
+import gradio as gr
+
+from .gallery import QueryError
+from .images import ImageError
+from .query import Filters, Paging, Plan, Query, check_k, clean_text
+from .search import Hit, Searcher
+from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data
+
+PAGED_OUTPUTS = 6  # results, hits, paging state, "More results", and the two feedback lists
+
+
+class DecodedImages:
+    """Images decoded by the validator, handed to the batched search so each upload is decoded once."""
+
+    def __init__(self, size: int = 64):
+        self._items: OrderedDict[str, object] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def put(self, key: str, image) -> None:
+        with self._lock:
+            self._items[key] = image
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def pop(self, key: str):
+        with self._lock:
+            return self._items.pop(key, None)
+
+
+class Handlers:
+    """The named API endpoints (the contract), their validators, and the visible UI's events."""
+
+    def __init__(self, searcher: Searcher, embedding_map: EmbeddingMap | None):
+        self.searcher = searcher
+        self.gallery = searcher.gallery
+        self.embedding_map = embedding_map
+        self.decoded = DecodedImages()
+
+    # --- validators for the named API endpoints: a failure is a sentence for the caller --------------------------
+    def validate_text(self, text, k):
+        return [_check(lambda: (self.searcher.require_text(), clean_text(text))), _check(lambda: check_k(k))]
+
+    def validate_image(self, image, k):
+        def usable():
+            if not image:
+                raise QueryError("Please upload, paste or take a picture first.")
+            self.decoded.put(image, self.searcher.load_image(image))
+        return [_check(usable), _check(lambda: check_k(k))]
+
+    def validate_similar(self, image_id, k):
+        def known():
+            try:
+                row = self.gallery.row_of(int(image_id)) if image_id is not None else None
+            except (TypeError, ValueError):
+                row = None
+            if row is None:
+                raise QueryError("Pick a result first, then ask for more like it.")
+        return [_check(known), _check(lambda: check_k(k))]
+
+    # --- named API endpoints (concurrent calls share encoder passes in the micro-batchers) -------------------------
+    def search_text(self, text: str, k: int):
+        """Find the COCO images that best match a description.
+
+        Args:
+            text: what the image shows, in plain words, e.g. "a dog catching a frisbee".
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_text(text, k))
+
+    def search_image(self, image: str, k: int):
+        """Find the COCO images that look most like a given picture.
+
+        Args:
+            image: the example picture.
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_image(self.decoded.pop(image) or image, k))
+
+    def search_similar(self, image_id: int, k: int):
+        """More like this: the images most similar to one already in the gallery, by its COCO image id.
+
+        Args:
+            image_id: the COCO image id of a result (the image_id field of a hit).
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_similar(int(image_id), k))
+
+    def search(self, text: str, images: list[str] | None, image_weight: float, negative: str,
+               negative_weight: float, categories: list[str] | None, match_all: bool, splits: list[str] | None,
+               collapse: bool, diversity: float, min_score: float, more_like: list[int] | None,
+               less_like: list[int] | None, k: int, page: int):
+        """Composed search over the COCO images, with filters and paging.
+
+        Args:
+            text: a description (optional when images are given).
+            images: example pictures, averaged (optional when text is given).
+            image_weight: 0 to 1, the share of the pictures when text is given too.
+            negative: a description of what the results should not look like (optional).
+            negative_weight: 0 to 1, how strongly to move away from the negative description.
+            categories: COCO category names such as "dog"; only images with any of them (all, with match_all).
+            match_all: require every listed category instead of any.
+            splits: only these splits, e.g. ["val2017"]; empty for all.
+            collapse: hide near-duplicate shots.
+            diversity: 0 to 1; above 0 re-ranks for varied results (maximal marginal relevance).
+            min_score: drop results less similar than this cosine (0 = keep all).
+            more_like: image ids of results to move toward (relevance feedback, no re-encoding).
+            less_like: image ids of results to move away from.
+            k: results per page, 1 to 50.
+            page: 0 for the first page, 1 for the next k results, and so on.
+        """
+        query = Query(text=text, images=list(images or []), image_weight=image_weight, negative=negative,
+                      negative_weight=negative_weight)
+
+        def run():
+            plan = _plan(k, page, categories, match_all, splits, collapse, diversity, min_score)
+            return self._first_page(query, plan, more_like, less_like)[0]
+        return _outputs(run)
+
+    def _first_page(self, query: Query, plan: Plan, more_like=None, less_like=None) -> tuple[list[Hit], Paging]:
+        vector, text = self.searcher.compose(query)
+        if more_like or less_like:
+            vector = self.searcher.with_feedback(vector, more_like, less_like)
+        paging = Paging(vector, text, plan)
+        return self._page(paging), paging
+
+    def _page(self, paging: Paging) -> list[Hit]:
+        return self.searcher.search(paging.vector, paging.plan, query_text=paging.text)
+
+    # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector -----
+    def ui_search(self, text, picture, extra_text, extras, image_weight, negative, negative_weight, categories,
+                  match, splits, collapse, diversity, min_score, k, feedback_is_open, from_image: bool):
+        images = ([picture] if from_image and picture else []) + [f for f in (extras or [])]
+        if from_image and not picture:
+            raise gr.Error("Please upload, paste or take a picture first.")
+        query = Query(text=extra_text if from_image else text, images=images, image_weight=image_weight,
+                      negative=negative, negative_weight=negative_weight)
+        try:
+            plan = _plan(k, 0, categories, match == "all", splits, collapse, diversity, min_score)
+            hits, paging = self._first_page(query, plan)
+        except (QueryError, ImageError) as error:
+            raise gr.Error(str(error)) from None
+        return self._page_outputs(hits, paging, feedback_is_open)
+
+    def ui_text_search(self, *args):
+        return self.ui_search(*args, from_image=False)
+
+    def ui_picture_search(self, *args):
+        return self.ui_search(*args, from_image=True)
+
+    def ui_image_search(self, *args):
+        """The picture changed (dropped, picked, pasted, captured or an example chosen): search at once; a cleared
+        picture leaves the results as they are."""
+        if not args[1]:
+            return tuple(gr.skip() for _ in range(PAGED_OUTPUTS))
+        return self.ui_search(*args, from_image=True)
+
+    def ui_next_page(self, paging: Paging | None, feedback_is_open):
+        if not paging:
+            raise gr.Error("Search first, then ask for more results.")
+        try:
+            paging = Paging(paging.vector, paging.text, paging.plan.next_page())
+            hits = self._page(paging)
+        except QueryError as error:
+            raise gr.Error(str(error)) from None
+        return self._page_outputs(hits, paging, feedback_is_open)
+
+    def ui_feedback(self, paging: Paging | None, liked, disliked):
+        if not paging:
+            raise gr.Error("Search first, then mark results as more or less like what you want.")
+        if not liked and not disliked:
+            raise gr.Error("Mark at least one result as 'more like these' or 'less like these'.")
+        try:
+            vector = self.searcher.with_feedback(paging.vector, liked, disliked)
+            paging = Paging(vector, paging.text, dataclasses.replace(paging.plan, page=0))
+            hits = self._page(paging)
+        except QueryError as error:
+            raise gr.Error(str(error)) from None
+        return self._page_outputs(hits, paging, True)
+
+    @staticmethod
+    def _page_outputs(hits: list[Hit], paging: Paging, feedback_is_open: bool):
+        """Only what a visitor sees changes. The map is not an output: its frame is ~260 KB of JSON (3,000 points)
+        that every search used to send and the browser to re-plot, hidden tab or not; the Map tab draws the latest
+        results when opened. The feedback lists are filled only while their panel is open (else when it opens)."""
+        first = paging.plan.first_rank
+        label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
+        data = hits_data(hits)
+        marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
+        return (gr.update(value=gallery_items(hits), label=label), data, paging,
+                gr.update(visible=len(hits) == paging.plan.k), marks, marks)
+
+    @staticmethod
+    def open_feedback(hits_now):
+        marks = gr.update(choices=feedback_choices(hits_now or []), value=[])
+        return True, marks, marks
+
+    def map_frame(self, hits_now):
+        return self.embedding_map.frame(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep the drawing
+
+    def ui_map_region(self, event: gr.SelectData):
+        if self.embedding_map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
+            return gr.update(), gr.update()
+        rows = self.embedding_map.region(event.index)
+        if not rows:
+            raise gr.Error("No images in that part of the map; drag across a wider area.")
+        found = [(float(self.gallery.vector(rows[0]) @ self.gallery.vector(row)), row) for row in rows]
+        hits = self.searcher.hits_for(found, None)
+        return gr.update(value=gallery_items(hits), label="Images from the map"), hits_data(hits)
+
+    def similar_paging(self, image_id, k):
+        """After 'more like this', 'More results' pages on from the stored vector of that image."""
+        row = self.gallery.row_of(int(image_id)) if image_id is not None else None
+        if row is None:
+            return None, gr.update(visible=False)
+        return Paging(self.gallery.vector(row), None, Plan.checked(k)), gr.update(visible=True)
+
+    @staticmethod
+    def show_details(hits: list[dict], event: gr.SelectData):
+        if not hits or event.index is None or event.index >= len(hits):
+            return gr.update(), None, gr.update(visible=False), gr.update()
+        hit = hits[event.index]
+        return details_markdown(hit), hit["image_id"], gr.update(visible=True), len(hits)
+
+
+def _plan(k, page, categories, match_all, splits, collapse, diversity, min_score) -> Plan:
+    filters = Filters(categories=list(categories or []), match_all=bool(match_all), splits=list(splits or []))
+    return Plan.checked(k, page, filters, collapse, diversity, min_score)
+
+
+def _check(action) -> object:
+    try:
+        action()
+        return gr.validate(True, "")
+    except (QueryError, ImageError) as error:
+        return gr.validate(False, str(error))
+
+
+def _outputs(action):
+    try:
+        found = action()
+    except (QueryError, ImageError) as error:  # validated already; a race (e.g. a file gone) still gets a sentence
+        raise gr.Error(str(error)) from None
+    return gallery_items(found), hits_data(found)
