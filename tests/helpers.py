@@ -170,3 +170,35 @@ UNUSABLE = {
     "bomb-header.gif": (lambda: b"GIF89a" + struct.pack("<HH", 65535, 65535) + encoded(
         Image.new("P", (8, 8)), "GIF")[10:], r"\(4295 MP\); the limit is 100 MP"),
 }
+
+
+# --- builds compared ----------------------------------------------------------------------------------------------
+# What may differ between two builds of the same input: when and how fast they ran, and the checkout's git sha
+# (in a live working tree HEAD can move between the two builds of one test).
+NOT_BUILT = ("build_seconds", "images_per_second", "created_at", "builder_version")
+
+
+def assert_same_build(first: Path, second: Path) -> dict:
+    """Two artifact folders hold the same files, byte for byte, and manifests equal but for NOT_BUILT; returns
+    that manifest."""
+    from clipsearch.manifest import MANIFEST
+
+    names = sorted(p.name for p in first.iterdir() if p.is_file())
+    assert names == sorted(p.name for p in second.iterdir() if p.is_file())
+    for name in names:
+        if name != MANIFEST:
+            assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    built = [{k: v for k, v in json.loads((folder / MANIFEST).read_text()).items() if k not in NOT_BUILT}
+             for folder in (first, second)]
+    assert built[0] == built[1]
+    return built[0]
+
+
+class Trap:
+    """Unpickling this touches a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)

@@ -7,18 +7,10 @@ Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright insta
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from pages import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
-WAIT = 30_000  # ms; generous for a 2-core machine, but bounded
 
 TITLE = "COCO CLIP visual search"
 TABS = ["Text → Image", "Image → Image", "Map", "About"]
@@ -58,10 +50,6 @@ def open_page(browser, app_server):
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def shot(page: Page, name: str) -> None:
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def captions(page: Page):
     return page.locator("#results .caption-label")
 
@@ -75,13 +63,6 @@ def expect_ranking(page: Page, hits, wanted: str) -> None:
     expect(captions(page)).to_have_text([re.compile(rf" · {re.escape(hit.caption)}$") for hit in hits], timeout=WAIT)
     ranking = [f"{hit.score:.3f} {hit.caption}" for hit in hits]
     assert wanted in hits[0].caption, f"the shapes model ranks {ranking} for this query (UI shows the same)"
-
-
-def wait_for_results(page: Page) -> None:
-    thumbnails = page.locator("#results .thumbnail-item")
-    expect(thumbnails.first).to_be_visible(timeout=WAIT)
-    expect(thumbnails.first.locator("img")).to_have_js_property("complete", True, timeout=WAIT)
-    expect(page.locator("#results [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"), timeout=WAIT)
 
 
 def test_text_search_details_and_more_like_this(open_page, app_server):

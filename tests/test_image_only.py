@@ -131,8 +131,8 @@ def test_in_a_browser_the_page_opens_on_image_search_and_finds_the_picture(image
     """Chromium: no Text → Image tab, the reason shown, Image → Image open at load; an upload finds itself."""
     import re
 
+    from pages import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WAIT, shot, wait_for_results
     from playwright.sync_api import expect
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WAIT, shot, wait_for_results
 
     demo, _, _ = image_only_app
     image_id, entry = next((i, e) for i, e in coco_dir[1].items() if e["split"] == "val2017" and "bad" not in e)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Trap
 from safetensors.torch import save as safetensors_bytes
 from tiny_models import draw_shape, save_tiny_clip
 
@@ -39,16 +40,6 @@ CONVERSION_TITLE = "Adding `safetensors` variant of this model"
 OLD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
 REPO_CHROME = {"README.md": b"---\nlicense: mit\n---\n# model card\n", ".gitattributes": b"*.bin filter=lfs\n"}
 TEXTS = ["a red circle", "a photo of a blue square", "green cross on a plain background"]
-
-
-class _Trap:
-    """Unpickling this touches a marker file: proof that something unpickled it."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +69,7 @@ def _read(folder: Path, names) -> dict[str, bytes]:
 
 
 def _trap(marker: Path) -> bytes:
-    return pickle.dumps(_Trap(marker))
+    return pickle.dumps(Trap(marker))
 
 
 def _fetched_names(hub, repo: str) -> set[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_build
 from gradio_client import Client
-from helpers import app_env, publish_artifacts, start_app, stop_app
+from helpers import Trap, app_env, publish_artifacts, start_app, stop_app
 
 from clipsearch.hub import open_gallery
 from clipsearch.manifest import EMBEDDINGS, MANIFEST, ArtifactError, sha256_file
@@ -62,23 +62,13 @@ def test_no_pickle_anywhere_in_loading():
     assert not problems, problems
 
 
-class _Trap:
-    """Unpickling this touches a marker file: proof that something unpickled it."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return Path.touch, (self.marker,)
-
-
 def test_models_load_from_safetensors_only(tiny_clip, tmp_path):
     from clipsearch.encoder import Encoder, EncoderError
 
     marker = tmp_path / "unpickled"
     both = tmp_path / "with-a-planted-bin"
     shutil.copytree(tiny_clip, both)
-    (both / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    (both / "pytorch_model.bin").write_bytes(pickle.dumps(Trap(marker)))
     Encoder.load(str(both), device="cpu")  # the safetensors weights; the .bin is never opened
     assert not marker.exists()
 
@@ -97,7 +87,7 @@ def test_a_pickled_embeddings_file_is_refused_even_with_a_matching_manifest(shap
     marker = tmp_path / "unpickled"
     folder = tmp_path / "evil"
     shutil.copytree(shapes_artifacts, folder, ignore=shutil.ignore_patterns(".*"))
-    np.save(folder / EMBEDDINGS, np.array([_Trap(marker)] * 3, dtype=object), allow_pickle=True)
+    np.save(folder / EMBEDDINGS, np.array([Trap(marker)] * 3, dtype=object), allow_pickle=True)
     manifest = json.loads((folder / MANIFEST).read_text())  # the attacker controls the manifest too
     manifest["files"][EMBEDDINGS] = {"sha256": sha256_file(folder / EMBEDDINGS),
                                      "size": (folder / EMBEDDINGS).stat().st_size}

@@ -301,16 +301,22 @@ def _build(kind: str, image_size: int, seed: int):
                 size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
             )
             processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-        elif kind == "siglip":
-            tokenizer = _siglip_tokenizer()
-            text = dict(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=MAX_TEXT_LEN,
-                pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=None,
-                eos_token_id=tokenizer.eos_token_id,
-                projection_size=PROJECTION_DIM,
-            )
+        elif kind in ("siglip", "siglip2-fixres"):
+            if kind == "siglip":
+                tokenizer = _siglip_tokenizer()
+                text = dict(
+                    vocab_size=len(tokenizer),
+                    max_position_embeddings=MAX_TEXT_LEN,
+                    pad_token_id=tokenizer.pad_token_id,
+                    bos_token_id=None,
+                    eos_token_id=tokenizer.eos_token_id,
+                    projection_size=PROJECTION_DIM,
+                )
+            else:
+                # Fixed-resolution SigLIP 2 (google/siglip2-base-patch16-224 & co.): a SigLIP model ("siglip" in
+                # config.json) with SigLIP 2's Gemma tokenizer and 64-token text.
+                tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN)
+                text = _siglip2_text(tokenizer)
             # SigLIP has no separate projection: image features have the vision hidden size.
             dims = dict(hidden_size=PROJECTION_DIM, intermediate_size=64, **common)
             config = SiglipConfig(
@@ -335,19 +341,6 @@ def _build(kind: str, image_size: int, seed: int):
                 patch_size=SIGLIP2_PATCH_SIZE, max_num_patches=SIGLIP2_NUM_PATCHES
             )
             processor = Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
-        elif kind == "siglip2-fixres":
-            # Fixed-resolution SigLIP 2 (google/siglip2-base-patch16-224 & co.): a SigLIP model ("siglip" in
-            # config.json) with SigLIP 2's Gemma tokenizer and 64-token text.
-            tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN)
-            text = _siglip2_text(tokenizer)
-            dims = dict(hidden_size=PROJECTION_DIM, intermediate_size=64, **common)
-            config = SiglipConfig(
-                text_config={**text, **dims},
-                vision_config=dict(image_size=image_size, patch_size=PATCH_SIZE, **dims),
-            )
-            model = SiglipModel(config)
-            image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
-            processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
         else:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS + EXTRA_KINDS}")
     model.eval()
