@@ -16,6 +16,7 @@ must download nothing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import os
 import re
@@ -72,10 +73,12 @@ class TimedBodies:
     to the socket (uvicorn waits for the transport to drain), so the union of the spans is the time spent
     downloading."""
 
-    def __init__(self, app):
-        self.app, self.spans = app, []
+    def __init__(self, app, latency_s: float = 0.0):
+        self.app, self.spans, self.latency_s = app, [], latency_s
 
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.latency_s:
+            await asyncio.sleep(self.latency_s)  # a real Hub's round trip, before the answer starts
         if scope["type"] != "http" or scope["method"] != "GET" or "/resolve/" not in scope["path"]:
             return await self.app(scope, receive, send)
         began, sent = time.time(), [0]
@@ -238,6 +241,8 @@ def main() -> None:
                         help="before: the app at --before-ref, after: the app at --after-ref")
     parser.add_argument("--before-ref", default="e10165a~1", help="the code before this work (the app at that commit)")
     parser.add_argument("--after-ref", default="HEAD", help="a commit, or 'worktree' for the checkout as it is")
+    parser.add_argument("--hub-latency-ms", type=float, default=0.0,
+                        help="every request to the loopback Hub waits this long first, like a real Hub round trip")
     args = parser.parse_args()
     header = machine()
     folder = realistic_artifacts(args.cache, args.count)
@@ -248,7 +253,7 @@ def main() -> None:
     manifest = Manifest.read(folder)
     thumbs = sum(manifest.files[n].size for n in manifest.thumbnails.files)
     server = HubServer()
-    timing = TimedBodies(server.app)
+    timing = TimedBodies(server.app, args.hub_latency_ms / 1000)
     server.app = timing
     rows = []
     with server:
@@ -269,7 +274,7 @@ def main() -> None:
     print(f"\nCold start, empty disk, {args.count:,} images ({thumbs / 1e9:.2f} GB of realistic thumbnails in "
           f"{len(manifest.thumbnails.files)} packs, index {manifest.files['index.faiss'].size / 1e6:.0f} MB, "
           f"embeddings {manifest.files['embeddings.npy'].size / 1e6:.0f} MB) + ViT-B/32-size model "
-          f"(605 MB) from a loopback Hub; {header}\n")
+          f"(605 MB) from a loopback Hub (+{args.hub_latency_ms:.0f} ms a request); {header}\n")
     print("| code | downloaded before serving (MB: artifacts + model) | ready over loopback (s) | of which downloading "
           f"(s) | ready at {NETWORK_MB_S:.0f} MB/s (s) | app CPU s to ready | RSS at ready (MB) | "
           "first search / its 20 thumbnails (s) | all packs local (s) | RSS then (MB) | restart, complete cache |")

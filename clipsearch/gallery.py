@@ -8,6 +8,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -45,6 +46,7 @@ class ThumbnailUnavailable(LookupError):
 
 
 LOCAL, REMOTE, MISSING, REFUSED = "local", "remote", "missing", "refused"
+FETCH_THREADS = 8  # range requests in flight for one answer's thumbnails while their packs are still downloading
 PLACEHOLDER = "unavailable.jpg"
 
 
@@ -72,6 +74,8 @@ class ThumbnailStore:
                 self._state.append(LOCAL)
         self._shard, self._offset, self._size = shard, offset, size
         self._fetch_range = fetch_range
+        self._pool: ThreadPoolExecutor | None = None  # range fetches in parallel, made on the first remote answer
+        self._pool_lock = threading.Lock()
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -114,6 +118,18 @@ class ThumbnailStore:
                 raise ThumbnailUnavailable(f"{self.files[number]} failed its sha256 check")
             return data
         raise ThumbnailUnavailable(f"{self.files[number]} is {'refused' if state == REFUSED else 'not available'}")
+
+    def paths(self, rows: list[int]) -> list[Path]:
+        """path() of each row (one answer's hits). Thumbnails still to be fetched by range are fetched together, so a
+        cold start's first answer waits about one Hub round trip instead of one per hit."""
+        remote = [row for row in rows if self._state[int(self._shard[row])] == REMOTE
+                  and not (self.cache_dir / f"{row}.jpg").exists()]
+        if len(remote) < 2:
+            return [self.path(row) for row in rows]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="thumbnail-fetch")
+        return list(self._pool.map(self.path, rows))
 
     def path(self, row: int) -> Path:
         """A file holding thumbnail `row`; written on first use, atomically, so concurrent requests are safe. A

@@ -180,14 +180,15 @@ class Searcher:
     # --- results ------------------------------------------------------------------------------------------------
     def hits_for(self, found: list[tuple[float, int]], query_text: str | None, first_rank: int = 1) -> list[Hit]:
         records = self.gallery.rows([row for _, row in found])
+        thumbnails = self.gallery.thumbnails.paths([row for _, row in found])
         hits = []
-        for rank, ((score, row), record) in enumerate(zip(found, records), start=first_rank):
+        for rank, ((score, row), record, thumbnail) in enumerate(zip(found, records, thumbnails), start=first_rank):
             hits.append(Hit(
                 rank=rank, row=row, image_id=record.image_id, score=round(score, 4),
                 caption=best_caption(query_text, record.captions) or record.file_name,
                 captions=record.captions, categories=record.categories, split=record.split,
                 file_name=record.file_name, url=record.url, width=record.width, height=record.height,
-                thumbnail=str(self.gallery.thumbnails.path(row)),
+                thumbnail=str(thumbnail),
             ))
         return hits
 

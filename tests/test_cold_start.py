@@ -5,6 +5,7 @@ a complete cache downloads nothing. Loopback Hub (tests/hub_server.py) with the 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,26 @@ def test_a_thumbnail_of_a_pack_not_yet_local_is_one_range_request_of_exactly_its
     assert gallery.thumbnails.path(row) == path
     assert len([r for r in hub.requests if "/resolve/" in r.path]) == 1  # materialised once, not fetched again
     assert hub.downloaded(REPO)[gallery.manifest.thumbnails.files[2]] == len(expected)
+
+
+def test_the_first_answer_fetches_its_thumbnails_together(hub, published, packed_artifacts, tmp_path):
+    """Before the packs are local, one answer's thumbnails are range requests in flight at the same time: each fetch
+    here waits until all five have started, so thumbnails fetched one after another would all time out (and be
+    served as placeholders)."""
+    from clipsearch.encoder import Encoder
+    from clipsearch.search import Searcher
+
+    gallery, _ = _open(hub, tmp_path)
+    store = gallery.thumbnails
+    together = threading.Barrier(5, timeout=20)
+    real = store._fetch_range
+    store._fetch_range = lambda *args: (together.wait(), real(*args))[1]
+    searcher = Searcher(gallery, Encoder.load(gallery.manifest.model["model_id"], None, "cpu"))
+    hits = searcher.search_similar(gallery.rows([7])[0].image_id, 5)
+    assert [hit.thumbnail for hit in hits] == [str(store.cache_dir / f"{hit.row}.jpg") for hit in hits]
+    for hit in hits:
+        assert Path(hit.thumbnail).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, hit.row)
+    assert {store.state(store.pack_of(hit.row)) for hit in hits} == {REMOTE}  # all five came by range
 
 
 def test_background_completion_verifies_each_pack_then_serves_from_disk(hub, published, packed_artifacts,
