@@ -257,7 +257,7 @@ def main() -> None:
     server.app = timing
     rows = []
     with server:
-        publish(server, folder, args.cache / "clip-b32")
+        publish(server, folder, common.vit_b32_clip(args.cache / "clip-b32"))
         for variant in args.variants.split(","):
             ref = args.before_ref if variant == "before" else args.after_ref
             root = ROOT
