@@ -128,9 +128,6 @@ class Searcher:
                     self._text_vectors.popitem(last=False)
         return vector
 
-    def encode_image(self, picture: Image.Image) -> np.ndarray:
-        return self._encode_image(picture)
-
     def load_image(self, image) -> Image.Image:
         """Decode a query image (raises clipsearch.images.ImageError with a sentence when it is unusable)."""
         return open_image(image, draft_size=self.encoder.info.image_size)
