@@ -344,7 +344,7 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[BuildPlan, Source, En
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", plan.model)
     encoder = Encoder.load(plan.model, plan.model_revision, plan.device, precision=plan.precision,
-                           min_cosine=BUILD_MIN_COSINE)
+                           min_cosine=BUILD_MIN_COSINE, batch=plan.batch_size)
     if ranks.main:
         from .sources import estimate_line
 

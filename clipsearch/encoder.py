@@ -259,11 +259,12 @@ class Encoder:
 
     @classmethod
     def load(cls, model_id: str, revision: str | None = None, device: str | torch.device = "auto",
-             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE) -> Encoder:
+             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE, batch: int = 1) -> Encoder:
         """Load the model for `device`. `precision` (CPU only): "fp32" (default, the builder's reference),
         "bf16", "int8", or "auto" (the app: the fastest fast path for this host first, see auto_precisions). A fast
         path is kept only if its embeddings agree with fp32 (cosine >= min_cosine, worst row, on a fixed
         calibration batch of texts and images); otherwise the next one is tried, then fp32, and the log says why.
+        Where auto has a real choice (AMX), the faster on passes of `batch` images is kept (1: one query, the app).
         `encoder.precision` tells what was kept."""
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
@@ -325,7 +326,7 @@ class Encoder:
                       "bf16-autocast" if torch_device.type == "cuda" else "fp32")
         if torch_device.type == "cpu" and precision != "fp32":
             use_fast_path(encoder, precision, min_cosine, lambda: AutoModel.from_pretrained(
-                folder, use_safetensors=True, trust_remote_code=False).eval())
+                folder, use_safetensors=True, trust_remote_code=False).eval(), batch)
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
         return encoder

@@ -95,11 +95,35 @@ def test_fast_path_returns_the_same_top_5_on_the_shapes_gallery(shapes_artifacts
 def test_auto_picks_a_fast_path_for_this_host(tiny_clip, caplog):
     with caplog.at_level(logging.INFO, logger="clipsearch"):
         encoder = Encoder.load(str(tiny_clip), None, "cpu", precision="auto")
-    assert encoder.precision == fast_paths.auto_precisions()[0]
+    raced = "amx_bf16" in fast_paths.cpu_flags()  # then both are timed and the faster kept (test below)
     assert encoder.precision in FAST
+    assert encoder.precision == fast_paths.auto_precisions()[0] or raced
     assert f"precision {encoder.precision}" in caplog.text and "calibration cosine" in caplog.text
     assert fast_paths.auto_precisions()[0] == ("bf16" if "amx_bf16" in fast_paths.cpu_flags() else "int8")
     assert ("bf16" in fast_paths.auto_precisions()) == cpu_has_bf16()
+
+
+@pytest.mark.parametrize("faster", FAST)
+def test_on_amx_auto_keeps_the_faster_fast_path_for_the_batch_it_will_run(tiny_clip, monkeypatch, caplog, faster):
+    """Where AMX makes bf16 fast, which path wins depends on the model and the batch (ViT-B/32 here: int8 for one
+    query, bf16 for batches of 32), so auto times each passing path on passes of `batch` and keeps the faster; its
+    vectors are then exactly that path's own."""
+    monkeypatch.setattr(fast_paths, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16"})
+    timed = []
+
+    def pass_seconds(encoder, texts, images, batch):
+        timed.append((encoder.precision, batch))
+        return 0.01 if encoder.precision == faster else 0.02
+    monkeypatch.setattr(fast_paths, "pass_seconds", pass_seconds)
+    with caplog.at_level(logging.INFO, logger="clipsearch"):
+        encoder = Encoder.load(str(tiny_clip), None, "cpu", precision="auto", batch=32)
+    assert sorted(timed) == [("bf16", 32), ("int8", 32)]
+    assert encoder.precision == faster
+    assert f"precision {faster}: calibration cosine to fp32" in caplog.text and "the fastest here" in caplog.text
+    direct = Encoder.load(str(tiny_clip), None, "cpu", precision=faster)
+    assert np.array_equal(encoder.encode_texts(TEXTS), direct.encode_texts(TEXTS))
+    images = sample_images(2)
+    assert np.array_equal(encoder.encode_images(images), direct.encode_images(images))
 
 
 def test_a_fast_path_that_drifts_falls_back_to_fp32_and_says_why(tiny_clip, caplog):
