@@ -46,8 +46,7 @@ def ours(folder: Path, model_dir: Path, device: str, batch: int, workers: int | 
     source = ImageFolderSource(folder)
     from clipsearch.precision import BUILD_MIN_COSINE
 
-    encoder = Encoder.load(str(model_dir), None, device, precision=precision, min_cosine=BUILD_MIN_COSINE,
-                           batch=batch)
+    encoder = Encoder.load(str(model_dir), None, device, precision=precision, min_cosine=BUILD_MIN_COSINE)
     import os
 
     workers = workers if workers is not None else max(1, min(16, (os.cpu_count() or 2) - 1))

@@ -343,8 +343,9 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[BuildPlan, Source, En
         source.limit(plan.limit)  # a Hub source then lists, and later fetches, only what the first N images need
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", plan.model)
+    # no batch, so no race on AMX: bf16 first, the more exact path for index vectors and the faster on batches
     encoder = Encoder.load(plan.model, plan.model_revision, plan.device, precision=plan.precision,
-                           min_cosine=BUILD_MIN_COSINE, batch=plan.batch_size)
+                           min_cosine=BUILD_MIN_COSINE)
     if ranks.main:
         from .sources import estimate_line
 

@@ -259,12 +259,14 @@ class Encoder:
 
     @classmethod
     def load(cls, model_id: str, revision: str | None = None, device: str | torch.device = "auto",
-             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE, batch: int = 1) -> Encoder:
+             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE,
+             batch: int | None = None) -> Encoder:
         """Load the model for `device`. `precision` (CPU only): "fp32" (default, the builder's reference),
         "bf16", "int8", or "auto" (the app: the fastest fast path for this host first, see auto_precisions). A fast
         path is kept only if its embeddings agree with fp32 (cosine >= min_cosine, worst row, on a fixed
         calibration batch of texts and images); otherwise the next one is tried, then fp32, and the log says why.
-        Where auto has a real choice (AMX), the faster on passes of `batch` images is kept (1: one query, the app).
+        Given `batch` where auto has a real choice (AMX), the faster on passes of `batch` images is kept (the app
+        passes 1: one query at a time).
         `encoder.precision` tells what was kept."""
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 

@@ -32,13 +32,13 @@ CALIBRATION_TEXTS = (
 )
 
 
-def use_fast_path(encoder, precision: str, min_cosine: float, reload_fp32, batch: int = 1) -> None:
+def use_fast_path(encoder, precision: str, min_cosine: float, reload_fp32, batch: int | None = None) -> None:
     """Switch an fp32 CPU encoder to bf16 or int8 if its vectors stay within `min_cosine` of fp32 (worst row of the
-    calibration batch); otherwise it ends in fp32 (reloaded with `reload_fp32()` if a candidate changed it). On AMX
-    hosts auto times every candidate that passes on `batch` images (1: a text and an image query) and keeps the
-    fastest (see auto_precisions)."""
+    calibration batch); otherwise it ends in fp32 (reloaded with `reload_fp32()` if a candidate changed it). Given a
+    `batch` on an AMX host, auto times every candidate that passes on passes of `batch` images (1: a text and an
+    image query) and keeps the fastest (see auto_precisions); without one, the first that passes is kept."""
     candidates = [precision] if precision != "auto" else auto_precisions()
-    race = precision == "auto" and "amx_bf16" in cpu_flags()
+    race = precision == "auto" and batch is not None and "amx_bf16" in cpu_flags()
     texts = list(CALIBRATION_TEXTS) if encoder.info.has_text else []
     images = calibration_images(encoder.info.image_size)
     reference = encoder.encode_texts(texts) if texts else None, encoder.encode_images(images)

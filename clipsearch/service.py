@@ -98,7 +98,7 @@ def start(settings: Settings) -> Service:
     model = gallery.manifest.model
     # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
     encoder = model_thread.run(Encoder.load, model["model_id"], model.get("revision"), device="cpu",
-                               precision=settings.precision)
+                               precision=settings.precision, batch=1)  # auto, on AMX: the faster for one query
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down
         source.remote.resume()
