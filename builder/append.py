@@ -128,9 +128,10 @@ def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
     write_metadata(combined, stage)
     index, index_info = build_index(vectors, base.index.factory, base.index.search_params)
     faiss.write_index(index, str(stage / INDEX))
-    rows = combined.select(["captions", "split", "categories"]).to_pydict()
+    rows = combined.select(["captions", "split", "categories", "image_id"]).to_pydict()
+    coco_ids = all(info.kind != "images" for info in base.sources + source.infos)  # as build.py: folders renumber
     evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], plan.eval_mode,
-                          categories=rows["categories"])
+                          categories=rows["categories"], image_ids=rows["image_id"] if coco_ids else None)
     names = sorted([INDEX, EMBEDDINGS, METADATA, *base.thumbnails.files, *new_files])  # what this append wrote
     manifest = replace(
         base, count=len(vectors), index=index_info, sources=base.sources + source.infos,

@@ -125,6 +125,29 @@ def test_build_records_recall_over_the_karpathy_images_and_captions_only(karpath
     assert "12 of the 13 test images" in comparison["note"]
 
 
+def test_an_append_records_karpathy_recall_over_the_whole_gallery(coco_dir, tiny_clip, karpathy_fixture, tmp_path):
+    """Built from train2017 alone, the gallery holds 6 of the 13 test images; appending val2017 brings 12, and the
+    appended build's recall is over all 12, like a fresh build's."""
+    path, ids, _ = karpathy_fixture
+    out = tmp_path / "artifacts"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(karpathy.ENV, str(path))
+        assert run_build("--coco-dir", coco_dir[0], "--splits", "train2017", "--model", tiny_clip, "--out", out,
+                         "--batch-size", "16") == 0
+        first = Manifest.read(out).evaluation[karpathy.NAME]
+        assert (first["images"], first["split_images"]) == (6, 13)
+        assert run_build("--append", "--coco-dir", coco_dir[0], "--splits", "val2017", "--out", out) == 0
+    result = Manifest.read(out).evaluation[karpathy.NAME]
+    assert result["label"] == f"{karpathy.NAME} (12 of 13 images)"
+    assert (result["images"], result["split_images"], result["captions"]) == (12, 13, 60)
+    vectors = np.load(out / EMBEDDINGS)
+    row_of = {image_id: row for row, image_id in enumerate(pq.read_table(out / METADATA)["image_id"].to_pylist())}
+    texts = [caption for i in ids for caption in karpathy_captions(i)]
+    owner = [n for n, _ in enumerate(ids) for _ in range(5)]
+    scores = Encoder.load(str(tiny_clip), None, "cpu").encode_texts(texts) @ vectors[[row_of[i] for i in ids]].T
+    assert result["text_to_image"] == _brute_force_recall(scores, [[o] for o in owner])
+
+
 def test_summary_card_and_about_show_both_numbers_and_the_flag(karpathy_build):
     out = karpathy_build[0]
     manifest = Manifest.read(out)
