@@ -20,7 +20,6 @@ import asyncio
 import io
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -185,9 +184,7 @@ def first_search(url: str) -> tuple[float, float, int]:
 
 def cold_start(label: str, root: Path, server, timing: TimedBodies, packs: list[str],
                scratch: Path) -> dict:
-    work = scratch / label
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = common.fresh_folder(scratch / label)
     server.bytes_served.clear()
     timing.spans.clear()
     log = work / "app.log"
@@ -262,9 +259,7 @@ def main() -> None:
             ref = args.before_ref if variant == "before" else args.after_ref
             root = ROOT
             if ref != "worktree":  # the app exactly as committed (others' uncommitted edits left out)
-                root = args.cache / f"app-{variant}"
-                shutil.rmtree(root, ignore_errors=True)
-                root.mkdir(parents=True)
+                root = common.fresh_folder(args.cache / f"app-{variant}")
                 archive = subprocess.run(["git", "archive", ref, "app.py", "clipsearch"], cwd=ROOT,
                                          capture_output=True, check=True).stdout
                 subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)

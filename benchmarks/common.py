@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,20 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+OWNED = ".clipsearch-benchmark"  # written into every folder a benchmark makes and may replace on a later run
+
+
+def fresh_folder(path: Path) -> Path:
+    """An empty folder at `path`. One a benchmark made earlier (it holds the OWNED marker) is replaced; anything
+    else there is left untouched and refused, so a --cache pointed at a user's own folder deletes nothing."""
+    if path.exists():
+        if not (path / OWNED).is_file():
+            raise SystemExit(f"{path} exists and was not made by a benchmark; nothing was deleted. Move it away or "
+                             "choose another --cache.")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / OWNED).write_text("made by a clipsearch benchmark; replaced on its next run\n")
+    return path
 
 
 def machine() -> str:

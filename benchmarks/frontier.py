@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+from common import fresh_folder  # noqa: E402 - after the path set-up above
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "frontier.md"
 COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000: what the app's COCO index holds
@@ -221,8 +222,7 @@ def build_folder(candidate: Candidate, folder: Path) -> None:
     config = AutoConfig.from_pretrained(source)
     torch.manual_seed(0)
     model = AutoModel.from_config(config).eval()
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_folder(folder.with_name(folder.name + ".partial"))  # a previous run's partial build is replaced
     model.save_pretrained(tmp, safe_serialization=True)
     AutoImageProcessor.from_pretrained(source, backend="pil").save_pretrained(tmp)
     tokenizer = _tokenizer(candidate.family)
@@ -233,7 +233,8 @@ def build_folder(candidate: Candidate, folder: Path) -> None:
     (tmp / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
     (tmp / "frontier_build.json").write_text(json.dumps({"model_id": candidate.model_id,
                                                           "digest": config_digest(candidate)}))
-    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():  # never ours: ensure_folder builds only where no finished build of ours is
+        raise SystemExit(f"{folder} exists already; nothing was deleted. Move it away or choose another --cache.")
     tmp.rename(folder)
 
 
