@@ -387,8 +387,8 @@ def run(args, subjects: list[Subject]) -> dict[str, dict]:
     with contextlib.ExitStack() as stack, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         for subject in subjects:
-            common.ROOT = subject.root  # App runs `python app.py` in common.ROOT
-            subject.app = stack.enter_context(App(folder, args.cache, env={"GRADIO_PROFILING": "1"}))
+            subject.app = stack.enter_context(App(folder, args.cache, env={"GRADIO_PROFILING": "1"},
+                                                  root=subject.root))
             subject.context, subject.page, subject.errors = page_setup(browser, subject.app.url)
         pids = {subject.label: subject.app.process.pid for subject in subjects}
         time.sleep(1)  # let the pages settle (fonts, lazy chunks) before the first search

@@ -225,7 +225,8 @@ class App:
     """`python app.py` serving `index` on a free port; `with App(...) as app:` waits until it is ready."""
 
     def __init__(self, index: Path, cache: Path, log: Path | None = None, env: dict | None = None,
-                 timeout: float = 300):
+                 timeout: float = 300, root: Path = ROOT):
+        self.root = root  # the folder holding the app.py (and clipsearch/) to run: this checkout or another
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log or cache / f"app-{self.port}.log"  # per run: other benchmarks may be running an app too
@@ -239,7 +240,7 @@ class App:
 
     def __enter__(self) -> App:
         started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=self.env,
+        self.process = subprocess.Popen([sys.executable, "app.py"], cwd=self.root, env=self.env,
                                         stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         while "Running on local URL" not in self.log.read_text():
             if self.process.poll() is not None:

@@ -48,8 +48,7 @@ def main() -> None:
     apps, clients = [], []
     try:
         for label, root in subjects:
-            common.ROOT = root  # App runs `python app.py` in common.ROOT
-            apps.append(App(folder, args.cache, env=env.get(label)).__enter__())
+            apps.append(App(folder, args.cache, env=env.get(label), root=root).__enter__())
             clients.append(httpx.Client(base_url=apps[-1].url, timeout=120))
         timings = {label: {"text": [], "image": []} for label, _ in subjects}
         for i in range(args.queries + 3):  # the first 3 rounds warm up
