@@ -218,10 +218,11 @@ class Handlers:
 
     def similar_paging(self, image_id, k):
         """After 'more like this', 'More results' pages on from the stored vector of that image."""
-        row = self.gallery.row_of(int(image_id)) if image_id is not None else None
-        if row is None:
+        try:
+            vector = self.searcher.stored_vector(int(image_id))
+        except (TypeError, ValueError):  # no image id (QueryError, an unknown one, is a ValueError too)
             return None, gr.update(visible=False)
-        return Paging(self.gallery.vector(row), None, Plan.checked(k)), gr.update(visible=True)
+        return Paging(vector, None, Plan.checked(k)), gr.update(visible=True)
 
     @staticmethod
     def show_details(hits: list[dict], event: gr.SelectData):
