@@ -37,7 +37,7 @@ from .evaluate import evaluate
 from .index import build_index
 from .pack import SCHEMA, pack, project_2d, write_metadata
 from .plan import BuildPlan
-from .sources import ImageFolderSource, Source
+from .sources import ImageFolderSource, Source, keeps_coco_ids
 
 log = logging.getLogger("builder")
 APPEND_WORK = ".work-append"
@@ -129,9 +129,9 @@ def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
     index, index_info = build_index(vectors, base.index.factory, base.index.search_params)
     faiss.write_index(index, str(stage / INDEX))
     rows = combined.select(["captions", "split", "categories", "image_id"]).to_pydict()
-    coco_ids = all(info.kind != "images" for info in base.sources + source.infos)  # as build.py: folders renumber
+    coco = keeps_coco_ids(base.sources + source.infos)
     evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], plan.eval_mode,
-                          categories=rows["categories"], image_ids=rows["image_id"] if coco_ids else None)
+                          categories=rows["categories"], image_ids=rows["image_id"] if coco else None)
     names = sorted([INDEX, EMBEDDINGS, METADATA, *base.thumbnails.files, *new_files])  # what this append wrote
     manifest = replace(
         base, count=len(vectors), index=index_info, sources=base.sources + source.infos,

@@ -50,6 +50,7 @@ from .sources import (
     ImageFolderSource,
     Source,
     SourceError,
+    keeps_coco_ids,
 )
 
 log = logging.getLogger("builder")
@@ -280,10 +281,9 @@ def _finish(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, shard
     faiss.write_index(index, str(out / INDEX))
     log.info("stage 6/6 evaluate: %s", plan.eval_mode)
     records = [source.records[i] for i in packed.rows]
-    coco_ids = all(info.kind != "images" for info in source.infos)  # a folder's images are numbered, not COCO ids
     evaluation = evaluate(encoder, packed.vectors, [r.captions for r in records], [r.split for r in records],
                           plan.eval_mode, categories=[r.categories for r in records],
-                          image_ids=[r.image_id for r in records] if coco_ids else None)
+                          image_ids=[r.image_id for r in records] if keeps_coco_ids(source.infos) else None)
     names = sorted([INDEX, *packed.files])  # exactly what this build wrote, never a listing of the folder
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, count=len(packed.rows),

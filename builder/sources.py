@@ -196,6 +196,11 @@ THUMB_BYTES = 13_000  # a 256-px JPEG thumbnail of a COCO photo, roughly
 ROW_BYTES = 400  # metadata row (ids, captions, categories, url) in metadata.parquet, roughly
 
 
+def keeps_coco_ids(infos) -> bool:
+    """True when every source keeps COCO's image ids; an image folder numbers its images instead."""
+    return all(info.kind != "images" for info in infos)
+
+
 def parse_repo(spec: str) -> tuple[str, str | None]:
     """'owner/name@revision' -> (repo, revision); a local folder path has no revision."""
     if "@" in spec and not Path(spec).exists():
