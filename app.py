@@ -3,10 +3,10 @@
 import logging
 import sys
 
-from clipsearch.encoder import EncoderError
-from clipsearch.manifest import ArtifactError
-from clipsearch.service import Settings, start
-from clipsearch.ui import build_ui, launch
+from clipsearch.core.encoder import EncoderError
+from clipsearch.core.manifest import ArtifactError
+from clipsearch.serve.service import Settings, start
+from clipsearch.web.ui import build_ui, launch
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

@@ -41,10 +41,10 @@ def ours(folder: Path, model_dir: Path, device: str, batch: int, workers: int | 
          precision: str = "fp32") -> tuple[float, str]:
     from builder.embed import embed_shards
     from builder.sources import ImageFolderSource
-    from clipsearch.encoder import Encoder
+    from clipsearch.core.encoder import Encoder
 
     source = ImageFolderSource(folder)
-    from clipsearch.precision import BUILD_MIN_COSINE
+    from clipsearch.core.precision import BUILD_MIN_COSINE
 
     encoder = Encoder.load(str(model_dir), None, device, precision=precision, min_cosine=BUILD_MIN_COSINE)
     import os

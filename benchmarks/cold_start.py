@@ -107,7 +107,7 @@ def busy_seconds(spans, until: float) -> float:
 def publish(server, folder: Path, model: Path) -> tuple[str, dict[str, int]]:
     """The model as a model repo and the build as a tagged dataset commit whose manifest names that model repo at
     its commit, as a real published build names its model. Returns (model commit, {file: size})."""
-    from clipsearch.manifest import MANIFEST, Manifest
+    from clipsearch.core.manifest import MANIFEST, Manifest
 
     model_files = {p.name: p.read_bytes() for p in sorted(model.iterdir()) if p.is_file()}
     model_commit = server.put_files(MODEL_REPO, model_files, repo_type="model", message="model")
@@ -245,7 +245,7 @@ def main() -> None:
     folder = realistic_artifacts(args.cache, args.count)
     from hub_server import HubServer
 
-    from clipsearch.manifest import Manifest
+    from clipsearch.core.manifest import Manifest
 
     manifest = Manifest.read(folder)
     thumbs = sum(manifest.files[n].size for n in manifest.thumbnails.files)
@@ -309,7 +309,7 @@ def thumbnail_formats() -> None:
     real photos on this machine (gradio's media assets) and crops of them, made 256-px like the builder's."""
     import gradio
 
-    from clipsearch.images import _resized  # the builder's own resize (the thumbnail before JPEG encoding)
+    from clipsearch.core.images import _resized  # the builder's own resize (the thumbnail before JPEG encoding)
 
     base = Path(gradio.__file__).parent
     thumbs = []
@@ -349,7 +349,7 @@ def vectors_once(folder: Path, sample: int = 500) -> None:
     """embeddings.npy (float32) against the index's own fp16 codes for 'more like this': bytes, memory, agreement."""
     import faiss
 
-    from clipsearch.gallery import index_vectors
+    from clipsearch.core.gallery import index_vectors
 
     index = faiss.read_index(str(folder / "index.faiss"))
     codes = index_vectors(index)

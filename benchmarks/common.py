@@ -151,8 +151,8 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, index: str = "auto
     from builder.index import AUTO, build_index, choose_index
     from builder.pack import pack
     from builder.sources import Record, Source
-    from clipsearch.encoder import Encoder
-    from clipsearch.manifest import (
+    from clipsearch.core.encoder import Encoder
+    from clipsearch.core.manifest import (
         FORMAT_VERSION,
         INDEX,
         MANIFEST,

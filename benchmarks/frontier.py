@@ -295,7 +295,7 @@ def timed_queries(fn, items: list, want: int, budget_s: float) -> dict:
 
 def auto_order() -> list[str]:
     """The fast paths precision="auto" tries on this host."""
-    from clipsearch.precision import auto_precisions
+    from clipsearch.core.precision import auto_precisions
 
     return list(auto_precisions())
 
@@ -342,8 +342,8 @@ def measure(folder: Path, precision: str, repeats: int, warmup: int, threads: in
     import transformers.models.siglip.modeling_siglip  # noqa: F401
     from common import coco_like_jpegs
 
-    from clipsearch.encoder import Encoder
-    from clipsearch.images import open_image
+    from clipsearch.core.encoder import Encoder
+    from clipsearch.core.images import open_image
 
     class Capture(logging.Handler):
         def __init__(self):
@@ -796,7 +796,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from clipsearch.precision import cpu_flags
+    from clipsearch.core.precision import cpu_flags
 
     flags = cpu_flags()
     header = {

@@ -7,7 +7,7 @@ CLIP (same compute as the default model), starts `python app.py` on it and times
 plus reading the result stream (upload included for images). The baseline runs in this process on the same
 inputs: transformers fp32 encode + a FAISS IndexFlatIP search over the same vectors. App and baseline queries
 alternate, so a busy machine slows both alike and the ratio stays meaningful. A third column times the app's own
-search core (clipsearch.search.Searcher) in this process, to show how much of the round trip is HTTP and Gradio.
+search core (clipsearch.core.search.Searcher) in this process, to show how much of the round trip is HTTP and Gradio.
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ class Naive:
 
 def in_process_searcher(folder: Path, cache: Path):
     """The app's own search core in this process (no HTTP, no Gradio): shows where the round trip's time goes."""
-    from clipsearch.batcher import ModelThread
-    from clipsearch.encoder import Encoder
-    from clipsearch.gallery import Gallery
-    from clipsearch.search import Searcher
+    from clipsearch.core.batcher import ModelThread
+    from clipsearch.core.encoder import Encoder
+    from clipsearch.core.gallery import Gallery
+    from clipsearch.core.search import Searcher
 
     gallery = Gallery.open(folder, verify=False, thumb_cache=cache / "in-process-thumbs")
     model = gallery.manifest.model
-    thread = ModelThread()  # as clipsearch.service.start does: the model loaded and run on one thread
+    thread = ModelThread()  # as clipsearch.serve.service.start does: the model loaded and run on one thread
     encoder = thread.run(Encoder.load, model["model_id"], model.get("revision"), "cpu", precision="auto")
     return Searcher(gallery, encoder, thread)
 
@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     header = machine()
     folder = synthetic_artifacts(args.cache, args.count, args.index)
-    from clipsearch.manifest import Manifest
+    from clipsearch.core.manifest import Manifest
 
     manifest = Manifest.read(folder)
     jpegs = sorted(coco_like_jpegs(args.cache / "jpegs", 8).glob("*.jpg"))[:8]
@@ -106,7 +106,7 @@ def main() -> None:
     naive = Naive(Path(manifest.model["model_id"]), np.asarray(vectors))
     searcher = in_process_searcher(folder, args.cache)
     # The baseline computes on the searcher's model thread too: one OpenMP team in this process, as in the app
-    # (two teams on 2 cores would slow both columns; see clipsearch.batcher.ModelThread).
+    # (two teams on 2 cores would slow both columns; see clipsearch.core.batcher.ModelThread).
     on_model_thread = searcher.model_thread.run
     image_ids = [9 + 3 * row for row in range(0, args.count, max(1, args.count // 997))]
     texts = text_queries(2 * args.queries + 5, seed=1)  # distinct: none is answered from the app's text cache
@@ -159,8 +159,8 @@ def main() -> None:
               f"| {statistics.median(alone[name]):.1f} | {len(app_ms)} |")
     print(f"| /search_text, repeated query (cached vector) | {statistics.median(repeat):.1f} | "
           f"{percentile(repeat, 0.9):.1f} | | | | | | | {len(repeat)} |")
-    print("\n(search core in-process: clipsearch.search.Searcher with the app's encoder and gallery in this process, "
-          "no HTTP or Gradio; images passed as file paths, decoding included. app alone: the app's p50 measured again "
+    print("\n(search core in-process: clipsearch.core.search.Searcher with the app's encoder and gallery in this "
+          "process, no HTTP or Gradio; images passed as file paths, decoding included. app alone: the app's p50 measured again "
           "after the interleaved runs, with this process idle between queries)")
 
 

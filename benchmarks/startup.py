@@ -33,11 +33,11 @@ def mark(name):
 mark("python")
 import torch; mark("import torch")
 import gradio; mark("import gradio")
-import faiss, pyarrow.parquet as pq; from clipsearch.service import Settings; mark("import clipsearch, faiss")
-from clipsearch.hub import open_gallery
+import faiss, pyarrow.parquet as pq; from clipsearch.serve.service import Settings; mark("import clipsearch, faiss")
+from clipsearch.serve.hub import open_gallery
 gallery, _ = open_gallery(index_dir=os.environ["INDEX_DIR"], repo_id="unused/unused", revision=None)
 mark(f"gallery: index {type(gallery.index).__name__} + metadata + thumbnail maps")
-from clipsearch.encoder import Encoder
+from clipsearch.core.encoder import Encoder
 model = gallery.manifest.model
 try:
     encoder = Encoder.load(model["model_id"], model.get("revision"), device="cpu", precision="auto")

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipsearch.encoder import DEFAULT_MODEL, Encoder
-from clipsearch.manifest import (
+from clipsearch.core.encoder import DEFAULT_MODEL, Encoder
+from clipsearch.core.manifest import (
     EMBEDDINGS,
     INDEX,
     MANIFEST,

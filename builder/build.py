@@ -17,9 +17,8 @@ from pathlib import Path
 import faiss
 import torch
 
-from clipsearch.encoder import DEFAULT_MODEL, Encoder, EncoderError
-from clipsearch.hub import DEFAULT_INDEX_REPO
-from clipsearch.manifest import (
+from clipsearch.core.encoder import DEFAULT_MODEL, Encoder, EncoderError
+from clipsearch.core.manifest import (
     EMBEDDINGS,
     FORMAT_VERSION,
     INDEX,
@@ -31,8 +30,9 @@ from clipsearch.manifest import (
     hash_files,
     write_manifest,
 )
-from clipsearch.precision import BUILD_MIN_COSINE, PRECISIONS
-from clipsearch.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
+from clipsearch.core.precision import BUILD_MIN_COSINE, PRECISIONS
+from clipsearch.core.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
+from clipsearch.serve.hub import DEFAULT_INDEX_REPO
 
 from .distributed import Group, Ranks, rank_threads
 from .embed import THUMB_SIDE, embed_shards, shard_ranges

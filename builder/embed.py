@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from clipsearch.encoder import Encoder, image_inputs
-from clipsearch.images import ImageError, make_thumbnail, open_image
+from clipsearch.core.encoder import Encoder, image_inputs
+from clipsearch.core.images import ImageError, make_thumbnail, open_image
 
 from .sources import Source
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipsearch.encoder import Encoder
-from clipsearch.published import compare, published_for
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.published import compare, published_for
 
 from . import karpathy
 

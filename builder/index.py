@@ -8,7 +8,7 @@ import math
 import faiss
 import numpy as np
 
-from clipsearch.manifest import IndexInfo
+from clipsearch.core.manifest import IndexInfo
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsearch.errors import first_line
+from clipsearch.core.errors import first_line
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipsearch.manifest import EMBEDDINGS, METADATA, THUMBS_PATTERN, Skipped
+from clipsearch.core.manifest import EMBEDDINGS, METADATA, THUMBS_PATTERN, Skipped
 
 from .embed import read_shard
 from .sources import Source

@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clipsearch.encoder import pick_device
-from clipsearch.hub import DEFAULT_INDEX_REPO
-from clipsearch.manifest import FORMAT_VERSION
+from clipsearch.core.encoder import pick_device
+from clipsearch.core.manifest import FORMAT_VERSION
+from clipsearch.serve.hub import DEFAULT_INDEX_REPO
 
 from .distributed import Ranks, rank_device, rank_workers
 from .embed import THUMB_SIDE
 
 if TYPE_CHECKING:
-    from clipsearch.encoder import Encoder
+    from clipsearch.core.encoder import Encoder
 
     from .sources import Source
 

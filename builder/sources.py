@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from clipsearch.manifest import SourceInfo
+from clipsearch.core.manifest import SourceInfo
 
 log = logging.getLogger(__name__)
 

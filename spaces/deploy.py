@@ -35,8 +35,8 @@ def space_files(root: Path = ROOT) -> dict[str, Path | bytes]:
     """{path in the Space repo: local file}: the app, the shared package, requirements and the card — nothing else
     (no builder, no tests, and never this spaces/ folder: gradio imports a module called `spaces`)."""
     files = {"app.py": root / "app.py", "requirements.txt": space_requirements(root), "README.md": CARD}
-    for path in sorted((root / "clipsearch").glob("*.py")):
-        files[f"clipsearch/{path.name}"] = path
+    for path in sorted((root / "clipsearch").rglob("*.py")):
+        files[path.relative_to(root).as_posix()] = path
     return files
 
 

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 # Builds in tests never reach for the real Karpathy split (tests that need it point CLIPSEARCH_KARPATHY at a fixture).
 os.environ.setdefault("CLIPSEARCH_KARPATHY", "off")
 
-from tiny_models import COLORS, SHAPES, cached_shapes_clip, caption_for, draw_shape, save_tiny_clip  # noqa: E402
-
-SHAPE_CATEGORY_IDS = {shape: number for number, shape in enumerate(SHAPES, start=1)}
+from testkit.galleries import write_coco_dir, write_shapes_folder  # noqa: E402
+from testkit.helpers import run_build  # noqa: E402
+from testkit.models import cached_shapes_clip, save_tiny_clip  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
@@ -47,72 +41,10 @@ def shapes_model(tmp_path_factory) -> Path:
     return cached_shapes_clip(tmp_path_factory.mktemp("trained"))
 
 
-def write_shapes_folder(root: Path, per_combo: int = 2, seed: int = 5000, size: int = 64) -> list[dict]:
-    """A plain image folder with metadata.jsonl captions; returns one dict per image in sorted-path order."""
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with open(root / "metadata.jsonl", "w") as sidecar:
-        for color in COLORS:
-            for shape in SHAPES:
-                for k in range(per_combo):
-                    # PNG: the same pixels the shapes model was trained on (no JPEG artifacts at 64 px)
-                    name = f"{color}-{shape}-{k}.png"
-                    draw_shape(color, shape, size=size, seed=seed + len(rows)).save(root / name)
-                    sidecar.write(json.dumps({"file_name": name, "caption": caption_for(color, shape)}) + "\n")
-                    rows.append({"file_name": name, "color": color, "shape": shape})
-    return sorted(rows, key=lambda r: r["file_name"])
-
-
 @pytest.fixture(scope="session")
 def shapes_folder(tmp_path_factory) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("shapes") / "gallery"
     return root, write_shapes_folder(root)
-
-
-def write_coco_dir(root: Path, counts: dict[str, int], size: int = 64, bad: bool = True) -> dict[int, dict]:
-    """Official COCO layout with captions_*.json and instances_*.json; a few broken files when `bad`."""
-    combos = [(c, s) for c in COLORS for s in SHAPES]
-    truth, next_id = {}, 1000
-    for split, count in counts.items():
-        (root / split).mkdir(parents=True, exist_ok=True)
-        (root / "annotations").mkdir(exist_ok=True)
-        images, captions, instances = [], [], []
-        for k in range(count):
-            color, shape = combos[k % len(combos)]
-            image_id, next_id = next_id, next_id + 7
-            name = f"{image_id:012d}.jpg"
-            draw_shape(color, shape, size=size, seed=image_id).save(root / split / name, quality=95)
-            images.append({"id": image_id, "file_name": name, "width": size, "height": size,
-                           "coco_url": f"http://images.cocodataset.org/{split}/{name}"})
-            for n in range(2):
-                captions.append({"id": len(captions) + 1, "image_id": image_id,
-                                 "caption": caption_for(color, shape, seed=n)})
-            instances.append({"id": len(instances) + 1, "image_id": image_id,
-                              "category_id": SHAPE_CATEGORY_IDS[shape]})
-            truth[image_id] = {"split": split, "color": color, "shape": shape, "file_name": name}
-        if bad:
-            broken = {"truncated": truncated_jpeg(), "empty": b"", "not-an-image": b"hello, I am text\n" * 20}
-            for label, payload in broken.items():
-                image_id, next_id = next_id, next_id + 7
-                name = f"{image_id:012d}.jpg"
-                (root / split / name).write_bytes(payload)
-                images.append({"id": image_id, "file_name": name, "width": size, "height": size, "coco_url": ""})
-                truth[image_id] = {"split": split, "bad": label, "file_name": name}
-            image_id, next_id = next_id, next_id + 7  # listed in the annotations, missing on disk
-            images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 1, "height": 1})
-            truth[image_id] = {"split": split, "bad": "missing", "file_name": f"{image_id:012d}.jpg"}
-        categories = [{"id": i, "name": s, "supercategory": "shape"} for s, i in SHAPE_CATEGORY_IDS.items()]
-        (root / "annotations" / f"captions_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": captions}))
-        (root / "annotations" / f"instances_{split}.json").write_text(
-            json.dumps({"images": images, "annotations": instances, "categories": categories}))
-    return truth
-
-
-def truncated_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    draw_shape("red", "circle", size=64, seed=1).save(buffer, format="JPEG")
-    return buffer.getvalue()[:300]
 
 
 @pytest.fixture(scope="session")
@@ -121,22 +53,12 @@ def coco_dir(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
     return root, write_coco_dir(root, {"train2017": 40, "val2017": 20})
 
 
-def run_build(*args: str) -> int:
-    """The builder CLI in-process (same code path as `python -m builder.build`)."""
-    from builder.build import main
-
-    return main(["--quiet", "--num-workers", "0", *map(str, args)])
-
-
 @pytest.fixture(scope="session")
 def shapes_artifacts(tmp_path_factory, shapes_model, shapes_folder) -> Path:
     """A finished artifact folder: the shapes gallery embedded with the trained shapes model."""
     out = tmp_path_factory.mktemp("built") / "artifacts"
     assert run_build("--images", shapes_folder[0], "--model", shapes_model, "--out", out, "--batch-size", "8") == 0
     return out
-
-
-HUB_TOKEN = "hf_test_write_token"
 
 
 @pytest.fixture
@@ -162,7 +84,7 @@ def hermetic_hf(monkeypatch, tmp_path):
 @pytest.fixture
 def hub(hermetic_hf, monkeypatch):
     """A Hub-compatible server on 127.0.0.1; module-level client helpers are pointed at it."""
-    from hub_server import HubServer
+    from testkit.hub import HubServer
 
     with HubServer() as server:
         server.patch_client(monkeypatch)
@@ -175,8 +97,8 @@ def app_server(shapes_artifacts, tmp_path_factory):
     """The real app (service + Gradio UI) on a free loopback port, serving the shapes artifacts."""
     import os
 
-    from clipsearch.service import Settings, start
-    from clipsearch.ui import build_ui, launch
+    from clipsearch.serve.service import Settings, start
+    from clipsearch.web.ui import build_ui, launch
 
     os.environ["CLIPSEARCH_CACHE"] = str(tmp_path_factory.mktemp("app-cache"))
     service = start(Settings(index_dir=str(shapes_artifacts), index_repo="unused/unused", index_revision=None,

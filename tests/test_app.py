@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import truncated_jpeg
 from gradio_client import Client, handle_file
-from helpers import app_env, kinds, publish_artifacts, start_app, stop_app
-from tiny_models import draw_shape
+
+from testkit.galleries import truncated_jpeg
+from testkit.helpers import app_env, kinds, publish_artifacts, start_app, stop_app
+from testkit.models import draw_shape
 
 
 def test_text_search_returns_the_right_ids_and_honours_k(client, app_server):
@@ -123,7 +124,7 @@ def test_a_newer_format_version_is_refused_with_a_sentence(tmp_path, shapes_arti
 def test_search_is_offered_as_mcp_tools(app_server):
     import httpx
 
-    from clipsearch.ui import build_ui, launch
+    from clipsearch.web.ui import build_ui, launch
 
     demo = build_ui(app_server[1])
     launch(demo, app_server[1], prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, mcp_server=True)
@@ -137,8 +138,8 @@ def test_search_is_offered_as_mcp_tools(app_server):
 
 
 def test_the_query_precision_comes_from_the_environment_and_a_wrong_one_is_named():
-    from clipsearch.encoder import EncoderError
-    from clipsearch.service import Settings
+    from clipsearch.core.encoder import EncoderError
+    from clipsearch.serve.service import Settings
 
     assert Settings.from_env({}).precision == "auto"
     assert Settings.from_env({"CLIPSEARCH_PRECISION": "fp32"}).precision == "fp32"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-from conftest import run_build, write_shapes_folder
-from tiny_models import draw_shape
 
-from clipsearch.gallery import Gallery
-from clipsearch.manifest import MANIFEST, Manifest, verify_files
+from clipsearch.core.gallery import Gallery
+from clipsearch.core.manifest import MANIFEST, Manifest, verify_files
+from testkit.galleries import write_shapes_folder
+from testkit.helpers import run_build
+from testkit.models import draw_shape
 
 
 def test_append_embeds_only_new_images_and_keeps_ids(tmp_path, tiny_clip, capsys):

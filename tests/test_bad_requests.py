@@ -9,9 +9,10 @@ import time
 import httpx
 import pytest
 from gradio_client import Client, handle_file
-from helpers import UNUSABLE, call, encoded, rss_mb, search_data, upload
 from PIL import Image
-from tiny_models import draw_shape
+
+from testkit.helpers import UNUSABLE, call, encoded, rss_mb, search_data, upload
+from testkit.models import draw_shape
 
 
 def test_an_upload_over_the_size_limit_is_refused_at_the_door(app_server, tmp_path):
@@ -126,9 +127,9 @@ def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(
 def test_an_overfull_queue_says_busy_try_again(app_server):
     """A second app on the same gallery with a two-place queue and an encoder held shut: once 16 searches run and
     2 wait, the next ones are refused at once with a readable 'busy' answer, and every accepted one completes."""
-    from clipsearch.search import Searcher
-    from clipsearch.service import Service
-    from clipsearch.ui import build_ui, launch
+    from clipsearch.core.search import Searcher
+    from clipsearch.serve.service import Service
+    from clipsearch.web.ui import build_ui, launch
 
     service = app_server[1]
     gate = threading.Event()

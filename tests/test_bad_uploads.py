@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import handle_file
-from helpers import UNUSABLE, assert_sentence, call, encoded, kinds, rss_mb, search_data, upload
 from PIL import Image
-from tiny_models import draw_shape
+
+from testkit.helpers import UNUSABLE, assert_sentence, call, encoded, kinds, rss_mb, search_data, upload
+from testkit.models import draw_shape
 
 
 def _exif_rotated(picture: Image.Image) -> bytes:

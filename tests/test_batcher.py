@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from clipsearch.batcher import ModelThread
+from clipsearch.core.batcher import ModelThread
 
 
 def _gated(model: ModelThread) -> threading.Event:

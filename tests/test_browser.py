@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from pages import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
 
 TITLE = "COCO CLIP visual search"
 TABS = ["Text → Image", "Image → Image", "Map", "About"]
@@ -102,7 +103,7 @@ def test_text_search_details_and_more_like_this(open_page, app_server):
 
 def test_image_search_starts_when_the_picture_is_chosen(open_page, app_server, tmp_path):
     """No button press: choosing the file is enough (as dropping, pasting or capturing a picture is)."""
-    from tiny_models import draw_shape
+    from testkit.models import draw_shape
 
     picture = tmp_path / "query.png"
     draw_shape("blue", "square", size=64, seed=4242).save(picture)

@@ -10,15 +10,16 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_build, write_shapes_folder
 from PIL import Image
-from tiny_models import COLORS, SHAPES, caption_for, draw_shape
 
 from builder.index import recall
-from clipsearch.encoder import Encoder
-from clipsearch.gallery import Gallery
-from clipsearch.manifest import FORMAT_VERSION, MANIFEST, Manifest, sha256_file
-from clipsearch.search import Searcher
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.gallery import Gallery
+from clipsearch.core.manifest import FORMAT_VERSION, MANIFEST, Manifest, sha256_file
+from clipsearch.core.search import Searcher
+from testkit.galleries import write_shapes_folder
+from testkit.helpers import run_build
+from testkit.models import COLORS, SHAPES, caption_for, draw_shape
 
 
 def searcher_for(folder) -> Searcher:
@@ -164,8 +165,9 @@ def test_siglip_checkpoints_build_and_search(tmp_path, tiny_siglip):
 def test_siglip2_naflex_inputs_reach_the_model_in_builds_and_queries(tmp_path):
     """SigLIP 2's processor pads patches and returns pixel_attention_mask and spatial_shapes with the pixels; the
     builder's batches and the app's queries must pass all three, or the vectors are wrong (or the call fails)."""
-    from tiny_models import save_tiny_clip
     from transformers import AutoImageProcessor, AutoModel
+
+    from testkit.models import save_tiny_clip
 
     model_dir = save_tiny_clip(tmp_path / "siglip2", "siglip2")
     folder = tmp_path / "gallery"
@@ -218,8 +220,9 @@ def test_user_errors_are_one_sentence_naming_the_flag(tmp_path, capsys, shapes_f
 
 
 def test_a_model_that_cannot_embed_images_is_refused_with_a_sentence(tmp_path, capsys, shapes_folder):
-    from tiny_models import save_tiny_text_only
     from transformers import ViTConfig, ViTModel
+
+    from testkit.models import save_tiny_text_only
 
     folder = tmp_path / "vit"  # an image model saved without its image processor
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -297,7 +300,7 @@ def test_a_faster_cpu_precision_is_recorded_and_stays_close_to_fp32(tmp_path, sh
 def test_the_default_cpu_build_takes_a_fast_path_with_the_same_top_5_as_fp32(shapes_artifacts, shapes_fp32,
                                                                               shapes_folder, shapes_model):
     """A laptop user gets the fast path without knowing the flag, and the index answers as the fp32 one does."""
-    from clipsearch.precision import BUILD_MIN_COSINE
+    from clipsearch.core.precision import BUILD_MIN_COSINE
 
     manifest = json.loads((shapes_artifacts / "manifest.json").read_text())
     assert manifest["precision"] in ("int8", "bf16")  # kept by the builder's own gate

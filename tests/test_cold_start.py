@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HUB_TOKEN, run_build
 from huggingface_hub import HfApi
 
-import clipsearch.hub as hub_module
+import clipsearch.serve.hub as hub_module
 from builder.publish import push
-from clipsearch.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
-from clipsearch.hub import RemotePacks, open_gallery
-from clipsearch.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, Manifest, _read_stamps
+from clipsearch.core.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
+from clipsearch.core.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, Manifest, _read_stamps
+from clipsearch.serve.hub import RemotePacks, open_gallery
+from testkit import HUB_TOKEN
+from testkit.helpers import run_build
 
 REPO = "tester/cold-start"
 
@@ -26,9 +27,8 @@ REPO = "tester/cold-start"
 def packed_artifacts(tmp_path_factory, shapes_folder) -> Path:
     """A finished build of the shapes folder whose thumbnails are spread over several small packs (the builder's
     own pack writer with an 8 KB pack size instead of 512 MB), with the real tiny CLIP: four or more packs."""
-    from tiny_models import save_tiny_clip
-
     import builder.pack
+    from testkit.models import save_tiny_clip
 
     model = save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "clip")
     out = tmp_path_factory.mktemp("packed") / "artifacts"
@@ -123,8 +123,8 @@ def test_the_first_answer_fetches_its_thumbnails_together(hub, published, packed
     """Before the packs are local, one answer's thumbnails are range requests in flight at the same time: each fetch
     here waits until all five have started, so thumbnails fetched one after another would all time out (and be
     served as placeholders)."""
-    from clipsearch.encoder import Encoder
-    from clipsearch.search import Searcher
+    from clipsearch.core.encoder import Encoder
+    from clipsearch.core.search import Searcher
 
     gallery, _ = _open(hub, tmp_path)
     store = gallery.thumbnails
@@ -143,7 +143,7 @@ def test_background_completion_verifies_each_pack_then_serves_from_disk(hub, pub
                                                                        tmp_path, caplog):
     gallery, _ = _open(hub, tmp_path)
     manifest = gallery.manifest
-    with caplog.at_level(logging.INFO, logger="clipsearch.hub"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.serve.hub"):
         _release(published)
     for number, name in enumerate(manifest.thumbnails.files):
         assert gallery.thumbnails.state(number) == LOCAL
@@ -163,7 +163,7 @@ def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, pac
     bad_rows = _rows_of(gallery, 1)
     early = gallery.thumbnails.path(bad_rows[0])  # fetched by range before the pack could be checked
     assert early.name == f"{bad_rows[0]}.jpg"
-    with caplog.at_level(logging.INFO, logger="clipsearch.hub"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.serve.hub"):
         remote = _release(published)
     assert remote.refused == ["thumbs-00001.bin"]
     assert gallery.thumbnails.state(1) == REFUSED
@@ -201,7 +201,7 @@ def test_offline_with_packs_never_downloaded_serves_search_with_placeholders(hub
                                                                            tmp_path, caplog):
     _open(hub, tmp_path)  # packs held back: the process 'stopped' before they were downloaded
     hub.stop()
-    with caplog.at_level(logging.WARNING, logger="clipsearch.hub"):
+    with caplog.at_level(logging.WARNING, logger="clipsearch.serve.hub"):
         gallery, source = _open(hub, tmp_path)
     assert source.notice and "never downloaded" in caplog.text
     assert gallery.thumbnails.path(0).name == PLACEHOLDER
@@ -219,7 +219,7 @@ def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts
 
 
 def test_the_app_starts_the_background_fetch_once_its_model_is_loaded(hub, packed_artifacts, monkeypatch, tmp_path):
-    from clipsearch.service import Settings, start
+    from clipsearch.serve.service import Settings, start
 
     push(packed_artifacts, Manifest.read(packed_artifacts), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
     monkeypatch.setattr(hub_module, "EAGER_BYTES", 0)
@@ -237,12 +237,12 @@ def test_the_app_starts_the_background_fetch_once_its_model_is_loaded(hub, packe
 
 def test_a_hub_that_ignores_the_range_header_is_not_read_whole(hub, published, packed_artifacts, tmp_path,
                                                                monkeypatch, caplog):
-    import hub_server
+    import testkit.hub as hub_server
 
     gallery, _ = _open(hub, tmp_path)
     monkeypatch.setattr(hub_server, "_parse_range", lambda header, total: None)  # 200 with the whole pack
     row = _rows_of(gallery, 1)[0]
-    with caplog.at_level(logging.WARNING, logger="clipsearch.gallery"):
+    with caplog.at_level(logging.WARNING, logger="clipsearch.core.gallery"):
         assert gallery.thumbnails.path(row).name == PLACEHOLDER
     assert "not 206" in caplog.text
     assert not (gallery.thumbnails.cache_dir / f"{row}.jpg").exists()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import HUB_TOKEN, run_build
 from huggingface_hub import HfApi
 
 from builder.publish import new_tag, push
-from clipsearch.hub import download
-from clipsearch.manifest import MANIFEST, Manifest
+from clipsearch.core.manifest import MANIFEST, Manifest
+from clipsearch.serve.hub import download
+from testkit import HUB_TOKEN
+from testkit.helpers import run_build
 
 REPO = "tester/safe-index"
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -105,7 +106,7 @@ def test_a_push_deletes_only_the_previous_builds_files_and_keeps_the_owners(hub,
     # The previous build had one more thumbnail pack than the next will have.
     manifest = Manifest.read(old)
     (old / "thumbs-00001.bin").write_bytes(b"an older build's second pack")
-    from clipsearch.manifest import hash_files, write_manifest
+    from clipsearch.core.manifest import hash_files, write_manifest
 
     manifest.files = hash_files(old, [*manifest.files, "thumbs-00001.bin"])
     write_manifest(old, manifest)

@@ -7,10 +7,10 @@ import shutil
 import subprocess
 import sys
 
-from conftest import ROOT, write_shapes_folder
-from helpers import assert_same_build
-
 from builder.distributed import Ranks, rank_threads, rank_workers
+from testkit import ROOT
+from testkit.galleries import write_shapes_folder
+from testkit.helpers import assert_same_build
 
 LAUNCHER_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                 "OMP_NUM_THREADS", "TORCHELASTIC_RUN_ID")
@@ -77,7 +77,7 @@ def test_decoding_workers_never_touch_cuda(tmp_path, tiny_clip, monkeypatch):
 
     from builder.embed import embed_shards, read_shard, shard_ranges
     from builder.sources import ImageFolderSource
-    from clipsearch.encoder import Encoder
+    from clipsearch.core.encoder import Encoder
 
     def no_cuda(*_, **__):
         raise RuntimeError("CUDA initialised in the decoding path")

@@ -6,13 +6,13 @@ import logging
 
 import numpy as np
 import pytest
-from tiny_models import COLORS, SHAPES, caption_for, draw_shape
 
-from clipsearch import precision as fast_paths
-from clipsearch.encoder import Encoder, EncoderError
-from clipsearch.gallery import Gallery
-from clipsearch.precision import calibration_images, cpu_has_bf16
-from clipsearch.search import Searcher
+from clipsearch.core import precision as fast_paths
+from clipsearch.core.encoder import Encoder, EncoderError
+from clipsearch.core.gallery import Gallery
+from clipsearch.core.precision import calibration_images, cpu_has_bf16
+from clipsearch.core.search import Searcher
+from testkit.models import COLORS, SHAPES, caption_for, draw_shape
 
 FAST = ("bf16", "int8")
 TEXTS = ["a red circle", "a photo of a dog", "two people walking on a beach at sunset", "x", "a " * 40]
@@ -150,7 +150,7 @@ def test_siglip_takes_the_fast_path_too(tiny_siglip):
 
 
 def test_repeated_text_queries_reuse_the_vector(shapes_artifacts, shapes_encoders, monkeypatch):
-    from clipsearch import search as search_module
+    from clipsearch.core import search as search_module
 
     searcher = Searcher(Gallery.open(shapes_artifacts), shapes_encoders["fp32"])
     calls = []

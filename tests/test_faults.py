@@ -11,14 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import HUB_TOKEN, run_build
 from gradio_client import Client
-from helpers import app_env, publish_artifacts, start_app, stop_app
 from huggingface_hub import HfApi
 
 from builder.publish import PublishError, push
-from clipsearch.hub import latest_tag, open_gallery
-from clipsearch.manifest import EMBEDDINGS, MANIFEST, ArtifactError, Manifest
+from clipsearch.core.manifest import EMBEDDINGS, MANIFEST, ArtifactError, Manifest
+from clipsearch.serve.hub import latest_tag, open_gallery
+from testkit import HUB_TOKEN
+from testkit.helpers import app_env, publish_artifacts, run_build, start_app, stop_app
 
 REPO = "tester/reliable-index"
 
@@ -161,7 +161,7 @@ def test_a_full_disk_during_a_build_fails_cleanly_and_the_rerun_resumes(tmp_path
 def _break_commits(hub, monkeypatch, mode: str) -> None:
     """The commit POST fails on the Hub side: a 500, or the connection drops before or after it is applied.
     (HubServer.fail_next only covers /resolve downloads, so the commit handler itself is wrapped.)"""
-    from hub_server import _CutResponse, _HubError
+    from testkit.hub import _CutResponse, _HubError
 
     real = hub._commit
 

@@ -1,4 +1,4 @@
-"""The workarounds of Gradio's internals in clipsearch.gradio_patches: per-session component configs computed lazily
+"""The workarounds of Gradio's internals in clipsearch.web.gradio_patches: per-session component configs computed lazily
 (each equal to what Gradio computes), a cap on kept sessions, so raw-HTTP calls do not pile up memory, and the
 warning when the installed gradio is not the one they were written for."""
 
@@ -7,15 +7,16 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import call, rss_mb
+
+from testkit.helpers import call, rss_mb
 
 
 def test_lazy_session_configs_equal_what_gradio_computes(app_server):
     """gradio_patches makes Gradio's per-session component configs lazy; every one must equal Gradio's own."""
     from gradio.state_holder import SessionState
 
-    from clipsearch.gradio_patches import _LazyConfigValues
-    from clipsearch.ui import build_ui
+    from clipsearch.web.gradio_patches import _LazyConfigValues
+    from clipsearch.web.ui import build_ui
 
     blocks = build_ui(app_server[1])
     session = SessionState(blocks)
@@ -55,12 +56,12 @@ def test_version_guard_warns_only_for_another_gradio(monkeypatch, caplog, instal
     """The patches were read from one gradio: another major.minor gets one warning naming them, and still starts."""
     import gradio
 
-    from clipsearch import gradio_patches
+    from clipsearch.web import gradio_patches
 
     monkeypatch.setattr(gradio, "__version__", installed)
-    with caplog.at_level("WARNING", logger="clipsearch.gradio_patches"):
+    with caplog.at_level("WARNING", logger="clipsearch.web.gradio_patches"):
         assert gradio_patches.check_version() is not warned
-    messages = [r.getMessage() for r in caplog.records if r.name == "clipsearch.gradio_patches"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "clipsearch.web.gradio_patches"]
     assert len(messages) == int(warned)
     if warned:
         assert installed in messages[0] and gradio_patches.WRITTEN_FOR in messages[0]

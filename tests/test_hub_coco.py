@@ -13,9 +13,11 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
-from coco_fixtures import CAPTIONS_REPO, IMAGES_REPO, dataset_of, make_coco, publish_coco
-from conftest import SHAPE_CATEGORY_IDS, run_build
-from tiny_models import caption_for
+
+from testkit.coco import CAPTIONS_REPO, IMAGES_REPO, dataset_of, make_coco, publish_coco
+from testkit.galleries import SHAPE_CATEGORY_IDS
+from testkit.helpers import run_build
+from testkit.models import caption_for
 
 
 def write_coco_dir(root: Path, coco: dict[str, list[dict]]) -> None:
@@ -124,7 +126,7 @@ def test_a_limit_trial_fetches_only_the_first_row_groups_of_the_first_shard(coco
 def test_a_full_build_reads_every_image_in_place_and_equals_coco_dir(coco_hub, tmp_path, tiny_clip, hermetic_hf):
     import numpy as np
 
-    from clipsearch.manifest import Manifest
+    from clipsearch.core.manifest import Manifest
 
     hub, coco, files = coco_hub
     out = tmp_path / "out"

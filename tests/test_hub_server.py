@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx2  # the HTTP library huggingface_hub 2.x is built on (its exceptions surface for network errors)
 import pytest
-from hub_server import HubServer
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -28,6 +27,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from testkit.hub import HubServer
 
 TOKEN = "hf_test_write_token"
 REPO = "tester/dataset"

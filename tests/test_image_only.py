@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_build
 from gradio_client import Client, handle_file
-from tiny_models import VISION_KINDS, VISION_WIDTH, draw_shape, save_tiny_text_only, save_tiny_vision
 from transformers import AutoImageProcessor, AutoModel
 
-from clipsearch.encoder import Encoder, EncoderError
+from clipsearch.core.encoder import Encoder, EncoderError
+from testkit.helpers import run_build
+from testkit.models import VISION_KINDS, VISION_WIDTH, draw_shape, save_tiny_text_only, save_tiny_vision
 
 TEXT_OFF = "image-only model"
 
@@ -81,8 +81,8 @@ def test_the_manifest_records_that_the_index_has_no_text_side(dinov2_artifacts):
 
 @pytest.fixture(scope="module")
 def image_only_app(dinov2_artifacts, tmp_path_factory, monkeypatch_module):
-    from clipsearch.service import Settings, start
-    from clipsearch.ui import build_ui, launch
+    from clipsearch.serve.service import Settings, start
+    from clipsearch.web.ui import build_ui, launch
 
     monkeypatch_module.setenv("CLIPSEARCH_CACHE", str(tmp_path_factory.mktemp("image-only-cache")))
     # fp32, as the builder: the test asserts exact self-retrieval, which fast paths only approximate
@@ -131,8 +131,9 @@ def test_in_a_browser_the_page_opens_on_image_search_and_finds_the_picture(image
     """Chromium: no Text → Image tab, the reason shown, Image → Image open at load; an upload finds itself."""
     import re
 
-    from pages import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WAIT, shot, wait_for_results
     from playwright.sync_api import expect
+
+    from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, WAIT, shot, wait_for_results
 
     demo, _, _ = image_only_app
     image_id, entry = next((i, e) for i, e in coco_dir[1].items() if e["split"] == "val2017" and "bad" not in e)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch.images import ImageError, make_thumbnail, open_image
+from clipsearch.core.images import ImageError, make_thumbnail, open_image
 
 
 def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:

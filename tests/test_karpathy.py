@@ -13,16 +13,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import HUB_TOKEN, run_build
-from tiny_models import COLORS, SHAPES, draw_shape
 
 from builder import karpathy
 from builder.build import summary
 from builder.publish import dataset_card
-from clipsearch import published
-from clipsearch.encoder import Encoder
-from clipsearch.manifest import EMBEDDINGS, METADATA, Manifest
-from clipsearch.views import about_markdown
+from clipsearch.core import published
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.manifest import EMBEDDINGS, METADATA, Manifest
+from clipsearch.web.views import about_markdown
+from testkit import HUB_TOKEN
+from testkit.helpers import run_build
+from testkit.models import COLORS, SHAPES, draw_shape
 
 FAKE_PUBLISHED = dict(t2i_r1=90.0, t2i_r5=101.6, t2i_r10=100.0, i2t_r1=95.5, i2t_r5=100.0, i2t_r10=100.0)
 

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import Trap
 from safetensors.torch import save as safetensors_bytes
-from tiny_models import draw_shape, save_tiny_clip
+
+from testkit.helpers import Trap
+from testkit.models import draw_shape, save_tiny_clip
 
 LAION = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 OPENAI = "openai/clip-vit-base-patch32"
@@ -112,7 +113,7 @@ def _check_vectors(encoder, folder: Path, lowercase: bool = False) -> None:
 
 
 def _load(repo: str, revision: str | None = None):
-    from clipsearch.encoder import Encoder
+    from clipsearch.core.encoder import Encoder
 
     return Encoder.load(repo, revision, device="cpu")
 
@@ -154,7 +155,7 @@ def test_laion_layout_fetches_only_what_transformers_loads(hub, saved, marker, c
     assert new < old
 
     # The app loads the recorded revision: the same files from the cache, nothing downloaded again.
-    from clipsearch.encoder import resolve_model
+    from clipsearch.core.encoder import resolve_model
 
     before = dict(hub.downloaded(LAION))
     folder, revision = resolve_model(LAION, encoder.info.revision)
@@ -168,7 +169,7 @@ def test_laion_layout_fetches_only_what_transformers_loads(hub, saved, marker, c
 def test_a_cached_model_loads_when_the_hub_is_offline(hub, saved, marker, monkeypatch):
     from huggingface_hub import constants
 
-    from clipsearch.encoder import EncoderError
+    from clipsearch.core.encoder import EncoderError
 
     files, loaded = _laion_files(saved, marker)
     sha = hub.put_files(LAION, files, "model", "Initial commit")
@@ -233,7 +234,7 @@ def test_openai_weights_come_from_the_conversion_pull_request(hub, saved, marker
     from huggingface_hub import HfApi
 
     files, pr_sha, loaded = _openai_repo(hub, saved, marker)
-    with caplog.at_level(logging.INFO, logger="clipsearch.encoder"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.core.encoder"):
         encoder = _load(OPENAI)
 
     assert encoder.info.revision == pr_sha  # the commit the weights came from, not main's
@@ -246,7 +247,7 @@ def test_openai_weights_come_from_the_conversion_pull_request(hub, saved, marker
     assert {(r.ref, r.target_commit) for r in refs.pull_requests} >= {("refs/pr/66", pr_sha)}
 
     # Loading by the recorded revision gives the same files and needs no pull request search.
-    from clipsearch.encoder import resolve_model
+    from clipsearch.core.encoder import resolve_model
 
     discussions = sum("/discussions" in r.path for r in hub.requests)
     folder, revision = resolve_model(OPENAI, encoder.info.revision)
@@ -261,7 +262,7 @@ def test_openai_weights_come_from_the_conversion_pull_request(hub, saved, marker
 def test_a_stale_or_foreign_conversion_is_never_used(hub, saved, marker):
     """Without the live conversion, neither the bot's PR of an older main (#32: other configs, other weights) nor a
     look-alike from another author (#50) may stand in for it: the model is refused."""
-    from clipsearch.encoder import EncoderError
+    from clipsearch.core.encoder import EncoderError
 
     _openai_repo(hub, saved, marker)
     hub.set_pull_request_status(OPENAI, 66, "closed", "model")
@@ -271,7 +272,7 @@ def test_a_stale_or_foreign_conversion_is_never_used(hub, saved, marker):
 
 
 def test_pickled_weights_without_a_conversion_are_refused_in_a_sentence(hub, saved, marker):
-    from clipsearch.encoder import EncoderError
+    from clipsearch.core.encoder import EncoderError
 
     repo = "someone/pickled-only"
     names = ["config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json"]
@@ -288,7 +289,7 @@ def test_pickled_weights_without_a_conversion_are_refused_in_a_sentence(hub, sav
 
 
 def test_an_openclip_only_repo_is_refused_in_a_sentence(hub, marker):
-    from clipsearch.encoder import EncoderError
+    from clipsearch.core.encoder import EncoderError
 
     repo = "laion/CLIP-ViT-B-16-laion2B-s34B-b88K"
     hub.put_files(repo, {"open_clip_config.json": b"{}", "open_clip_pytorch_model.bin": _trap(marker),
@@ -356,7 +357,7 @@ def test_a_missing_tokenizer_package_is_a_sentence(saved, monkeypatch, package):
     reach the user as one sentence naming the package (simulated through transformers' own backend check)."""
     from transformers.utils import import_utils
 
-    from clipsearch.encoder import Encoder, EncoderError
+    from clipsearch.core.encoder import Encoder, EncoderError
 
     _, message = import_utils.BACKENDS_MAPPING[package]
     monkeypatch.setitem(import_utils.BACKENDS_MAPPING, package, (lambda: False, message))

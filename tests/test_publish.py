@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import HUB_TOKEN, run_build
 from huggingface_hub import HfApi, snapshot_download
 
 from builder.publish import PublishError, push
-from clipsearch.hub import latest_tag
-from clipsearch.manifest import MANIFEST, Manifest, verify_files
+from clipsearch.core.manifest import MANIFEST, Manifest, verify_files
+from clipsearch.serve.hub import latest_tag
+from testkit import HUB_TOKEN
+from testkit.helpers import run_build
 
 REPO = "tester/coco-index"
 

@@ -6,14 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_build, write_shapes_folder
 from gradio_client import Client, handle_file
-from tiny_models import draw_shape
 
-from clipsearch.encoder import Encoder
-from clipsearch.gallery import Gallery
-from clipsearch.query import Filters, Plan, Query
-from clipsearch.search import QueryError, Searcher
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.gallery import Gallery
+from clipsearch.core.query import Filters, Plan, Query
+from clipsearch.core.search import QueryError, Searcher
+from testkit.galleries import write_shapes_folder
+from testkit.helpers import run_build
+from testkit.models import draw_shape
 
 
 def search(searcher: Searcher, vector, k, *, page=0, filters=None, collapse=False, diversity=0.0, min_score=None,
@@ -183,7 +184,7 @@ def test_relevance_feedback_moves_toward_marked_results(shapes):
 
 
 def test_the_build_stores_a_2d_map_that_the_app_samples_and_highlights(shapes_artifacts):
-    from clipsearch.views import HIGHLIGHT, EmbeddingMap
+    from clipsearch.web.views import HIGHLIGHT, EmbeddingMap
 
     gallery = Gallery.open(shapes_artifacts)
     assert gallery.map_xy.shape == (len(gallery), 2) and np.isfinite(gallery.map_xy).all()

@@ -9,10 +9,10 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_build, write_shapes_folder
-from helpers import assert_same_build
-
-from clipsearch.manifest import MANIFEST
+from clipsearch.core.manifest import MANIFEST
+from testkit import ROOT
+from testkit.galleries import write_shapes_folder
+from testkit.helpers import assert_same_build, run_build
 
 
 def test_a_killed_build_resumes_to_identical_artifacts(tmp_path, tiny_clip):

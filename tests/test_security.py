@@ -14,17 +14,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, run_build
 from gradio_client import Client
-from helpers import Trap, app_env, publish_artifacts, start_app, stop_app
 
-from clipsearch.hub import open_gallery
-from clipsearch.manifest import EMBEDDINGS, MANIFEST, ArtifactError, sha256_file
+from clipsearch.core.manifest import EMBEDDINGS, MANIFEST, ArtifactError, sha256_file
+from clipsearch.serve.hub import open_gallery
+from testkit import ROOT
+from testkit.helpers import Trap, app_env, publish_artifacts, run_build, start_app, stop_app
 
 REPO = "tester/reliable-index"
 
 
-LOADING_CODE = sorted([*(ROOT / "clipsearch").glob("*.py"), *(ROOT / "builder").glob("*.py"), ROOT / "app.py"])
+LOADING_CODE = sorted([*(ROOT / "clipsearch").rglob("*.py"), *(ROOT / "builder").glob("*.py"), ROOT / "app.py"])
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"}
 
 
@@ -63,7 +63,7 @@ def test_no_pickle_anywhere_in_loading():
 
 
 def test_models_load_from_safetensors_only(tiny_clip, tmp_path):
-    from clipsearch.encoder import Encoder, EncoderError
+    from clipsearch.core.encoder import Encoder, EncoderError
 
     marker = tmp_path / "unpickled"
     both = tmp_path / "with-a-planted-bin"

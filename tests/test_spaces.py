@@ -8,7 +8,8 @@ import sys
 
 import gradio
 import yaml
-from conftest import ROOT
+
+from testkit import ROOT
 
 sys.path.insert(0, str(ROOT / "spaces"))
 import deploy  # noqa: E402  (spaces/deploy.py, loaded by path: spaces/ itself is not a package)
@@ -33,7 +34,7 @@ def test_deploy_uploads_exactly_what_the_space_needs(hub):
     deploy.deploy("tester/space", api=api)
     files = hub.files("tester/space", repo_type="space")
     expected = {"app.py", "requirements.txt", "README.md"} | {
-        f"clipsearch/{p.name}" for p in (ROOT / "clipsearch").glob("*.py")}
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "clipsearch").rglob("*.py")}
     assert set(files) - {".gitattributes"} == expected
     assert files["README.md"] == (ROOT / "spaces" / "README.md").read_bytes()
     # The Space gets the repo's pins plus PyTorch's CPU index; the repo's own file (local and CI installs) is unchanged.

@@ -4,14 +4,14 @@ from COCO val2017 with the default model (the real Hub layouts, on the loopback 
 from __future__ import annotations
 
 import pytest
-from coco_fixtures import make_coco, publish_coco
-from tiny_models import save_tiny_clip
 
-from clipsearch.encoder import DEFAULT_MODEL
-from clipsearch.hub import DEFAULT_INDEX_REPO
-from clipsearch.manifest import ArtifactError, Manifest
-from clipsearch.service import Settings, start
-from clipsearch.starter import starter_folder
+from clipsearch.core.encoder import DEFAULT_MODEL
+from clipsearch.core.manifest import ArtifactError, Manifest
+from clipsearch.serve.hub import DEFAULT_INDEX_REPO
+from clipsearch.serve.service import Settings, start
+from clipsearch.serve.starter import starter_folder
+from testkit.coco import make_coco, publish_coco
+from testkit.models import save_tiny_clip
 
 # The files the default model's repo really holds, besides the ones transformers loads (see test_model_layouts).
 MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import (
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
+
+from testkit.models import (
     COLORS,
     KINDS,
     MARKER_FILE,
@@ -18,7 +20,6 @@ from tiny_models import (
     save_tiny_clip,
     shapes_gallery,
 )
-from transformers import AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
 
 MODEL_CLASSES = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 # Text every tokenizer must survive: far over the 16-token limit, emoji only, CJK only, empty.

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from conftest import HUB_TOKEN, ROOT
 from huggingface_hub import HfApi
 from PIL import Image
 
 from builder.publish import push
-from clipsearch.manifest import Manifest
+from clipsearch.core.manifest import Manifest
+
+from . import HUB_TOKEN, ROOT
 
 
 # --- results ----------------------------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ NOT_BUILT = ("build_seconds", "images_per_second", "created_at", "builder_versio
 def assert_same_build(first: Path, second: Path) -> dict:
     """Two artifact folders hold the same files, byte for byte, and manifests equal but for NOT_BUILT; returns
     that manifest."""
-    from clipsearch.manifest import MANIFEST
+    from clipsearch.core.manifest import MANIFEST
 
     names = sorted(p.name for p in first.iterdir() if p.is_file())
     assert names == sorted(p.name for p in second.iterdir() if p.is_file())
@@ -202,3 +203,10 @@ class Trap:
 
     def __reduce__(self):
         return Path.touch, (self.marker,)
+
+
+def run_build(*args: str) -> int:
+    """The builder CLI in-process (same code path as `python -m builder.build`)."""
+    from builder.build import main
+
+    return main(["--quiet", "--num-workers", "0", *map(str, args)])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..core.query import MAX_K
+from ..serve.service import Service
 from .gradio_patches import (
     QueryImage,
     QueryNumber,
@@ -14,8 +16,6 @@ from .gradio_patches import (
     session_capacity,
 )
 from .handlers import Handlers
-from .query import MAX_K
-from .service import Service
 from .views import HIGHLIGHT, TITLE, EmbeddingMap, about_markdown
 
 EXAMPLE_QUERIES = [

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..core.manifest import MANIFEST, ArtifactError, Manifest
 from .hub import DEFAULT_INDEX_REPO, IndexSource
-from .manifest import MANIFEST, ArtifactError, Manifest
 
 log = logging.getLogger(__name__)
 

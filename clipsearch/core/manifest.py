@@ -68,7 +68,7 @@ class Manifest:
     """Describes one complete artifact set; written last, so its presence means the folder is complete."""
 
     format_version: int
-    model: dict  # clipsearch.encoder.ModelInfo as a dict
+    model: dict  # clipsearch.core.encoder.ModelInfo as a dict
     dim: int
     count: int
     index: IndexInfo

@@ -46,7 +46,7 @@ class Searcher:
 
     Queries from concurrent callers are encoded together on the model thread (one forward pass for many visitors),
     while decoding, validation and the FAISS search run on the callers' own threads. Pass the ModelThread the
-    encoder was loaded on (see clipsearch.service.start); a new one is made otherwise.
+    encoder was loaded on (see clipsearch.serve.service.start); a new one is made otherwise.
     """
 
     def __init__(self, gallery: Gallery, encoder: Encoder, model_thread: ModelThread | None = None,
@@ -129,7 +129,7 @@ class Searcher:
         return vector
 
     def load_image(self, image) -> Image.Image:
-        """Decode a query image (raises clipsearch.images.ImageError with a sentence when it is unusable)."""
+        """Decode a query image (raises clipsearch.core.images.ImageError with a sentence when it is unusable)."""
         return open_image(image, draft_size=self.encoder.info.image_size)
 
     def stored_vector(self, image_id: int) -> np.ndarray:

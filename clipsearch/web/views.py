@@ -7,9 +7,9 @@ import html
 import numpy as np
 import pandas as pd
 
-from .published import KARPATHY, recall_label, recall_results, skipped_karpathy
-from .search import Hit
-from .service import Service
+from ..core.published import KARPATHY, recall_label, recall_results, skipped_karpathy
+from ..core.search import Hit
+from ..serve.service import Service
 
 TITLE = "COCO CLIP visual search"
 

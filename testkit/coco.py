@@ -19,8 +19,9 @@ import random
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import SHAPE_CATEGORY_IDS
-from tiny_models import COLORS, SHAPES, caption_for, draw_shape
+
+from .galleries import SHAPE_CATEGORY_IDS
+from .models import COLORS, SHAPES, caption_for, draw_shape
 
 IMAGES_REPO = "BrandonLSX/coco-2017"
 CAPTIONS_REPO = "phiyodr/coco2017"

@@ -8,10 +8,10 @@ from collections import OrderedDict
 
 import gradio as gr
 
-from .gallery import QueryError
-from .images import ImageError
-from .query import Filters, Paging, Plan, Query, check_k, clean_text
-from .search import Hit, Searcher
+from ..core.gallery import QueryError
+from ..core.images import ImageError
+from ..core.query import Filters, Paging, Plan, Query, check_k, clean_text
+from ..core.search import Hit, Searcher
 from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data
 
 PAGED_OUTPUTS = 6  # results, hits, paging state, "More results", and the two feedback lists

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from .batcher import ModelThread
-from .encoder import Encoder, EncoderError
-from .gallery import Gallery
+from ..core.batcher import ModelThread
+from ..core.encoder import Encoder, EncoderError
+from ..core.gallery import Gallery
+from ..core.precision import PRECISIONS
+from ..core.search import Searcher
 from .hub import DEFAULT_INDEX_REPO, IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
-from .precision import PRECISIONS
-from .search import Searcher
 from .starter import build_starter
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Settings:
     endpoint: str | None
     token: str | None
     precision: str = "auto"
-    # INDEX_REPO left unset: only then may a missing repo be replaced by a starter index (see clipsearch.starter)
+    # INDEX_REPO left unset: only then may a missing repo be replaced by a starter index (see clipsearch.serve.starter)
     default_repo: bool = False
 
     @classmethod

@@ -20,9 +20,9 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
-from .errors import first_line, hub_unreachable
-from .gallery import Gallery, ThumbnailStore, ThumbnailUnavailable, holds_vectors
-from .manifest import (
+from ..core.errors import first_line, hub_unreachable
+from ..core.gallery import Gallery, ThumbnailStore, ThumbnailUnavailable, holds_vectors
+from ..core.manifest import (
     EMBEDDINGS,
     MANIFEST,
     ArtifactError,

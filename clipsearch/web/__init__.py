@@ -1,0 +1,1 @@
+"""The Gradio layer: layout, event handlers, views of hits, and every workaround of Gradio internals."""

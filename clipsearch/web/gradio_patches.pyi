@@ -1,0 +1,276 @@
+"""Every workaround of Gradio's internals, in one place, each written for (and checked against) gradio 6.31."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+
+import gradio as gr
+
+from ..core.gallery import LOCAL, PLACEHOLDER, ThumbnailStore
+
+log = logging.getLogger(__name__)
+
+WRITTEN_FOR = "6.31"  # the gradio major.minor whose internals every patch below was read from
+PATCHES = (
+    "lazy_session_configs (SessionState.__init__, BlocksConfig.config_for_block)",
+    "QueryImage/QueryNumber/QuerySlider (Component.preprocess, get_block_name)",
+    "ThumbnailFiles (the file route /gradio_api/file=)",
+    "busy_handler (the queue-full HTTPException's 'Queue is full' detail)",
+    "SESSION_CAPACITY (Blocks.launch's state_session_capacity)",
+    "GRADIO_ANALYTICS_CACHE_FREQUENCY",
+)
+
+
+def check_version() -> bool:
+    """Warn once, without stopping the Space, when the installed gradio is not the one the patches were written for."""
+    installed = gr.__version__
+    if ".".join(installed.split(".")[:2]) == WRITTEN_FOR:
+        return True
+    log.warning("clipsearch.web.gradio_patches was written for gradio %s but gradio %s is installed; re-check: %s",
+                WRITTEN_FOR, installed, "; ".join(PATCHES))
+    return False
+
+
+check_version()
+
+# Gradio recomputes a usage summary with pandas over its last 10,000 events after every event (~3 ms a search,
+# growing with traffic); once per 1,000 events is plenty for the API page's statistics. Read when a Blocks is made.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
+
+# Gradio keeps per-session state (a copy of every component's config, ~135 KB here) for its newest N sessions,
+# and every raw-HTTP API call is a new session: its default of 10,000 held ~1.3 GB. 500 keeps it near 70 MB;
+# a visitor whose session was dropped only loses "More results" paging (a sentence asks to search again).
+SESSION_CAPACITY = 500
+
+
+def session_capacity() -> dict:
+    """Blocks.launch's keyword for the session cap, or none (with a warning) where launch no longer takes it."""
+    if "state_session_capacity" not in inspect.signature(gr.Blocks.launch).parameters:
+        log.warning("gradio %s has no state_session_capacity: the session cap is skipped", gr.__version__)
+        return {}
+    return {"state_session_capacity": SESSION_CAPACITY}
+
+
+class _LazyConfigValues(dict):
+    """A Gradio session's per-component configs, each computed when first used instead of all up front.
+
+    Gradio 6 builds a new session for every raw-HTTP API call (twice with a validator) and, at creation, computes
+    the config of every component on the page (~4 ms and ~135 KB with this UI) for deep links, which API calls never
+    ask for. Reading any entry computes it exactly as Gradio would; listing them computes the rest first."""
+
+    def __init__(self, blocks_config, live_ids):
+        super().__init__()
+        self._config = blocks_config
+        self._pending = {key: None for key in blocks_config.blocks if key in live_ids}  # Gradio's order
+
+    def _fill(self, key) -> None:
+        if self._pending.pop(key, 0) is None:
+            dict.__setitem__(self, key, self._config.config_for_block(key, [], self._config.blocks[key]))
+
+    def _fill_all(self) -> None:
+        for key in list(self._pending):
+            self._fill(key)
+
+    def __getitem__(self, key):
+        self._fill(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self._fill(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        return key in self._pending or super().__contains__(key)
+
+    def __setitem__(self, key, value) -> None:
+        self._pending.pop(key, None)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        if self._pending.pop(key, 0) is None:
+            return
+        super().__delitem__(key)
+
+    def __iter__(self):
+        self._fill_all()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        return len(self._pending) + super().__len__()
+
+    def items(self):
+        self._fill_all()
+        return super().items()
+
+    def keys(self):
+        self._fill_all()
+        return super().keys()
+
+    def values(self):
+        self._fill_all()
+        return super().values()
+
+
+class _NoComponents:
+    """The Blocks as SessionState's constructor sees it, minus the components it would configure eagerly."""
+
+    def __init__(self, blocks):
+        self._blocks = blocks
+        self.blocks: dict = {}
+
+    def __getattr__(self, name):
+        return getattr(self._blocks, name)
+
+
+def lazy_session_configs() -> None:
+    """Install _LazyConfigValues in Gradio's SessionState (once per process); skipped, with a warning, where
+    SessionState or its config no longer look as this was written against."""
+    from gradio import state_holder
+    from gradio.blocks import BlocksConfig
+
+    original = state_holder.SessionState.__init__
+    if getattr(original, "lazy_configs", False):
+        return
+    if list(inspect.signature(original).parameters) != ["self", "blocks"] or not hasattr(BlocksConfig,
+                                                                                          "config_for_block"):
+        log.warning("gradio %s: SessionState or BlocksConfig changed; per-session configs stay eager", gr.__version__)
+        return
+
+    def __init__(self, blocks):
+        original(self, _NoComponents(blocks))
+        self.config_values = _LazyConfigValues(self.blocks_config, blocks.blocks)
+
+    __init__.lazy_configs = True
+    state_holder.SessionState.__init__ = __init__
+
+
+class QueryImage(gr.Image):
+    """gr.Image that hands even unreadable uploads to our validator, which says what is wrong with them
+    (gr.Image's own preprocessing opens the file first and turns a bad one into a bare HTTP 400)."""
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - any failure here is reported by validate_image with a sentence
+            return str(payload.path) if payload is not None and payload.path else None
+
+    def get_block_name(self) -> str:
+        return "image"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component  # rendered by the standard image component
+
+
+class QueryNumber(gr.Number):
+    """gr.Number that hands any value to our validators (see QuerySlider)."""
+
+    def preprocess(self, payload):
+        return payload
+
+    def get_block_name(self) -> str:
+        return "number"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+class QuerySlider(gr.Slider):
+    """gr.Slider for k that hands any value to our validators, which answer with the allowed range in a sentence
+    (gr.Slider's own range check would answer an API caller with a bare HTTP 400)."""
+
+    def preprocess(self, payload):
+        return payload
+
+    def get_block_name(self) -> str:
+        return "slider"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+
+# --- thumbnails: Gradio's file route, answered here with caching headers ---
+FILE_ROUTE = "/gradio_api/file="  # gradio.routes (6.31): @router.get("/file={path_or_url:path}") under API_PREFIX
+IMMUTABLE = "public, max-age=31536000, immutable"
+_THUMBNAIL_NAME = re.compile(rf"(\d+)\.jpg|{re.escape(PLACEHOLDER)}")
+
+
+class ThumbnailFiles:
+    """ASGI middleware that answers Gradio's file route for the gallery's thumbnails itself, cacheable for good.
+
+    Written for gradio 6.31, where every result's thumbnail is a GET /gradio_api/file=<absolute path> that Gradio
+    answers generically: it resolves and checks the path against its allowed and blocked lists, stats the file,
+    streams it from a worker thread and sends no Cache-Control, so a browser asks again for thumbnails it already
+    has. These URLs are content-addressed: the folder is named by the hash of the build's manifest (which pins every
+    thumbnail pack's sha256; see clipsearch.serve.hub) and the file by its row, so the bytes behind a URL never change
+    and may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by range
+    request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
+    the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio. (Gradio's
+    login check is not applied to these files: this app launches without auth; thumbnails are public anyway.)"""
+
+    def __init__(self, app, store: ThumbnailStore):
+        self.app = app
+        self.store = store
+        folder = store.cache_dir
+        self.folders = {str(folder), os.path.abspath(folder), str(folder.resolve())}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            path: str = scope["path"]
+            at = path.find(FILE_ROUTE)
+            if at >= 0 and await self._answer(path[at + len(FILE_ROUTE):], scope, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, target: str, scope, send) -> bool:
+        folder, _, name = target.rpartition("/")
+        named = _THUMBNAIL_NAME.fullmatch(name)
+        if not named or folder not in self.folders:
+            return False
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:  # ~10 KB from the page cache: no thread hop
+                body = handle.read()
+        except OSError:
+            return False  # not materialised (or removed): Gradio answers as it would
+        row = named.group(1)
+        verified = row is None or self.store.state(self.store.pack_of(int(row))) == LOCAL
+        etag = f'"{os.path.basename(folder)}-{name}"'.encode()
+        headers = [(b"cache-control", IMMUTABLE.encode() if verified else b"no-cache"), (b"etag", etag),
+                   (b"x-content-type-options", b"nosniff")]
+        request_headers = dict(scope.get("headers") or [])
+        if request_headers.get(b"if-none-match") == etag:
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return True
+        headers += [(b"content-type", b"image/jpeg"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        return True
+
+
+
+def busy_handler(queue_size: int):
+    """An exception handler that answers Gradio's full queue (HTTP 503) with Retry-After and a sentence saying the
+    search is busy (gradio_client raises QueueError, the browser says "busy, try again"); everything else as FastAPI
+    would. Matched on Gradio's detail text: where that changes, callers get Gradio's own answer."""
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def busy(request, error: HTTPException):
+        if error.status_code == 503 and str(error.detail).startswith("Queue is full"):  # Gradio's queue, full
+            return JSONResponse({"detail": f"The search is busy right now ({queue_size} searches are waiting); "
+                                           "please try again in a few seconds."},
+                                status_code=503, headers={"Retry-After": "5"})
+        return await http_exception_handler(request, error)
+
+    return busy
