@@ -160,8 +160,8 @@ def main() -> None:
     print(f"| /search_text, repeated query (cached vector) | {statistics.median(repeat):.1f} | "
           f"{percentile(repeat, 0.9):.1f} | | | | | | | {len(repeat)} |")
     print("\n(search core in-process: clipsearch.core.search.Searcher with the app's encoder and gallery in this "
-          "process, no HTTP or Gradio; images passed as file paths, decoding included. app alone: the app's p50 measured again "
-          "after the interleaved runs, with this process idle between queries)")
+          "process, no HTTP or Gradio; images passed as file paths, decoding included. app alone: the app's p50 "
+          "measured again after the interleaved runs, with this process idle between queries)")
 
 
 if __name__ == "__main__":
