@@ -14,7 +14,7 @@ class ModelThread:
     """One worker thread that owns the model: loading, calibration and every batch of every lane run on it.
 
     Why one thread: PyTorch's OpenMP keeps a thread team per calling thread, and on a 2-core host two teams slow
-    each other down even when one is idle (figures in NOTES.md, "One model thread"); both cores still work on every
+    each other down even when one is idle (docs/decisions/0005-one-model-thread-micro-batching.md); both cores still work on every
     batch through that one team.
 
     Lanes micro-batch: `lane(name, fn, max_batch)` returns a callable taking one item; requests waiting on any lane

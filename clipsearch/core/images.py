@@ -24,7 +24,7 @@ DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 BIG_DECODE_PIXELS = 16_000_000
 _big_decodes = threading.BoundedSemaphore(2)
 # 64 MB pixel blocks are mmapped and go back to the system when freed; PIL's 16 MB default stayed in malloc arenas
-# (NOTES.md, "Big decodes").
+# (docs/decisions/0020-bounded-big-decodes.md).
 Image.core.set_block_size(max(Image.core.get_block_size(), 64 * 2**20))
 
 
