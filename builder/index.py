@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 EXACT = "Flat"
 AUTO = "auto"
 RECALL_SAMPLE = 1000
-# choose_index's thresholds are measured (docs/decisions/0007-index-choice.md, Measurements): exact search stays within ~2 ms per query
-# up to 20k x 512 on 2 cores, HNSW32 over fp16 keeps recall@5 up to 500k vectors, 8-bit IVF lists beyond.
+# choose_index's thresholds are measured (docs/decisions/0007-index-choice.md): exact search stays within ~2 ms
+# per query up to 20k x 512 on 2 cores, HNSW32 over fp16 keeps recall@5 up to 500k vectors, 8-bit IVF lists beyond.
 FLAT_MAX_FLOATS = 20_000 * 512
 ANN_FACTORY = "HNSW32_SQfp16"
 ANN_PARAMS = "efSearch=128"

@@ -14,8 +14,8 @@ class ModelThread:
     """One worker thread that owns the model: loading, calibration and every batch of every lane run on it.
 
     Why one thread: PyTorch's OpenMP keeps a thread team per calling thread, and on a 2-core host two teams slow
-    each other down even when one is idle (docs/decisions/0005-one-model-thread-micro-batching.md); both cores still work on every
-    batch through that one team.
+    each other down even when one is idle (docs/decisions/0005-one-model-thread-micro-batching.md); both cores
+    still work on every batch through that one team.
 
     Lanes micro-batch: `lane(name, fn, max_batch)` returns a callable taking one item; requests waiting on any lane
     are taken together, and each lane's items go through `fn(list_of_items) -> list_of_results` in batches of up
