@@ -678,8 +678,8 @@ def main() -> None:
                  f"pictures uploaded before the timed call.\n\n{http_table(measured)}\n")
     if "load" in parts:
         body += (f"\n## {args.clients} clients at once\n\n{args.seconds:.0f} s per app after "
-                 f"{args.warmup_seconds:.0f} s of warm-up, {args.image_share:.0%} picture queries, k={K}, raw HTTP on loopback, one app at a "
-                 f"time.\n\n{load_table(args, measured)}\n")
+                 f"{args.warmup_seconds:.0f} s of warm-up, {args.image_share:.0%} picture queries, k={K}, raw HTTP "
+                 f"on loopback, one app at a time.\n\n{load_table(args, measured)}\n")
     report.write(body + ("\n(--quick: a check that the script runs, not figures to quote)\n" if args.quick else ""),
                  args.results)
 
