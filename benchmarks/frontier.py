@@ -590,10 +590,9 @@ def main() -> None:
                 for precision, runs in r["runs"].items():
                     row.runs.setdefault(precision, []).extend(runs)
         report = Report(**saved[0]["report"])
-        if len(saved) > 1:
-            for name in ("date", "load_start", "load_end", "command"):
-                setattr(report, name, " / ".join(one["report"][name] for one in saved))
-            report.command += " ; " + Report.start("frontier", report.title).command
+        for name in ("date", "load_start", "load_end", "command"):
+            setattr(report, name, " / ".join(one["report"][name] for one in saved))
+        report.command += " ; " + Report.start("frontier", report.title).command
         report.write(render(list(rows.values()), args, sum(one["minutes"] for one in saved)), args.results)
         return
     unknown = [m for m in (args.models or []) if m not in BY_ID]
