@@ -111,6 +111,13 @@ def cli(command: list[str], out: Path) -> dict:
     return {"seconds": seconds, **json.loads((out / "manifest.json").read_text())}
 
 
+def evaluations(manifest: dict) -> str:
+    """Which evaluations a build ran (with random weights their figures mean nothing: only that they ran)."""
+    return "; ".join(f"{name}: T→I R@5 {ev['text_to_image']['R@5']}" if "text_to_image" in ev else
+                     f"{name}: {'skipped' if 'skipped' in ev else 'done'}"
+                     for name, ev in (manifest.get("evaluation") or {}).items()) or "—"
+
+
 def end_to_end(args, model: Path) -> str:
     from testkit.galleries import write_coco_dir
 
@@ -132,12 +139,9 @@ def end_to_end(args, model: Path) -> str:
              "build_seconds (manifest) | evaluation (random weights: only that it ran) |",
              "|---|---:|---:|---:|---|---:|---:|---|"]
     for name, m in runs:
-        evaluation = "; ".join(
-            f"{name}: T→I R@5 {ev['text_to_image']['R@5']}" if "text_to_image" in ev else
-            f"{name}: {'skipped' if 'skipped' in ev else 'done'}" for name, ev in (m.get("evaluation") or {}).items())
         lines.append(f"| {name} | {m['seconds']:.1f} | {m['count']:,} | {len(m.get('skipped', []))} | "
                      f"{m.get('precision', '?')} | {m.get('images_per_second', 0):.1f} | {m.get('build_seconds', '?')} "
-                     f"| {evaluation or '—'} |")
+                     f"| {evaluations(m)} |")
     return "\n".join(lines)
 
 

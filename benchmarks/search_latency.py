@@ -363,8 +363,9 @@ def cpu_now(app_pids: dict[str, int]) -> dict[str, float]:
 class Subject:
     """One app under test: its label, the folder holding its app.py, the running app and what was measured."""
 
-    def __init__(self, label: str, root: Path):
+    def __init__(self, number: int, label: str, root: Path):
         self.label, self.root = label, root
+        self.slug = f"{number}-{re.sub(r'[^A-Za-z0-9]+', '-', label)}"  # for its files
         self.app: App | None = None
         self.rows: dict[str, list[dict]] = {"text": [], "image": []}
         self.cpu: dict[str, list[float]] = {"text": [0.0, 0.0], "image": [0.0, 0.0]}
@@ -649,11 +650,10 @@ def main() -> None:
         settings.setdefault(label, {})[key] = value
     folder = synthetic_artifacts(args.cache, args.count)
     args.work = fresh_folder(args.cache / "search_latency")
-    measured = [Subject(label, root) for label, root in subjects(args.label, args.also)]
+    measured = [Subject(number, label, root) for number, (label, root) in enumerate(subjects(args.label, args.also))]
     loads = [Path("/proc/loadavg").read_text().split()[0]]
     with contextlib.ExitStack() as stack:
-        for number, subject in enumerate(measured):
-            subject.slug = f"{number}-{re.sub(r'[^A-Za-z0-9]+', '-', subject.label)}"
+        for subject in measured:
             env = {"INDEX_DIR": str(folder), "CLIPSEARCH_CACHE": str(args.work / f"cache-{subject.slug}"),
                    **({"GRADIO_PROFILING": "1"} if "browser" in parts else {}), **settings.get(subject.label, {})}
             subject.app = stack.enter_context(App(env, args.work / f"app-{subject.slug}.log", root=subject.root))

@@ -30,6 +30,7 @@ import httpx
 from benchmarks.artifacts import COCO_COUNT, synthetic_artifacts
 from benchmarks.common import App, Report, arguments, call, fresh_folder, proc_rss_mb, subjects
 from benchmarks.models import DEFAULT_MODEL, random_model
+from clipsearch.core.manifest import MANIFEST, Manifest
 from testkit.hub import HubServer
 
 REPO, MODEL_REPO = "bench/coco-startup", "bench/default-model-random-weights"
@@ -90,8 +91,6 @@ def busy_seconds(spans, until: float) -> float:
 def publish(hub: HubServer, folder: Path, model: Path) -> dict[str, int]:
     """The model as a model repo, and the build as a tagged dataset commit whose manifest names that model repo at its
     commit, as a published build names its model. Returns {thumbnail pack: size}."""
-    from clipsearch.core.manifest import MANIFEST, Manifest
-
     model_commit = hub.put_files(MODEL_REPO, {p.name: p.read_bytes() for p in sorted(model.iterdir()) if p.is_file()},
                                  repo_type="model", message="model")
     manifest = Manifest.read(folder)
@@ -202,8 +201,6 @@ def main() -> None:
             rows.append(measure(hub, wire, label, root, fresh_folder(scratch / str(number)), packs,
                                 args.packs_timeout))
             print(rows[-1], flush=True)
-    from clipsearch.core.manifest import Manifest
-
     manifest = Manifest.read(folder)
     wire_speed = f"{args.bandwidth_mb_s:g} MB/s" if args.bandwidth_mb_s else "unlimited (loopback)"
     body = (f"{args.count:,} rows ({sum(packs.values()) / 1e9:.2f} GB of realistic thumbnails, {len(packs)} pack "
