@@ -1,29 +1,30 @@
-"""Shared benchmark helpers: a ViT-B/32-size CLIP with random weights, COCO-like JPEGs, a COCO-size synthetic
-artifact folder, and a raw-HTTP client for the app (start it, call its named endpoints, upload files)."""
+"""What every benchmark shares: the machine it ran on, its results page, percentiles, and `python app.py` started,
+timed and called over raw HTTP."""
 
 from __future__ import annotations
 
-import io
+import argparse
+import datetime
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import threading
+import tempfile
 import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
-import httpx
-import numpy as np
-from PIL import Image, ImageDraw
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+ROOT = Path(__file__).resolve().parent.parent  # the repository: its app.py is the one served by default
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(tempfile.gettempdir()) / "clipsearch-bench"  # models, pictures and artifacts reused between runs
 OWNED = ".clipsearch-benchmark"  # written into every folder a benchmark makes and may replace on a later run
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")  # what decides the CPU fast paths
 
 
 def fresh_folder(path: Path) -> Path:
@@ -39,180 +40,141 @@ def fresh_folder(path: Path) -> Path:
     return path
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
+# --- the machine and the results page ----------------------------------------------------------------------------
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    load = ""
+    return model, flags
+
+
+def _version(distribution: str) -> str:
     try:
-        load = f", load average {Path('/proc/loadavg').read_text().split()[0]} at start"
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}{load}"
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
 
 
-def vit_b32_clip(folder: Path) -> Path:
-    """openai/clip-vit-base-patch32's architecture (same compute as the default LAION ViT-B/32), random weights."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from tiny_models import _clip_tokenizer
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    tokenizer = _clip_tokenizer()
-    tokenizer.model_max_length = 77
-    # the text tower pools at its config's eos id: it must be this tokenizer's, or every text gets one vector
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id}
-    # defaults: ViT-B/32 vision, 12-layer 512-wide text
-    model = CLIPModel(CLIPConfig(projection_dim=512, text_config=ids))
-    processor = CLIPProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+def gpus() -> list[str]:
+    """'NAME, MEMORY' of every NVIDIA GPU nvidia-smi sees (none without the tool)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def coco_like_jpegs(folder: Path, count: int, size=(640, 480), seed: int = 0) -> Path:
-    """Photo-sized JPEGs with texture (noise + shapes) so decoding costs what a real photo costs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = len(list(folder.glob("*.jpg")))
-    rng = np.random.default_rng(seed + existing)
-    for number in range(existing, count):
-        base = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-        image = Image.fromarray(base).resize(size, Image.Resampling.BILINEAR)
-        draw = ImageDraw.Draw(image)
-        for _ in range(6):
-            x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
-            draw.ellipse([x, y, x + rng.integers(20, 200), y + rng.integers(20, 200)],
-                         fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        image.save(folder / f"{number:06d}.jpg", quality=90)
-    return folder
+def machine() -> str:
+    """CPU model, cores, ISA flags that matter here, memory, GPUs and the library versions; never who ran it."""
+    model, flags = _cpuinfo()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    isa = ", ".join(f for f in FLAGS if f in flags) or "no AVX2"
+    gpu = "; GPU: " + " + ".join(gpus()) if gpus() else ""
+    libraries = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "gradio", "faiss-cpu"))
+    return (f"{model}, {os.cpu_count()} cores ({isa}), {memory:.0f} GiB memory{gpu}; "
+            f"{platform.python_implementation()} {platform.python_version()}, {libraries}")
 
 
-# --- a COCO-size artifact folder from synthetic vectors ---------------------------------------------------------
-COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000
-CATEGORIES = ("person", "bicycle", "car", "bus", "dog", "cat", "horse", "giraffe", "pizza", "broccoli", "laptop",
-              "surfboard", "frisbee", "bench", "umbrella", "kite", "clock", "train", "boat", "chair")
-WORDS = ("a man", "a woman", "two people", "a dog", "a cat", "a red bus", "a plate of food", "a giraffe",
-         "a surfer", "a train", "a kite", "a laptop", "a group of children", "a horse", "a pizza", "a clock tower")
-VERBS = ("is sitting", "standing together", "walking slowly", "that is parked", "looking at the camera",
-         "covered with toppings", "flying high", "waiting patiently", "lying down", "riding along")
-PLACES = ("on a city street", "in a park", "on the beach", "in a kitchen", "next to a building", "in a field",
-          "at the station", "on a table", "in the snow", "near the water", "in a living room", "on a wave")
+def code_version(root: Path = ROOT) -> str:
+    """The checkout's commit, and whether app.py or the packages it serves differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "app.py", "clipsearch", "builder"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    if not commit:
+        return f"{root} (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes" if dirty else "")
 
 
-def clustered_vectors(count: int, dim: int, seed: int = 0, per_topic: int = 120, subtopics: int = 8,
-                      noise: float = 0.35) -> np.ndarray:
-    """L2-normalised float32 vectors shaped like CLIP image embeddings: a shared direction (CLIP's cone), topics,
-    sub-topics and noise; nearest neighbours at cosine ~0.85, same topic ~0.65, unrelated ~0.3."""
-    rng = np.random.default_rng(seed)
+@dataclass
+class Report:
+    """The header of a results page: the machine, the date, the load average at start and end, the exact command.
 
-    def unit(a):
-        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    `Report.start(NAME, title)` when the benchmark starts; `write(body)` at the end writes results/NAME.md."""
 
-    topics = max(1, count // per_topic)
-    common = unit(rng.standard_normal(dim, dtype=np.float32))
-    centres = unit(rng.standard_normal((topics, dim), dtype=np.float32))
-    sub_centres = unit(rng.standard_normal((topics * subtopics, dim), dtype=np.float32))
-    sub = rng.integers(0, topics * subtopics, count)
-    out = np.empty((count, dim), dtype=np.float32)
-    for start in range(0, count, 16384):  # in blocks: a few hundred MB less at peak
-        rows = sub[start:start + 16384]
-        jitter = rng.standard_normal((len(rows), dim), dtype=np.float32) / np.sqrt(dim)
-        out[start:start + 16384] = unit(0.5 * common + 0.6 * centres[rows // subtopics] + 0.45 * sub_centres[rows]
-                                        + noise * jitter)
-    return out
+    name: str
+    title: str
+    command: str
+    date: str
+    machine: str
+    code: str
+    load_start: str
+    load_end: str = ""
 
+    @classmethod
+    def start(cls, name: str, title: str) -> Report:
+        return cls(name=name, title=title, command=f"python -m benchmarks.{name} {shlex.join(sys.argv[1:])}".strip(),
+                   date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(),
+                   code=code_version(), load_start=loadavg())
 
-def _thumbnail_pool(count: int = 64, seed: int = 0) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    pool = []
-    for _ in range(count):
-        image = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)).resize((64, 48))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
-        pool.append(buffer.getvalue())
-    return pool
+    def to_dict(self) -> dict:
+        return asdict(self)
 
+    def header(self) -> str:
+        return (f"# {self.title}\n\n- machine: {self.machine}\n- date: {self.date}; code: {self.code}\n"
+                f"- load average (1, 5, 15 min): {self.load_start} at start, {self.load_end or loadavg()} at the end\n"
+                f"- command: `{self.command}`\n")
 
-def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, index: str = "auto", seed: int = 0) -> Path:
-    """A finished artifact folder in the builder's exact format (written by the builder's own shard writer, pack,
-    index and manifest functions): `count` rows of clustered synthetic vectors, COCO-like metadata (ids, splits,
-    5 captions, categories, urls) and tiny JPEG thumbnails, served with the ViT-B/32-size random CLIP. Cached."""
-    import faiss
-
-    from builder.embed import THUMB_SIDE, Decoded, _write_shard, shard_ranges
-    from builder.index import AUTO, build_index, choose_index
-    from builder.pack import pack
-    from builder.sources import Record, Source
-    from clipsearch.core.encoder import Encoder
-    from clipsearch.core.manifest import (
-        FORMAT_VERSION,
-        INDEX,
-        MANIFEST,
-        Manifest,
-        SourceInfo,
-        ThumbnailInfo,
-        hash_files,
-        write_manifest,
-    )
-
-    factory, params = choose_index(count, 512) if index == AUTO else (index, "")
-    out = cache / f"synthetic-{count}-{factory.replace(',', '_')}"
-    if (out / MANIFEST).exists():
-        return out
-    started = time.perf_counter()
-    model = vit_b32_clip(cache / "clip-b32")
-    info = Encoder.load(str(model), None, "cpu").info  # fp32: exactly what the builder records
-    rng = np.random.default_rng(seed)
-    val = min(5000, count // 20)
-    source = Source()
-    source.infos = [SourceInfo(kind="images", location="synthetic", splits=["train2017", "val2017"])]
-    source.records = []
-    for number in range(count):
-        image_id = 9 + 3 * number
-        split = "val2017" if number >= count - val else "train2017"
-        name = f"{image_id:012d}.jpg"
-        source.records.append(Record(
-            image_id=image_id, split=split, file_name=name, locator=name, width=640, height=480,
-            captions=[f"{WORDS[i]} {VERBS[v]} {PLACES[j]}"  # COCO-length captions (~50 characters)
-                      for i, v, j in rng.integers(0, [len(WORDS), len(VERBS), len(PLACES)], (5, 3))],
-            categories=sorted({CATEGORIES[i] for i in rng.integers(0, len(CATEGORIES), rng.integers(1, 5))}),
-            url=f"http://images.cocodataset.org/{split}/{name}",
-        ))
-    vectors = clustered_vectors(count, info.dim, seed=seed)
-    work = out / ".work"
-    out.mkdir(parents=True, exist_ok=True)
-    pool = _thumbnail_pool()
-    ranges = shard_ranges(count, 4096)
-    for shard, (lo, hi) in enumerate(ranges):
-        items = [Decoded(i, None, pool[i % len(pool)], 640, 480, "") for i in range(lo, hi)]
-        _write_shard(work, shard, (lo, hi), [(items, vectors[lo:hi])])
-    packed = pack(source, work, out, len(ranges), info.dim)
-    built, index_info = build_index(packed.vectors, factory, params)
-    faiss.write_index(built, str(out / INDEX))
-    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = Manifest(
-        format_version=FORMAT_VERSION, model=info.to_dict(), dim=info.dim, count=count, index=index_info,
-        thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=THUMB_SIDE), sources=source.infos, skipped=[],
-        evaluation={}, builder_version="benchmarks.common.synthetic_artifacts", created_at="2000-01-01T00:00:00+00:00",
-        build_seconds=round(time.perf_counter() - started, 1), device="cpu", files=hash_files(out, names),
-    )
-    write_manifest(out, manifest)
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return out
+    def write(self, body: str, results: Path = RESULTS, final: bool = True) -> Path:
+        """Print the page and write it to results/NAME.md (a partial page says so)."""
+        if final:
+            self.load_end = self.load_end or loadavg()
+        page = self.header() + "\n" + body.strip() + "\n" + ("" if final else "\n(partial: still running)\n")
+        results.mkdir(parents=True, exist_ok=True)
+        path = results / f"{self.name}.md"
+        path.write_text(page)
+        if final:
+            print(page + f"\n(written to {path})")
+        return path
 
 
-# --- the app over raw HTTP ----------------------------------------------------------------------------------------
-READY = re.compile(r"started in ([\d.]+) s, resident memory (\d+) MB")
+def arguments(doc: str, quick: str = "") -> argparse.ArgumentParser:
+    """A parser with the flags every benchmark has: --cache, --results and (when it has one) --quick."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    parser.add_argument("--cache", type=Path, default=CACHE,
+                        help="models, pictures and artifacts, reused between runs (default %(default)s)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder for NAME.md (default %(default)s)")
+    if quick:
+        parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def subjects(label: str, also: list[str]) -> list[tuple[str, Path]]:
+    """(label, folder holding app.py and clipsearch/): this checkout first, then every --also LABEL=DIR."""
+    others = [(name, Path(folder).resolve()) for name, _, folder in (item.partition("=") for item in also)]
+    if any(not (folder / "app.py").is_file() for _, folder in others):
+        raise SystemExit("--also LABEL=DIR: DIR must hold an app.py (e.g. `git archive REV app.py clipsearch | "
+                         "tar -x -C DIR`)")
+    return [(label, ROOT), *others]
+
+
+# --- `python app.py`, started and timed ----------------------------------------------------------------------------
+READY = re.compile(r"started in ([\d.]+) s, resident memory (\d+) MB")  # the app's own log line when ready
+PRECISION = r"precision \w+(-\w+)?"  # what the app logs once its encoder has chosen
 
 
 def free_port() -> int:
@@ -221,48 +183,59 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class App:
-    """`python app.py` serving `index` on a free port; `with App(...) as app:` waits until it is ready."""
+def proc_rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
-    def __init__(self, index: Path, cache: Path, log: Path | None = None, env: dict | None = None,
-                 timeout: float = 300, root: Path = ROOT):
-        self.root = root  # the folder holding the app.py (and clipsearch/) to run: this checkout or another
+
+def proc_stat(pid: int) -> tuple[int, float]:
+    """(parent pid, user + system CPU seconds so far, all threads): what its work costs whatever the load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class App:
+    """`python app.py` from `root` with `env` on a free port; `with App(...) as app:` returns once it serves.
+
+    Settings that would point it elsewhere (INDEX_DIR, INDEX_REPO, HF_*) are taken from `env` only, never inherited.
+    Timed from process start to gradio's "Running on local URL" line, polled every 20 ms."""
+
+    def __init__(self, env: dict, log: Path, root: Path = ROOT, timeout: float = 600):
+        self.root, self.log, self.timeout = root, log, timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log or cache / f"app-{self.port}.log"  # per run: other benchmarks may be running an app too
-        self.env = {**os.environ, "INDEX_DIR": str(index), "GRADIO_SERVER_PORT": str(self.port),
-                    "PYTHONUNBUFFERED": "1", "CLIPSEARCH_CACHE": str(cache / "app-cache"), **(env or {})}
-        self.timeout = timeout
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("INDEX_", "HF_"))}
+        self.env = {**inherited, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_ANALYTICS_ENABLED": "False",
+                    "PYTHONUNBUFFERED": "1", **env}
         self.process: subprocess.Popen | None = None
-        self.wall_seconds = 0.0  # process start to "Running on local URL" (imports included)
-        self.ready_seconds = 0.0  # what the app logs: start-up work after imports
-        self.ready_rss_mb = 0.0
+        self.seconds = 0.0  # process start to serving, imports included
+        self.started_at = self.ready_at = 0.0  # wall-clock (time.time) of those two moments
+        self.cpu_at_ready = 0.0
+        self.logged_seconds = self.logged_rss_mb = float("nan")  # what the app logs: start-up work after imports
 
     def __enter__(self) -> App:
-        started = time.perf_counter()
+        self.started_at, began = time.time(), time.perf_counter()
         self.process = subprocess.Popen([sys.executable, "app.py"], cwd=self.root, env=self.env,
                                         stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         while "Running on local URL" not in self.log.read_text():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the app exited:\n{self.log.read_text()[-3000:]}")
-            if time.perf_counter() - started > self.timeout:
-                raise RuntimeError(f"the app was not ready in {self.timeout} s:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        self.wall_seconds = time.perf_counter() - started
+            if self.process.poll() is not None or time.perf_counter() - began > self.timeout:
+                self.stop()
+                raise RuntimeError(f"the app ({self.root}) did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+        self.seconds, self.ready_at = time.perf_counter() - began, time.time()
+        self.cpu_at_ready = proc_stat(self.process.pid)[1]
         ready = READY.search(self.log.read_text())
         if ready:
-            self.ready_seconds, self.ready_rss_mb = float(ready.group(1)), float(ready.group(2))
+            self.logged_seconds, self.logged_rss_mb = float(ready.group(1)), float(ready.group(2))
         return self
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return proc_rss_mb(self.process.pid)
 
     def log_line(self, pattern: str) -> str:
         found = re.search(pattern, self.log.read_text())
         return found.group(0) if found else ""
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -271,74 +244,31 @@ class App:
                 self.process.kill()
                 self.process.wait()
 
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
-def call(client, endpoint: str, data: list) -> dict:
-    """POST /gradio_api/call/<endpoint>, then read its result stream: what any HTTP client would do."""
-    event = client.post(f"/gradio_api/call/{endpoint}", json={"data": data}).json()["event_id"]
-    with client.stream("GET", f"/gradio_api/call/{endpoint}/{event}") as response:
+
+# --- its named endpoints over raw HTTP, on one kept-alive connection ----------------------------------------------
+def call(client, endpoint: str, data: list) -> list:
+    """POST /gradio_api/call/<endpoint>, then read its result stream, as any HTTP client would; an error event or
+    a refused request raises."""
+    response = client.post(f"/gradio_api/call/{endpoint}", json={"data": data})
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+    event = response.json()["event_id"]
+    with client.stream("GET", f"/gradio_api/call/{endpoint}/{event}") as stream:
         kind = None
-        for line in response.iter_lines():
+        for line in stream.iter_lines():
             if line.startswith("event:"):
                 kind = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and kind in ("complete", "error"):
-                if kind == "error":
-                    raise RuntimeError(line)
+            elif line.startswith("data:") and kind == "error":
+                raise RuntimeError(f"{endpoint}: {line[5:].strip()[:200]}")
+            elif line.startswith("data:") and kind == "complete":
                 return json.loads(line[5:])
-    raise RuntimeError("no result")
+    raise RuntimeError(f"{endpoint}: no result")
 
 
 def upload(client, path: Path) -> dict:
     response = client.post("/gradio_api/upload", files={"files": (path.name, path.read_bytes(), "image/jpeg")})
+    response.raise_for_status()
     return {"path": response.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": path.name}
-
-
-def drive_clients(url: str, clients: int, seconds: float, query, label=lambda number, sent: "all",
-                  **client_options) -> dict:
-    """`clients` threads, each with its own HTTP connection (httpx.Client options in `client_options`), calling
-    `query(client, number, sent)` back to back for `seconds`: number is the client's, sent how many it sent before.
-    Each latency is counted under `label(number, sent)`; an exception is counted as an error, never stops the run.
-    Returns {"latencies": {label: [ms, ...]}, "errors": ["label: Type: message"], "elapsed": s}; elapsed includes
-    finishing the requests in flight at the deadline."""
-    latencies: dict[str, list[float]] = {}
-    errors: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(clients + 1)
-    deadline = [0.0]
-
-    def client_loop(number: int) -> None:
-        with httpx.Client(base_url=url, **{"timeout": 120, **client_options}) as client:
-            start.wait()
-            sent = 0
-            while time.perf_counter() < deadline[0]:
-                kind = label(number, sent)
-                began = time.perf_counter()
-                try:
-                    query(client, number, sent)
-                    with lock:
-                        latencies.setdefault(kind, []).append((time.perf_counter() - began) * 1000)
-                except Exception as error:  # noqa: BLE001 - counted and reported, never stops the run
-                    with lock:
-                        errors.append(f"{kind}: {type(error).__name__}: {str(error)[:160]}")
-                sent += 1
-
-    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-    deadline[0] = time.perf_counter() + seconds
-    began = time.perf_counter()
-    start.wait()
-    for thread in threads:
-        thread.join()
-    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - began}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def text_queries(count: int, seed: int = 0) -> list[str]:
-    """Distinct, caption-like queries (distinct so the app's text-vector cache never answers them)."""
-    rng = np.random.default_rng(seed)
-    return [f"{WORDS[i]} {PLACES[j]} #{n}" for n, (i, j) in
-            enumerate(rng.integers(0, [len(WORDS), len(PLACES)], (count, 2)))]

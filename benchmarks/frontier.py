@@ -1,14 +1,15 @@
-"""The best model the CPU can afford: per candidate, query cost on this CPU next to its published COCO retrieval.
+"""Which model fits the CPU? Per candidate model, its query cost on this CPU next to its published COCO retrieval.
 
-    python benchmarks/frontier.py [--models ID ...] [--repeats 30] [--passes 3] [--precisions int8,bf16]
-                                  [--overhead-text-ms 60] [--overhead-image-ms 110] [--nice -20]
+    python -m benchmarks.frontier [--models ID ...] [--repeats 30] [--passes 3] [--precisions int8,bf16]
+                                  [--overhead-text-ms 60] [--overhead-image-ms 110] [--nice -20] [--quick]
 
-For each candidate checkpoint the script instantiates the transformers model from the REAL config
-(benchmarks/configs/<owner>--<name>/, sources in benchmarks/configs/README.md) with RANDOM weights, the real token
-table size included (256k Gemma vocabulary for SigLIP 2, which dominates its memory), saves it with an image
-processor and a small tokenizer of the repo's tokenizer class (timing depends on sequence length and model size,
-not on the vocabulary's contents), and loads it the way the app does: `Encoder.load(folder, device="cpu",
-precision=...)` in a fresh process with torch on 2 threads, every call on one thread. Each CPU fast path
+A question of its own, beside the index's scale curve: the encoder, not the index, is most of a query's cost on a
+2-vCPU Space, and it is what changing the model changes. For each candidate checkpoint the script uses its
+random-weight stand-in (benchmarks.models: the REAL config from benchmarks/configs/<owner>--<name>/ with RANDOM
+weights, the real token table size included: the 256k Gemma vocabulary dominates SigLIP 2's memory; a tokenizer of
+the repo's class, whose token counts are what timing depends on) and loads it the way the app does:
+`Encoder.load(folder, device="cpu", precision=...)` in a fresh process with torch on 2 threads, every call on one
+thread. Each CPU fast path
 (int8, bf16) is loaded separately through the encoder's own calibration gate (MIN_CALIBRATION_COSINE against fp32);
 where it is rejected the encoder serves fp32, and that is what gets timed. Per model and side it times one query at
 a time (batch 1, as the app's model thread runs a lone query): `encode_texts([caption])` (tokenise + text tower;
@@ -40,11 +41,8 @@ Random weights give the real compute and memory, but not the real weights' int8/
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -54,15 +52,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from common import fresh_folder  # noqa: E402 - after the path set-up above
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
-RESULTS = Path(__file__).resolve().parent / "results" / "frontier.md"
-COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000: what the app's COCO index holds
-BUILD_VERSION = "frontier-3"  # bump to invalidate cached random-weight folders
+from benchmarks.artifacts import CAPTIONS as QUERIES
+from benchmarks.artifacts import COCO_COUNT, coco_like_jpegs
+from benchmarks.common import ROOT, Report, arguments, loadavg
+from benchmarks.models import random_model
 
 OPENCLIP_CSV = ("mlfoundations/open_clip docs/openclip_retrieval_results.csv (commit 05e7db4; LAION CLIP_benchmark, "
                 "COCO 5k; fractions, x100 here)")
@@ -82,161 +75,37 @@ class Published:
 @dataclass(frozen=True)
 class Candidate:
     model_id: str
-    family: str  # tokenizer family: clip | siglip | siglip2
     published: Published
     loadable: bool = True  # the Hub repo has a transformers config.json (Encoder.load can serve it)
     note: str = ""
     default: bool = True
 
-    @property
-    def slug(self) -> str:
-        return self.model_id.replace("/", "--")
-
 
 CANDIDATES = [
-    Candidate("laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "clip",
+    Candidate("laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
               Published(39.34, 56.32, 65.43, 79.84, f"{OPENCLIP_CSV}: ViT-B-32,laion2b_s34b_b79k"),
               note="the app's default"),
-    Candidate("openai/clip-vit-base-patch32", "clip",
+    Candidate("openai/clip-vit-base-patch32",
               Published(30.44, 50.12, 55.94, 75.00, f"{OPENCLIP_CSV}: ViT-B-32,openai")),
-    Candidate("google/siglip2-base-patch32-256", "siglip2",
+    Candidate("google/siglip2-base-patch32-256",
               Published(47.2, 63.7, source=f"{SIGLIP2_README}: B/32 256")),
-    Candidate("google/siglip2-base-patch16-224", "siglip2",
+    Candidate("google/siglip2-base-patch16-224",
               Published(52.1, 68.9, source=f"{SIGLIP2_README}: B/16 224")),
-    Candidate("google/siglip2-base-patch16-256", "siglip2",
+    Candidate("google/siglip2-base-patch16-256",
               Published(53.2, 69.7, source=f"{SIGLIP2_README}: B/16 256")),
-    Candidate("google/siglip-base-patch16-224", "siglip",
+    Candidate("google/siglip-base-patch16-224",
               Published(47.78, 65.74, 72.44, 85.42, f"{OPENCLIP_CSV}: ViT-B-16-SigLIP,webli (the HF repo "
                                                     "is big_vision's webli_en_b16_224 checkpoint per transformers' "
                                                     "convert_siglip_to_hf.py; that open_clip's row is the same "
                                                     "checkpoint is assumed)")),
-    Candidate("laion/CLIP-ViT-B-16-laion2B-s34B-b88K", "clip",
+    Candidate("laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
               Published(42.31, 59.44, 67.70, 81.78, f"{OPENCLIP_CSV}: ViT-B-16,laion2b_s34b_b88k"),
               loadable=False, note="OpenCLIP files only: no transformers config.json, so the app cannot load it; "
                                    "cost measured with the equivalent CLIPModel"),
-    Candidate("google/siglip-base-patch16-256", "siglip",
+    Candidate("google/siglip-base-patch16-256",
               Published(48.34, 66.14, 72.54, 86.34, f"{OPENCLIP_CSV}: ViT-B-16-SigLIP-256,webli"), default=False),
 ]
 BY_ID = {c.model_id: c for c in CANDIDATES}
-
-# COCO-like caption queries (distinct): what a visitor types into the text box, at caption length.
-QUERIES = [
-    "a man riding a wave on top of a surfboard",
-    "a plate of food with broccoli and rice",
-    "two giraffes standing next to each other in a field",
-    "a red double decker bus driving down a city street",
-    "a cat sleeping on a laptop keyboard",
-    "a group of people flying kites on the beach",
-    "a kitchen with a stove and a refrigerator",
-    "a dog catching a frisbee in a park",
-    "a train traveling down the tracks near a station",
-    "a young boy swinging a baseball bat",
-    "a bowl of fruit on a wooden table",
-    "a woman holding an umbrella in the rain",
-    "an elephant walking through tall grass",
-    "a pizza with cheese and tomatoes on a pan",
-    "a man skiing down a snowy mountain",
-    "a bathroom with a toilet and a sink",
-    "a clock tower in the middle of a town",
-    "a herd of sheep grazing on a green hill",
-    "a person riding a horse on a dirt road",
-    "a living room with a couch and a television",
-    "a boat floating on a calm lake at sunset",
-    "a child eating a slice of birthday cake",
-    "a stop sign on the corner of a street",
-    "a bird sitting on a branch of a tree",
-    "a motorcycle parked next to a brick wall",
-    "two men playing tennis on a clay court",
-    "a large airplane taking off from a runway",
-    "a teddy bear sitting on a bed with pillows",
-    "a skateboarder doing a trick on a ramp",
-    "a zebra standing alone in the dry savanna",
-    "a laptop and a cup of coffee on a desk",
-    "a fire hydrant on a sidewalk in winter",
-    "people waiting for a bus at a bus stop",
-    "a bunch of bananas hanging in a market",
-    "a girl brushing her teeth in front of a mirror",
-    "a bench in a park covered with autumn leaves",
-    "a cow standing in a field near a fence",
-    "a sandwich and french fries on a white plate",
-    "a man using a cell phone on a busy street",
-    "a vase with red flowers on a window sill",
-]
-
-
-# --- random-weight model folders -----------------------------------------------------------------------------------
-def _clip_tokenizer():
-    """A CLIPTokenizer (the real class, CLIP's own normaliser and pre-tokeniser) with the real 49,408-id layout:
-    every query word is one token (as in CLIP's BPE for everyday words), the special tokens sit at CLIP's ids
-    49406/49407 (so pooling at the end token works as with the real vocabulary), unused ids are fillers."""
-    from tiny_models import _learn_merges
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    template = CLIPTokenizer().backend_tokenizer
-    words = []
-    for word in sorted({w for q in QUERIES + ["a photo of a dog catching a frisbee in a park"] for w in q.split()}
-                       | {"red", "double-decker", "plate", "pasta", "two", "giraffes"}):
-        for piece, _ in template.pre_tokenizer.pre_tokenize_str(template.normalizer.normalize_str(word)):
-            words.append(list(piece[:-1]) + [piece[-1] + "</w>"])
-    merges = _learn_merges(words)
-    alphabet = sorted(ByteLevel.alphabet())
-    vocab: dict[str, int] = {}
-    for symbol in alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]:
-        vocab.setdefault(symbol, len(vocab))
-    while len(vocab) < 49406:
-        vocab[f"<|unused{len(vocab)}|>"] = len(vocab)
-    vocab["<|startoftext|>"] = 49406
-    vocab["<|endoftext|>"] = 49407
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-
-
-def _tokenizer(family: str):
-    from tiny_models import _gemma_tokenizer, _siglip_tokenizer
-
-    if family == "clip":
-        return _clip_tokenizer()
-    if family == "siglip":  # SiglipTokenizer (sentencepiece), lowercasing; the real repos set model_max_length 64
-        tokenizer = _siglip_tokenizer()
-        tokenizer.model_max_length = 64
-        return tokenizer
-    tokenizer = _gemma_tokenizer(64)  # SigLIP 2: GemmaTokenizer, 64 tokens, padded on the right as the repos set it
-    tokenizer.padding_side = "right"
-    return tokenizer
-
-
-def config_digest(candidate: Candidate) -> str:
-    digest = hashlib.sha256(BUILD_VERSION.encode())
-    for name in ("config.json", "preprocessor_config.json"):
-        digest.update((CONFIGS / candidate.slug / name).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def build_folder(candidate: Candidate, folder: Path) -> None:
-    """The candidate's architecture from its real config, random weights (seeded), saved as a model folder."""
-    import torch
-    from tiny_models import _write_reference_tokenizer_files
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
-
-    source = CONFIGS / candidate.slug
-    config = AutoConfig.from_pretrained(source)
-    torch.manual_seed(0)
-    model = AutoModel.from_config(config).eval()
-    tmp = fresh_folder(folder.with_name(folder.name + ".partial"))  # a previous run's partial build is replaced
-    model.save_pretrained(tmp, safe_serialization=True)
-    AutoImageProcessor.from_pretrained(source, backend="pil").save_pretrained(tmp)
-    tokenizer = _tokenizer(candidate.family)
-    tokenizer.save_pretrained(tmp)
-    _write_reference_tokenizer_files(tmp, tokenizer)
-    settings = json.loads((tmp / "tokenizer_config.json").read_text())
-    settings["padding_side"] = tokenizer.padding_side  # transformers 5 leaves a class default out; say it
-    (tmp / "tokenizer_config.json").write_text(json.dumps(settings, indent=2))
-    (tmp / "frontier_build.json").write_text(json.dumps({"model_id": candidate.model_id,
-                                                          "digest": config_digest(candidate)}))
-    if folder.exists():  # never ours: ensure_folder builds only where no finished build of ours is
-        raise SystemExit(f"{folder} exists already; nothing was deleted. Move it away or choose another --cache.")
-    tmp.rename(folder)
-
 
 # --- one measurement (a fresh process per model and precision) --------------------------------------------------
 def _status(field_name: str) -> float:
@@ -300,20 +169,6 @@ def auto_order() -> list[str]:
     return list(auto_precisions())
 
 
-def code_version() -> str:
-    """The checkout's commit, and whether the clipsearch package differs from it (others may be editing it)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "clipsearch"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = "", ""
-    if not commit:
-        return "clipsearch from an unversioned copy"
-    return f"clipsearch at commit {commit}" + (" with uncommitted changes" if dirty else "")
-
-
 def checkpoint_params(folder: Path) -> int:
     """Parameters in the saved checkpoint (the fp32 model, before any fast-path conversion)."""
     from safetensors import safe_open
@@ -330,7 +185,8 @@ def checkpoint_params(folder: Path) -> int:
     return total
 
 
-def measure(folder: Path, precision: str, repeats: int, warmup: int, threads: int, budget_s: float) -> dict:
+def measure(folder: Path, precision: str, repeats: int, warmup: int, threads: int, budget_s: float,
+            cache: Path) -> dict:
     import gc
     import logging
 
@@ -340,7 +196,6 @@ def measure(folder: Path, precision: str, repeats: int, warmup: int, threads: in
     # Import everything the load will touch, so the resident-memory delta is the model's, not the modules'.
     import transformers.models.clip.modeling_clip  # noqa: F401
     import transformers.models.siglip.modeling_siglip  # noqa: F401
-    from common import coco_like_jpegs
 
     from clipsearch.core.encoder import Encoder
     from clipsearch.core.images import open_image
@@ -358,7 +213,7 @@ def measure(folder: Path, precision: str, repeats: int, warmup: int, threads: in
     encoder_log.addHandler(capture)
     encoder_log.setLevel(logging.INFO)
 
-    jpegs = sorted(coco_like_jpegs(Path(tempfile.gettempdir()) / "clipsearch-bench" / "jpegs", 8).glob("*.jpg"))[:8]
+    jpegs = coco_like_jpegs(cache / "jpegs", 8)
     gc.collect()
     try:
         import ctypes
@@ -430,32 +285,14 @@ def hnsw_sqfp16_bytes(count: int, dim: int) -> int:
 
 
 # --- orchestration ----------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def run_worker(args: list[str], timeout: float) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         out = Path(handle.name)
     try:
-        proc = subprocess.run([sys.executable, __file__, *args, "--_out", str(out)], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=timeout, start_new_session=True)
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.frontier", *args, "--_out", str(out)], env=env,
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout, start_new_session=True)
         if proc.returncode != 0:
             raise RuntimeError(f"worker {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text() or "{}")
@@ -480,15 +317,6 @@ def wait_for_quiet(max_wait: float, share: float = 0.15, windows: int = 2) -> fl
 def clean_count(run: dict) -> int:
     """The fewer clean samples of the two sides (0 where a side had none)."""
     return min(len(run[f"{side}_ms"]) if run[f"{side}_blocks"][0] else 0 for side in ("text", "image"))
-
-
-def ensure_folder(candidate: Candidate, cache: Path, timeout: float) -> tuple[Path, float]:
-    folder = cache / f"{candidate.slug}-{config_digest(candidate)}"
-    if (folder / "frontier_build.json").exists():
-        return folder, 0.0
-    started = time.perf_counter()
-    run_worker(["--_build", candidate.model_id, str(folder)], timeout)
-    return folder, time.perf_counter() - started
 
 
 @dataclass
@@ -562,20 +390,14 @@ def vision_label(candidate: Candidate, run: dict) -> str:
     return f"B/{patch} @ {size} ({(size // patch) ** 2 if patch else '?'} patches)"
 
 
-def render(rows: list[Row], args, header: dict) -> str:
+def render(rows: list[Row], args, minutes: float) -> str:
     lines = []
     add = lines.append
     ot, oi, tt, ti = args.overhead_text_ms, args.overhead_image_ms, args.target_text_ms, args.target_image_ms
-    add("# Model frontier: query cost on this CPU vs published COCO retrieval")
-    add("")
-    add(f"Run {header['date']} on {header['cpu']}, {header['cores']} cores ({header['flags']}), {header['python']}, "
-        f"torch {header['torch']}, transformers {header['transformers']}, {header['code']}; torch threads "
-        f"{args.threads}, one query at a "
-        f"time on one thread"
+    add(f"Torch threads {args.threads}, one query at a time on one thread"
         + (f"; measuring processes at niceness {args.nice} in a session of their own (so their scheduling group's "
            f"too: the machine was shared with other work)" if args.nice else "")
-        + f". Load average {header['load_start']} at start, {header['load_end']} at the end. "
-        f"Command: `{header['command']}` ({header['minutes']:.1f} min).")
+        + f"; {minutes:.1f} min.")
     add("")
     add(f"RANDOM weights with each repo's REAL config (benchmarks/configs/, sources in its README.md), loaded through "
         f"`Encoder.load(folder, device=\"cpu\", precision=...)`, a fresh process per model, fast path and pass; "
@@ -702,8 +524,7 @@ def recommendation(rows: list[Row], args) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = arguments(__doc__, quick="a check that it runs end to end: the default model, int8, 1 pass of 3 queries")
     parser.add_argument("--models", nargs="+", default=None,
                         help="Hub ids (default: every default candidate): " + ", ".join(BY_ID))
     parser.add_argument("--repeats", type=int, default=30, help="timed queries per model, fast path, side and pass")
@@ -726,24 +547,17 @@ def main() -> None:
                         help="seconds to wait, before each measurement at normal priority, for other work to pause")
     parser.add_argument("--budget", type=float, default=25.0,
                         help="seconds per side a measurement may keep timing to collect --repeats clean samples")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench" / "frontier",
-                        help="random-weight model folders, reused between runs (~0.6 GB per CLIP, ~0.8 GB per "
-                             "SigLIP, ~1.5 GB per SigLIP 2 model)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown written here too ('-' for none)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per worker process")
     parser.add_argument("--raw", type=Path, help="also write every run's raw measurements here (JSON)")
     parser.add_argument("--render", type=Path, nargs="+",
-                        help="print (and --out) the tables from --raw files instead of measuring; several files pool "
-                             "their passes")
-    parser.add_argument("--_build", nargs=2, help=argparse.SUPPRESS)
+                        help="write the page from --raw files instead of measuring; several files pool their passes")
     parser.add_argument("--_measure", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--_out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.models, args.repeats, args.passes, args.warmup = [CANDIDATES[0].model_id], 3, 1, 1
+        args.precisions, args.budget, args.wait_quiet = "int8", 5.0, 0.0
 
-    if args._build:
-        build_folder(BY_ID[args._build[0]], Path(args._build[1]))
-        args._out.write_text("{}")
-        return
     if args._measure:
         if args.nice:
             # The worker runs in a session of its own (start_new_session), so on kernels with autogroup scheduling
@@ -758,16 +572,15 @@ def main() -> None:
                 print(f"--nice {args.nice}: not permitted here (needs root); measuring at normal priority",
                       file=sys.stderr)
         result = measure(Path(args._measure[0]), args._measure[1], args.repeats, args.warmup, args.threads,
-                         args.budget)
+                         args.budget, args.cache)
         args._out.write_text(json.dumps(result))
         return
 
     args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if args.render:
         saved = [json.loads(path.read_text()) for path in args.render]
-        first = saved[0]
         for name in ("repeats", "warmup", "precisions", "threads", "nice"):
-            setattr(args, name, first["args"][name])
+            setattr(args, name, saved[0]["args"][name])
         args.passes = sum(one["args"]["passes"] for one in saved)
         rows = {}
         for one in saved:
@@ -776,53 +589,34 @@ def main() -> None:
                                                         r["index_bytes"]))
                 for precision, runs in r["runs"].items():
                     row.runs.setdefault(precision, []).extend(runs)
-        header = dict(first["header"])
-        if len(saved) > 1:
-            header["date"] = " and ".join(one["header"]["date"] for one in saved)
-            header["load_start"] = " / ".join(one["header"]["load_start"] for one in saved)
-            header["load_end"] = " / ".join(one["header"]["load_end"] for one in saved)
-            header["minutes"] = sum(one["header"]["minutes"] for one in saved)
-            header["command"] = " ; ".join(one["header"]["command"] for one in saved) + \
-                " ; python benchmarks/frontier.py --render " + " ".join(str(path) for path in args.render)
-        text = render(list(rows.values()), args, header)
-        print(text)
-        if str(args.out) != "-":
-            args.out.write_text(text)
+        report = Report(**saved[0]["report"])
+        for name in ("date", "load_start", "load_end", "command"):
+            setattr(report, name, " / ".join(one["report"][name] for one in saved))
+        report.command += " ; " + Report.start("frontier", report.title).command
+        report.write(render(list(rows.values()), args, sum(one["minutes"] for one in saved)), args.results)
         return
     unknown = [m for m in (args.models or []) if m not in BY_ID]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(BY_ID)}")
     candidates = [BY_ID[m] for m in args.models] if args.models else [c for c in CANDIDATES if c.default]
-    import torch
-    import transformers
-
-    from clipsearch.core.precision import cpu_flags
-
-    flags = cpu_flags()
-    header = {
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "cores": os.cpu_count(),
-        "flags": ", ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags)
-        or "no AVX2", "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "torch": torch.__version__, "transformers": transformers.__version__, "load_start": loadavg(),
-        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[1:]), "code": code_version(),
-    }
-    print(f"frontier: {len(candidates)} models x {args.precisions} x {args.passes} passes on {header['cpu']}, "
-          f"{header['cores']} cores, load average {header['load_start']}", flush=True)
+    report = Report.start("frontier", "Model frontier: query cost on this CPU vs published COCO retrieval")
+    print(f"frontier: {len(candidates)} models x {args.precisions} x {args.passes} passes on {report.machine}, "
+          f"load average {report.load_start}", flush=True)
     started = time.perf_counter()
-    args.cache.mkdir(parents=True, exist_ok=True)
     rows = []
     for candidate in candidates:
-        folder, build_s = ensure_folder(candidate, args.cache, args.timeout)
-        if build_s:
-            print(f"  built {candidate.model_id} (random weights) in {build_s:.0f} s", flush=True)
-        rows.append(Row(candidate, folder, build_s))
+        began = time.perf_counter()
+        rows.append(Row(candidate, random_model(candidate.model_id, args.cache), time.perf_counter() - began))
+        if rows[-1].build_s > 1:
+            print(f"  built {candidate.model_id} (random weights) in {rows[-1].build_s:.0f} s", flush=True)
     for attempt in range(1, args.passes + 1):  # round-robin: a busy spell on the machine hits one pass of many models
         for row in rows:
             for precision in args.precisions:
                 waited = wait_for_quiet(args.wait_quiet) if args.nice >= 0 else 0.0
                 run = run_worker(["--_measure", str(row.folder), precision, "--repeats", str(args.repeats),
                                   "--warmup", str(args.warmup), "--threads", str(args.threads),
-                                  "--budget", str(args.budget), "--nice", str(args.nice)], args.timeout)
+                                  "--budget", str(args.budget), "--nice", str(args.nice), "--cache", str(args.cache)],
+                                 args.timeout)
                 run["waited_s"], run["loadavg_after"] = waited, loadavg()
                 row.runs.setdefault(precision, []).append(run)
                 print(f"  pass {attempt} {row.candidate.model_id:38s} {precision:4s}→{run['precision_kept']:4s} "
@@ -836,22 +630,18 @@ def main() -> None:
         if dim not in index_sizes:
             index_sizes[dim] = hnsw_sqfp16_bytes(COCO_COUNT, dim)
         row.index_bytes = index_sizes[dim]
-    header["load_end"] = loadavg()
-    header["minutes"] = (time.perf_counter() - started) / 60
+    report.load_end = loadavg()
+    minutes = (time.perf_counter() - started) / 60
     if args.raw:
         args.raw.write_text(json.dumps({
-            "header": header,
+            "report": report.to_dict(), "minutes": minutes,
             "args": {name: getattr(args, name) for name in ("repeats", "passes", "warmup", "precisions", "threads",
                                                             "nice")},
             "rows": [{"model_id": r.candidate.model_id, "folder": str(r.folder), "runs": r.runs,
                       "index_bytes": r.index_bytes} for r in rows]}))
-    text = render(rows, args, header)
-    print()
-    print(text)
-    if str(args.out) != "-":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"(written to {args.out})")
+    body = render(rows, args, minutes)
+    report.write(body + ("\n(--quick: a check that the script runs, not figures to quote)\n" if args.quick else ""),
+                 args.results)
 
 
 def clean_label(run: dict, side: str) -> str:

@@ -1,8 +1,8 @@
-"""Index scale curve: build time, memory, single-query p50 and recall@5 against exact search, from 10k to 10M vectors.
+"""How far does it scale? The index from 10k to 10M vectors: build time, memory, one query's p50, recall@5 vs exact.
 
-    python benchmarks/scale_curve.py                                  # 10k, 123,287 (COCO) and 1M vectors
-    python benchmarks/scale_curve.py --sizes 10000,123287             # a quick look
-    python benchmarks/scale_curve.py --sizes 10000000                 # 10M: compressed indexes only (RAM)
+    python -m benchmarks.scale_curve                                  # 10k, 123,287 (COCO) and 1M vectors
+    python -m benchmarks.scale_curve --sizes 10000,123287             # a quick look
+    python -m benchmarks.scale_curve --sizes 10000000 --merge         # 10M (compressed indexes only), beside the rest
 
 Writes benchmarks/results/scale_curve.json (the rows and runs, as data), scale_curve.md (the table) and
 scale_curve.png (p50 and recall@5 against size, drawn with PIL: no plotting dependency); --merge keeps the rows of
@@ -32,13 +32,11 @@ about an hour and needs ~12 GB of free RAM for the compressed indexes.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -50,10 +48,8 @@ import torch
 from faiss.contrib.clustering import two_level_clustering
 from faiss.contrib.ivf_tools import add_preassigned
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine  # noqa: E402
-
-from builder.index import HNSW_EF_CONSTRUCTION, choose_index, tune_params  # noqa: E402
+from benchmarks.common import Report, arguments, loadavg
+from builder.index import HNSW_EF_CONSTRUCTION, choose_index, tune_params
 
 DIM = 512
 K = 5
@@ -67,7 +63,6 @@ NOT_RUN_HERE = "not run at this size in these runs"
 ASSIGN_EF_SEARCH = 128  # HNSW coarse quantizer's efSearch when adding vectors to lists (see add_to_lists)
 EF_SEARCH = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 NPROBE = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -427,27 +422,29 @@ def fmt(value, pattern: str) -> str:
 
 
 def markdown(rows: list[Row], runs: list[dict], choices: dict[int, tuple[str, str]]) -> str:
+    biggest = [r for r in rows if r.choice and r.p50_ms is not None and r.size >= 10_000_000]
     lines = [
-        "# Index scale curve",
+        f"faiss {faiss.__version__}. Wall times (build, p50, p95) are noisy on a shared machine; CPU times are the "
+        f"steadier figure. Synthetic CLIP-like vectors (dim {DIM}, see the script's docstring), {EVAL_QUERIES} "
+        f"held-out perturbed queries; search parameters tuned on {TUNE_QUERIES} other queries to the smallest value "
+        f"reaching recall@5 >= {TUNE_TARGET}; the builder's own choice (\"auto\") is built as build_index builds it "
+        "and its effort tuned on the same 500 queries by the builder's own rule (builder.index.tune_params, from its "
+        "chosen start). p50/p95: wall time of one query at a time on one FAISS thread; p50 CPU: that query's CPU time "
+        "(what it costs on an idle core). Index size: the serialised index, what the app holds in RAM for it (the app "
+        f"also keeps embeddings.npy, 2 KB per vector). Target for the builder's choice: recall@5 >= {TARGET_RECALL} "
+        f"and p50 <= {TARGET_P50_MS:g} ms. Rows kept from earlier runs (--merge) carry those runs' machines: see Runs.",
         "",
-        f"On {machine()}, {_ram_gib():.0f} GiB RAM, faiss {faiss.__version__}; the machine was shared with other "
-        "work while these ran, so wall times (build, p50, p95) are noisy and CPU times are the steadier figure. "
-        f"Synthetic CLIP-like vectors (dim {DIM}, see the script's docstring), {EVAL_QUERIES} held-out perturbed "
-        f"queries; search parameters tuned on {TUNE_QUERIES} other queries to the smallest value reaching recall@5 "
-        f">= {TUNE_TARGET}; the builder's own choice (\"auto\") is built as build_index builds it and its effort "
-        "tuned on the same 500 queries by the builder's own rule (builder.index.tune_params, from its chosen start). "
-        "p50/p95: wall time of one query at a time on one FAISS thread; p50 CPU: that query's CPU time (what it "
-        "costs on an idle core). Index size: the serialised index, what the app holds in RAM for it (the app also "
-        "keeps embeddings.npy, 2 KB per vector). "
-        f"Target for the builder's choice: recall@5 >= {TARGET_RECALL} and p50 <= {TARGET_P50_MS:g} ms.",
-        "",
-        "Where the limit is: the builder's choice meets the target at every size measured, 10M included (1.1 ms, "
-        "recall@5 0.985, index 5.0 GB). Memory sets the limit, not speed: the index holds ~0.5 GB per million "
-        "vectors in RAM and the app's metadata table (captions, categories, ids) ~1.4 GB per million at COCO's "
-        "five captions (measured at 123k), so a 16 GB Space serves ~7M captioned images; embeddings.npy (2 KB per "
-        "vector) is memory-mapped and read a row at a time. Building the 10M index on 2 cores takes ~5 min "
-        "(assigning vectors to lists: ~26 s per million).",
-        "",
+    ]
+    if biggest:  # the conclusion the 10M run of 2026-11-21 supports; said only where such a row is in the table
+        lines += [
+            "Where the limit is: the builder's choice meets the target at every size measured, 10M included. Memory "
+            "sets the limit, not speed: the index holds ~0.5 GB per million vectors in RAM and the app's metadata "
+            "table (captions, categories, ids) ~1.4 GB per million at COCO's five captions (measured at 123k), so a "
+            "16 GB Space serves ~7M captioned images; embeddings.npy (2 KB per vector) is memory-mapped and read a "
+            "row at a time.",
+            "",
+        ]
+    lines += [
         "Runs:",
         *[f"- {run['line']}" for run in runs],
         "",
@@ -542,12 +539,8 @@ def _short(n: int) -> str:
     return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
-def _ram_gib() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__, quick="a check that it runs end to end: 10k vectors, Flat and auto only")
     parser.add_argument("--sizes", default="10000,123287,1000000", help="comma-separated vector counts")
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                         help=f"indexes to measure, from {','.join(CANDIDATES)} (default %(default)s)")
@@ -558,9 +551,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="keep the rows of other sizes already in "
                         "scale_curve.json (e.g. a separate 10M run) and replace those of --sizes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="folder for scale_curve.json, .md and .png (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.candidates = "10000", "Flat,auto"
+    report = Report.start("scale_curve", "Index scale curve")
     sizes = sorted(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if unknown := set(args.candidates) - set(CANDIDATES):
@@ -575,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Synthetic()
     queries = data.queries(TUNE_QUERIES + EVAL_QUERIES)
     rows: list[Row] = []
-    run = f"`python benchmarks/scale_curve.py --sizes {','.join(map(str, sizes))}`"
+    run = f"`{report.command}` on {report.machine}, load average {report.load_start} at start"
     if args.scratch:
         Path(args.scratch).mkdir(parents=True, exist_ok=True)
     with (contextlib.nullcontext(args.scratch) if args.scratch else tempfile.TemporaryDirectory()) as scratch:
@@ -586,15 +580,15 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{n:,} vectors")
             rows.extend(run_size(n, vectors, queries, choose_index(n, DIM), args, Path(scratch), log))
             if n != sizes[-1]:  # kept if a later size fails
-                write(kept + rows, runs + [{"sizes": sizes, "line": f"{run} (running)"}], args, final=False)
+                write(kept + rows, runs + [{"sizes": sizes, "line": f"{run} (running)"}], args, report, final=False)
         del vectors
     minutes = (time.perf_counter() - started) / 60
-    write(kept + rows, runs + [{"sizes": sizes, "line": f"{run}: {minutes:.0f} min, {time.strftime('%Y-%m-%d')}"}],
-          args, final=True)
+    line = f"{run}, {report.load_end or loadavg()} at the end: {minutes:.0f} min, {report.date}"
+    write(kept + rows, runs + [{"sizes": sizes, "line": line}], args, report, final=True)
     return 0
 
 
-def write(rows: list[Row], runs: list[dict], args, final: bool) -> None:
+def write(rows: list[Row], runs: list[dict], args, report: Report, final: bool) -> None:
     rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
     choices = {n: choose_index(n, DIM) for n in sorted({r.size for r in rows})}
     for row in rows:  # mark the builder's choice (again: a merged table may predate the current rule)
@@ -606,19 +600,18 @@ def write(rows: list[Row], runs: list[dict], args, final: bool) -> None:
     rows.sort(key=lambda r: (r.size, CANDIDATES.index(r.name) if r.name in CANDIDATES else 99))
     extrapolate(rows)
     table = markdown(rows, runs, choices)
-    if final:
-        print(table)
-    if not args.no_write:
-        args.results.mkdir(parents=True, exist_ok=True)
+    if args.no_write:
+        print(report.header() + "\n" + table)
+    else:
+        report.write(table + ("\n(--quick: a check that the script runs, not figures to quote)\n" if args.quick else
+                              ""), args.results, final)
         measured = [r for r in rows if r.note != NOT_RUN_HERE]  # placeholders are made again from the rule
         (args.results / "scale_curve.json").write_text(json.dumps(
             {"partial": not final, "runs": runs, "rows": [row_data(r) for r in measured]}, indent=1,
             ensure_ascii=False) + "\n")
-        (args.results / "scale_curve.md").write_text(table if final else table + "\n(partial: still running)\n")
         plot(rows, args.results / "scale_curve.png")
         if final:
-            print(f"wrote {args.results / 'scale_curve.json'}, {args.results / 'scale_curve.md'} and "
-                  f"{args.results / 'scale_curve.png'}")
+            print(f"wrote {args.results / 'scale_curve.json'} and {args.results / 'scale_curve.png'}")
 
 
 DERIVED = ("choice", "estimate")  # recomputed whenever the table is written, so not kept
@@ -642,4 +635,4 @@ def read_results(path: Path, replaced: set[tuple[int, str]]) -> tuple[list[Row],
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,53 +1,64 @@
-"""What a visitor feels: search latency in a real browser, from the click (or chosen file) to five painted results.
+"""How fast is a search, for a visitor in a real browser? Search pressed (or picture chosen) → five thumbnails painted,
+text and picture, p50/p95; raw-HTTP timings per endpoint to explain that figure; optionally many clients at once.
 
-    python benchmarks/browser_latency.py --label after [--queries 30] [--app-root DIR]
+    python -m benchmarks.search_latency [--also before=DIR] [--queries 30] [--parts browser,http,load] [--quick]
 
-Starts `python app.py` on the 123,287-row synthetic artifacts (benchmarks/common.py: builder format, ViT-B/32-size
-random CLIP) and drives the page with Playwright in Debian's Chromium (/usr/bin/chromium; never `playwright install`),
-desktop viewport 1280×900. Times are taken in the page with performance.now():
+Serves the 123,287-row synthetic artifacts (benchmarks.artifacts: the builder's format, the default model's
+random-weight stand-in) with `python app.py` from this checkout, labelled --label, and from every --also LABEL=DIR
+(DIR holds an app.py and clipsearch/, e.g. `git archive REV app.py clipsearch | tar -x -C DIR`). All apps run at
+once and every part alternates its queries between them, so a machine that gets busier or quieter during the run
+(other people's work) weighs on every column alike: that is how before/after comparisons are made.
 
-- text: from just before the Search button's click() to the moment all five result <img> elements of this answer
-  have loaded, been decoded (img.decode()) and a frame has been painted (requestAnimationFrame, then a task);
-- image: from the file input's change event (the file is chosen, as a drop or a picker does) to the same point.
-  Where the page does not search on upload by itself (read from the app's config), the script presses "Find similar
-  images" the moment the preview has loaded, as a visitor with zero reaction time would.
-
-Every query is distinct (text: distinct strings, so the app's text-vector cache never answers; image: a distinct
-640×480 JPEG per query). The breakdown comes from the page (the queue's event stream, fetch starts, Resource Timing,
-DOM mutations, img load events) and from Gradio's own per-event server traces (GRADIO_PROFILING=1:
-queue wait, preprocess, the function itself = encode + search, postprocess).
-
-Results are kept per label in benchmarks/results/browser_latency.json; the Markdown table of every label so far is
-printed and written to benchmarks/results/browser_latency.md (`--report` rewrites it from the JSON alone). To
-compare code, measure the apps in one run with their queries alternating, so that a machine shared with other jobs
-weighs on every column alike: `--app-root DIR --label after --also before=OLD_DIR`, where each DIR holds an app.py
-and clipsearch/ (e.g. `git archive <commit> app.py clipsearch | tar -x -C OLD_DIR`). Per search the script also
-records the CPU time the app and the browser used, which says how much work a search is however busy the machine.
+- browser: Debian's Chromium (/usr/bin/chromium; never `playwright install`) via Playwright, 1280×900. Times are
+  taken in the page with performance.now(): text from just before the Search button's click() to the moment all
+  five result <img> of this answer have loaded, been decoded and a frame has been painted; picture from the file
+  input's change event to the same point (where the page does not search on upload, the script presses "Find
+  similar images" the moment the preview has loaded: a visitor with zero reaction time). Every query is distinct
+  (texts never hit the app's text cache; a distinct 640×480 JPEG per picture). The breakdown comes from the page
+  (queue stream, fetches, Resource Timing, DOM mutations, img loads) and from Gradio's own per-event traces
+  (GRADIO_PROFILING=1); the CPU time the app and the browser used per search says how much work a search is,
+  however busy the machine.
+- http: one query at a time over raw HTTP on a kept-alive connection (POST /gradio_api/call/<endpoint> + its result
+  stream): /search_text, /search_image (the upload not timed) and /search_similar. What the Space's CPU spends per
+  visitor without a browser on the same cores; the difference to the browser figure is the page's own work.
+- load (only when asked): --clients clients with their own connections, back to back for --seconds, a share of them
+  picture queries (uploaded each time), after --warmup-seconds of the same load (Gradio's session store fills up:
+  memory reaches its steady state). One app at a time. Reports queries/s, p50/p95/p99, errors (a full queue's
+  refusal counts as one) and the app's memory growth. It replaces the old throughput and load tests: a visitor's
+  mix on every endpoint at once says what the per-endpoint floods said, and more.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
+import contextlib
 import json
 import os
 import re
 import statistics
-import tempfile
+import threading
 import time
 from pathlib import Path
 
-import common
 import httpx
-from common import App, coco_like_jpegs, machine, percentile, synthetic_artifacts, text_queries
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"]
-VIEWPORT = {"width": 1280, "height": 900}
-RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {"text": 100.0, "image": 200.0}  # p50 ms, the issue's targets for this machine
+from benchmarks.artifacts import COCO_COUNT, coco_like_jpegs, synthetic_artifacts, text_queries
+from benchmarks.common import (
+    PRECISION,
+    App,
+    Report,
+    arguments,
+    call,
+    fresh_folder,
+    percentile,
+    proc_stat,
+    subjects,
+    upload,
+)
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP
+
+TARGETS = {"text": 100.0, "image": 200.0}  # p50 ms in the browser, the issue's targets for a 2-vCPU Space
 IMAGE_TAB = re.compile(r"^(Image → Image|Image)$")
+K = 5
 
 # Installed before any page script: records, with performance.now(), every EventSource message (Gradio's queue
 # stream), every fetch start, file-input changes, and offers __bench.wait(t0, mode) that resolves once the newest
@@ -210,7 +221,7 @@ TIMELINE_JS = r"""
 
 
 def page_setup(browser, url: str):
-    context = browser.new_context(viewport=VIEWPORT)
+    context = browser.new_context(viewport=DESKTOP)
     context.set_default_timeout(60_000)
     context.add_init_script(PAGE_JS)
     page = context.new_page()
@@ -324,24 +335,15 @@ def trace_summary(traces: list[dict], windows: list[tuple[float, float]]) -> dic
     return by_fn
 
 
-def _processes() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds used so far) for every process we can read."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
-    return found
-
 
 def cpu_now(app_pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds used so far by each app, and ("browser") by everything else this script started: Playwright
     and Chromium. The load average says how busy the machine is; these say how much work a search is."""
-    table = _processes()
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                table[int(entry.name)] = proc_stat(int(entry.name))
 
     def subtree(root: int) -> set[int]:
         mine, grew = {root}, True
@@ -359,36 +361,32 @@ def cpu_now(app_pids: dict[str, int]) -> dict[str, float]:
 
 
 class Subject:
-    """One app under test (a label and the folder holding its app.py and clipsearch/) and its own browser page."""
+    """One app under test: its label, the folder holding its app.py, the running app and what was measured."""
 
-    def __init__(self, label: str, root: Path):
+    def __init__(self, number: int, label: str, root: Path):
         self.label, self.root = label, root
+        self.slug = f"{number}-{re.sub(r'[^A-Za-z0-9]+', '-', label)}"  # for its files
+        self.app: App | None = None
         self.rows: dict[str, list[dict]] = {"text": [], "image": []}
         self.cpu: dict[str, list[float]] = {"text": [0.0, 0.0], "image": [0.0, 0.0]}
         self.windows: list[tuple[float, float]] = []
         self.button: str | None = None
+        self.browser: dict = {}
+        self.http: dict[str, list[float]] = {"search_text": [], "search_image": [], "search_similar": []}
+        self.load: dict = {}
 
 
-def run(args, subjects: list[Subject]) -> dict[str, dict]:
-    """Every subject's app runs at once; queries alternate between them, so a machine that gets busier or quieter
-    during the run (other people's work) weighs on every column alike."""
-    import contextlib
-
+# --- browser -------------------------------------------------------------------------------------------------------
+def browser_part(args, subjects: list[Subject], loads: list[str]) -> None:
     from playwright.sync_api import sync_playwright
 
-    common.vit_b32_clip(args.cache / "clip-b32")
-    folder = synthetic_artifacts(args.cache, args.count)
     n = args.queries + args.warmup
     # every subject gets the same queries (each app has its own caches; the browser keeps one per origin)
-    pictures = sorted(coco_like_jpegs(args.cache / "browser-jpegs", n, seed=7).glob("*.jpg"))[:n]
-    texts = text_queries(n, seed=11)
-    loads = [Path("/proc/loadavg").read_text().strip()]
-    header = machine()  # its load average is the one at the start
-    with contextlib.ExitStack() as stack, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    pictures = coco_like_jpegs(args.cache / "jpegs-browser", n, seed=7)
+    texts = text_queries(n, first=0)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         for subject in subjects:
-            subject.app = stack.enter_context(App(folder, args.cache, env={"GRADIO_PROFILING": "1"},
-                                                  root=subject.root))
             subject.context, subject.page, subject.errors = page_setup(browser, subject.app.url)
         pids = {subject.label: subject.app.process.pid for subject in subjects}
         time.sleep(1)  # let the pages settle (fonts, lazy chunks) before the first search
@@ -410,37 +408,29 @@ def run(args, subjects: list[Subject]) -> dict[str, dict]:
             for i in range(n):
                 for subject in subjects:
                     timed(subject, "text", i, lambda s=subject, t=texts[i]: text_search(s.page, t))
-        loads.append(Path("/proc/loadavg").read_text().strip())
+        loads.append(Path("/proc/loadavg").read_text().split()[0])
         if "image" in args.modes:
             for subject in subjects:
                 subject.page.get_by_role("tab", name=IMAGE_TAB).click()
                 subject.page.get_by_test_id("image").wait_for(state="visible")
+                if not searches_on_upload(subject.app.url):
+                    subject.button = "Find similar images"  # pressed the moment the preview has loaded
             for i in range(n):
                 for subject in subjects:
-                    if i == 0 and not searches_on_upload(subject.app.url):
-                        # a visitor must press "Find similar images": the script does, the moment the preview has
-                        # loaded (zero reaction time)
-                        subject.button = "Find similar images"
                     clear_picture(subject.page)  # as a visitor does before the next picture; not timed
                     timed(subject, "image", i, lambda s=subject, p=pictures[i]: image_search(s.page, p, s.button))
-        loads.append(Path("/proc/loadavg").read_text().strip())
-        results = {}
+        loads.append(Path("/proc/loadavg").read_text().split()[0])
         for subject in subjects:
-            subject.page.screenshot(path=str(args.cache / f"browser-latency-{subject.label}.png"), full_page=True)
-            traces = server_traces(subject.app.url)
+            subject.page.screenshot(path=str(args.work / f"browser-{subject.slug}.png"), full_page=True)
             if subject.errors:
                 raise RuntimeError(f"{subject.label}: errors in the page: {subject.errors}")
-            results[subject.label] = summary(args, subject, trace_summary(traces, subject.windows), header)
+            server = trace_summary(server_traces(subject.app.url), subject.windows)
+            subject.browser = browser_summary(subject, server)
         browser.close()
-    for result in results.values():
-        result["loadavg"] = loads
-    return results
 
 
-def summary(args, subject: Subject, server: dict, header: str) -> dict:
-    out = {"label": subject.label, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-           "machine": header, "queries": args.queries, "server": server, "modes": {},
-           "together_with": [], "code": str(subject.root)}
+def browser_summary(subject: Subject, server: dict) -> dict:
+    out = {"server": server, "modes": {}}
     for mode, mine in subject.rows.items():
         if not mine:
             continue
@@ -456,43 +446,34 @@ def summary(args, subject: Subject, server: dict, header: str) -> dict:
                                                "answer_bytes", "all_answers_bytes", "sse_messages", "requests",
                                                "thumbs_network", "thumbs_cached", "thumb_bytes")},
             "thumb_ms": statistics.median([ms for r in mine for ms in r["thumb_ms"]] or [0]),
-            "totals": [round(t, 1) for t in totals],
-            "kinds_example": mine[-1]["kinds"], "fetches_example": mine[-1]["fetches"],
         }
     return out
 
 
-def fmt(value, unit: str = "", digits: int = 0) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.{digits}f}{unit}"
+def fmt(value, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
 
 
-def table(results: dict[str, dict]) -> str:
-    labels = list(results)
-    head = "| | " + " | ".join(labels) + " |\n|---|" + "---:|" * len(labels)
-    lines = [head]
+def browser_table(subjects: list[Subject], loads: list[str]) -> str:
+    lines = ["| | " + " | ".join(s.label for s in subjects) + " |", "|---|" + "---:|" * len(subjects)]
 
     def row(name, get):
-        def cell(label):
+        def cell(subject):
             try:
-                return get(results[label])
+                return get(subject.browser)
             except (KeyError, TypeError):
                 return "—"
-        lines.append(f"| {name} | " + " | ".join(cell(label) for label in labels) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(s) for s in subjects) + " |")
 
     for mode in ("text", "image"):
         start = "Search click" if mode == "text" else "file chosen"
         row(f"**{mode}: {start} → 5 thumbnails painted, p50 ms** (target ≤ {TARGETS[mode]:.0f})",
-            lambda r, m=mode: f"**{fmt(r['modes'][m]['p50'], digits=1)}**")
-        row(f"{mode}: p95 ms", lambda r, m=mode: fmt(r["modes"][m]["p95"], digits=1))
+            lambda r, m=mode: f"**{fmt(r['modes'][m]['p50'], 1)}**")
+        row(f"{mode}: p95 ms", lambda r, m=mode: fmt(r["modes"][m]["p95"], 1))
         row(f"{mode}: queries timed", lambda r, m=mode: str(r["modes"][m]["n"]))
     row("image: button pressed by the script (no search on upload)",
         lambda r: "yes" if r["modes"]["image"]["pressed"] else "no")
-    row("load average: start / after text / after image",
-        lambda r: " / ".join(x.split()[0] for x in r["loadavg"]))
-    row("measured together with (queries alternating)", lambda r: ", ".join(r["together_with"]) or "alone")
-    lines.append("| *breakdown: medians, ms from t0* |" + " |" * len(labels))
+    lines.append("| *breakdown: medians, ms from t0* |" + " |" * len(subjects))
     steps = [("image", "upload request sent", "upload_sent"), ("image", "upload done", "upload_done"),
              ("image", "preview loaded", "preview"), ("image", "button pressed by the script", "clicked")]
     for name, key in [("queue/join sent", "join_sent"), ("queue/join answered", "join_done"),
@@ -500,8 +481,8 @@ def table(results: dict[str, dict]) -> str:
                       ("new thumbnails in the DOM", "dom"), ("thumbnails loaded", "loaded")]:
         steps += [("text", name, key), ("image", name, key)]
     for mode, name, key in steps:
-        row(f"{mode}: {name}", lambda r, m=mode, k=key: fmt(r["modes"][m].get(k), digits=1))
-    lines.append("| *per search* |" + " |" * len(labels))
+        row(f"{mode}: {name}", lambda r, m=mode, k=key: fmt(r["modes"][m].get(k), 1))
+    lines.append("| *per search* |" + " |" * len(subjects))
     for mode in ("text", "image"):
         row(f"{mode}: CPU ms, app / browser (means)",
             lambda r, m=mode: f"{fmt(r['modes'][m]['cpu_app'])} / {fmt(r['modes'][m]['cpu_browser'])}")
@@ -510,62 +491,197 @@ def table(results: dict[str, dict]) -> str:
         row(f"{mode}: answer (process_completed) bytes", lambda r, m=mode: fmt(r["modes"][m]["answer_bytes"]))
         row(f"{mode}: thumbnails fetched / from cache (median)",
             lambda r, m=mode: f"{fmt(r['modes'][m]['thumbs_network'])} / {fmt(r['modes'][m]['thumbs_cached'])}")
-        row(f"{mode}: one thumbnail request, ms (median)", lambda r, m=mode: fmt(r["modes"][m]["thumb_ms"], digits=1))
-    lines.append("| *server: Gradio's traces, medians, ms* |" + " |" * len(labels))
-    fns = sorted({fn for r in results.values() for fn in r["server"]})
-    for fn in fns:
+        row(f"{mode}: one thumbnail request, ms (median)", lambda r, m=mode: fmt(r["modes"][m]["thumb_ms"], 1))
+    lines.append("| *server: Gradio's traces, medians, ms* |" + " |" * len(subjects))
+    for fn in sorted({fn for s in subjects for fn in s.browser.get("server", {})}):
         for phase in ("queue_wait", "preprocess", "fn_call", "postprocess", "total"):
-            if fn == "gradio_file_upload" and phase != "total":
-                continue
-            row(f"`{fn}` {phase}", lambda r, f=fn, k=phase: fmt(r["server"][f][k], digits=1))
+            if fn != "gradio_file_upload" or phase == "total":
+                row(f"`{fn}` {phase}", lambda r, f=fn, k=phase: fmt(r["server"][f][k], 1))
+    return (f"Load average (1 min) before the text queries, between them and the pictures, after: "
+            f"{' / '.join(loads)}.\n\n" + "\n".join(lines))
+
+
+# --- raw HTTP, one query at a time -----------------------------------------------------------------------------------
+def http_part(args, subjects: list[Subject], warmup: int = 3) -> None:
+    """Each endpoint's queries alternate between the apps; the first `warmup` rounds are not counted."""
+    n = args.http_queries + warmup
+    texts = text_queries(n, first=100_000)
+    pictures = coco_like_jpegs(args.cache / "jpegs-http", n, seed=5)
+    clients = [httpx.Client(base_url=s.app.url, timeout=120) for s in subjects]
+    try:
+        for i in range(n):
+            for subject, client in zip(subjects, clients):
+                picture = upload(client, pictures[i])  # not timed
+                for endpoint, data in (("search_text", [texts[i], K]), ("search_image", [picture, K]),
+                                       ("search_similar", [9 + 3 * ((i * 7919) % args.count), K])):
+                    began = time.perf_counter()
+                    call(client, endpoint, data)
+                    if i >= warmup:
+                        subject.http[endpoint].append((time.perf_counter() - began) * 1000)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def http_table(subjects: list[Subject]) -> str:
+    lines = ["| app | encoder | endpoint | p50 ms | p90 ms | n |", "|---|---|---|---:|---:|---:|"]
+    for s in subjects:
+        for endpoint, times in s.http.items():
+            lines.append(f"| {s.label} | {s.app.log_line(PRECISION) or '?'} | /{endpoint} | "
+                         f"{statistics.median(times):.1f} | {percentile(times, 0.9):.1f} | {len(times)} |")
     return "\n".join(lines)
 
 
+# --- many clients at once --------------------------------------------------------------------------------------------
+def drive_clients(url: str, clients: int, seconds: float, query, kind) -> dict:
+    """`clients` threads, each with its own connection, calling `query(client, number, sent)` back to back for
+    `seconds`; each latency is counted under `kind(number, sent)`; an exception is counted as an error and never
+    stops the run. Returns {"latencies": {kind: [ms]}, "errors": [...], "elapsed": s (finishing the requests in
+    flight at the deadline included)}."""
+    latencies: dict[str, list[float]] = {"text": [], "image": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client_loop(number: int) -> None:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            start.wait()
+            sent = 0
+            while time.perf_counter() < deadline[0]:
+                label, began = kind(number, sent), time.perf_counter()
+                try:
+                    query(client, number, sent)
+                    with lock:
+                        latencies[label].append((time.perf_counter() - began) * 1000)
+                except Exception as error:  # noqa: BLE001 - counted and reported, never stops the run
+                    with lock:
+                        errors.append(f"{label}: {type(error).__name__}: {str(error)[:160]}")
+                sent += 1
+
+    threads = [threading.Thread(target=client_loop, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + seconds
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "errors": errors, "elapsed": time.perf_counter() - began}
+
+
+def load_part(args, subjects: list[Subject]) -> None:
+    pictures = coco_like_jpegs(args.cache / "jpegs-load", 64, seed=3)
+    texts = text_queries(args.clients * 4000, first=200_000)
+    per_client = len(texts) // args.clients
+    every = round(1 / args.image_share) if args.image_share > 0 else 0
+
+    def kind(number: int, sent: int) -> str:
+        return "image" if every and (sent + number) % every == 0 else "text"
+
+    def queries(first: int):
+        """Client n's query number `sent`; texts from `first` on in each client's share, never the same twice."""
+        def query(client: httpx.Client, number: int, sent: int) -> None:
+            if kind(number, sent) == "image":
+                hits = call(client, "search_image", [upload(client, pictures[(number + sent) % len(pictures)]), K])
+            else:
+                hits = call(client, "search_text", [texts[number * per_client + (first + sent) % per_client], K])
+            if len(hits[1]) != K:
+                raise RuntimeError(f"{len(hits[1])} hits instead of {K}")
+        return query
+
+    for subject in subjects:  # one app at a time: the others idle
+        ready = subject.app.rss_mb()
+        warm = drive_clients(subject.app.url, args.clients, args.warmup_seconds, queries(per_client // 2), kind)
+        before = subject.app.rss_mb()
+        run = drive_clients(subject.app.url, args.clients, args.seconds, queries(0), kind)
+        subject.load = {**run, "warm_errors": warm["errors"], "rss": (ready, before, subject.app.rss_mb())}
+
+
+def load_table(args, subjects: list[Subject]) -> str:
+    lines = ["| app | queries | done | per second | p50 ms | p95 ms | p99 ms |", "|---|---|---:|---:|---:|---:|---:|"]
+    notes = []
+    for s in subjects:
+        latencies, elapsed = s.load["latencies"], s.load["elapsed"]
+        for name, values in (("text", latencies["text"]), ("picture (upload + /search_image)", latencies["image"]),
+                             ("all", latencies["text"] + latencies["image"])):
+            lines.append(f"| {s.label} | {name} | {len(values)} | {len(values) / elapsed:.1f} | "
+                         f"{fmt(statistics.median(values) if values else None)} | {fmt(percentile(values, 0.95))} | "
+                         f"{fmt(percentile(values, 0.99))} |")
+        ready, before, after = s.load["rss"]
+        errors = s.load["errors"]
+        notes.append(f"- {s.label}: {len(errors)} errors ({sum('503' in e for e in errors)} 'busy' refusals), "
+                     f"{len(s.load['warm_errors'])} in the warm-up; memory {ready:.0f} MB at the start, {before:.0f} "
+                     f"after the warm-up, {after:.0f} after the run ({(after - before) / before:+.1%}; target: no "
+                     "errors, growth under 10%)" + "".join(f"\n  - {e}" for e in sorted(set(errors))[:3]))
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", default="after", help="column name for this checkout's code, e.g. after")
-    parser.add_argument("--app-root", help="serve the app.py/clipsearch found here instead of this checkout")
+    parser = arguments(__doc__, quick="a check that it runs end to end: 2,000 rows, 3 queries, 5 s of load")
+    parser.add_argument("--label", default="this checkout", help="column name for this checkout's app")
     parser.add_argument("--also", action="append", default=[], metavar="LABEL=DIR",
-                        help="another app to measure in the same run, queries alternating (e.g. before=/tmp/old)")
-    parser.add_argument("--queries", type=int, default=30, help="timed queries per mode (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--count", type=int, default=common.COCO_COUNT)
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "clipsearch-bench" / "browser",
-                        help="cache folder (model, artifacts, pictures)")
-    parser.add_argument("--modes", default="text,image", help="comma-separated: text, image")
-    parser.add_argument("--no-save", action="store_true", help="print only; keep the stored results as they are")
-    parser.add_argument("--report", action="store_true", help="only print and write the table of the stored results")
-    parser.add_argument("--note", help="a sentence for the Markdown page, under the list of runs")
+                        help="another app (DIR holds its app.py and clipsearch/), served at once, queries alternating")
+    parser.add_argument("--env", action="append", default=[], metavar="LABEL:KEY=VALUE",
+                        help="an environment variable for one app's process, e.g. int8:CLIPSEARCH_PRECISION=int8")
+    parser.add_argument("--parts", default="browser,http", help="comma-separated: browser, http, load")
+    parser.add_argument("--count", type=int, default=COCO_COUNT, help="gallery rows (default COCO's 123,287)")
+    parser.add_argument("--queries", type=int, default=30, help="browser: timed queries per mode (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=5, help="browser: warm-up queries per mode")
+    parser.add_argument("--modes", default="text,image", help="browser: comma-separated: text, image")
+    parser.add_argument("--http-queries", type=int, default=60, help="http: timed queries per endpoint")
+    parser.add_argument("--clients", type=int, default=32, help="load: concurrent clients")
+    parser.add_argument("--seconds", type=float, default=60.0, help="load: measured seconds per app")
+    parser.add_argument("--warmup-seconds", type=float, default=40.0,
+                        help="load: the same load first, until memory is steady (Gradio keeps its newest 500 "
+                             "sessions and each raw-HTTP call is one)")
+    parser.add_argument("--image-share", type=float, default=0.25, help="load: share of picture queries")
     args = parser.parse_args()
-    subjects = [Subject(label, Path(folder).resolve()) for label, folder in
-                (item.split("=", 1) for item in args.also)]
-    subjects.insert(0, Subject(args.label, Path(args.app_root).resolve() if args.app_root else common.ROOT))
-    started = time.perf_counter()
-    store = RESULTS / "browser_latency.json"
-    saved = json.loads(store.read_text()) if store.exists() else {}
-    if not args.report:
-        results = run(args, subjects)
-        for label, result in results.items():
-            result["together_with"] = [other for other in results if other != label]
-        saved.update(results)
-    if args.note:
-        saved.setdefault("_notes", []).append(args.note)
-    notes = saved.pop("_notes", [])
-    text = (f"# Browser latency: what a visitor feels\n\n`python benchmarks/browser_latency.py --label <label>` "
-            f"(Chromium {CHROMIUM} headless via Playwright, viewport 1280×900, app and browser on the same machine), "
-            f"{args.queries} distinct queries per mode after {args.warmup} warm-up, {args.count:,}-row synthetic "
-            "artifacts, ViT-B/32-size random CLIP. t0: the Search click (text) or the file "
-            "input's change event (image); end: five result thumbnails loaded, decoded and painted.\n\n"
-            + "\n".join(f"- **{label}**: {r['date']}, {r['machine']}; code: `{r['code']}`; load averages "
-                        f"{' | '.join(r['loadavg'])}" for label, r in saved.items())
-            + "".join(f"\n\n{note}" for note in notes)
-            + "\n\n" + table(saved) + "\n")
-    print(text)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        store.write_text(json.dumps({**saved, "_notes": notes}, indent=1) + "\n")
-        (RESULTS / "browser_latency.md").write_text(text)
-    print(f"(ran in {time.perf_counter() - started:.0f} s)")
+    if args.quick:
+        args.count, args.queries, args.warmup, args.http_queries = 2000, 3, 1, 5
+        args.clients, args.seconds, args.warmup_seconds = 4, 5.0, 2.0
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    report = Report.start("search_latency", "Search latency: what a visitor feels")
+    settings: dict[str, dict[str, str]] = {}
+    for item in args.env:
+        label, _, setting = item.partition(":")
+        key, _, value = setting.partition("=")
+        settings.setdefault(label, {})[key] = value
+    folder = synthetic_artifacts(args.cache, args.count)
+    args.work = fresh_folder(args.cache / "search_latency")
+    measured = [Subject(number, label, root) for number, (label, root) in enumerate(subjects(args.label, args.also))]
+    loads = [Path("/proc/loadavg").read_text().split()[0]]
+    with contextlib.ExitStack() as stack:
+        for subject in measured:
+            env = {"INDEX_DIR": str(folder), "CLIPSEARCH_CACHE": str(args.work / f"cache-{subject.slug}"),
+                   **({"GRADIO_PROFILING": "1"} if "browser" in parts else {}), **settings.get(subject.label, {})}
+            subject.app = stack.enter_context(App(env, args.work / f"app-{subject.slug}.log", root=subject.root))
+        if "browser" in parts:
+            browser_part(args, measured, loads)
+        if "http" in parts:
+            http_part(args, measured)
+        if "load" in parts:
+            load_part(args, measured)
+    apps = "\n".join(f"- **{s.label}**: `{s.root}` ({report.code if s.root == measured[0].root else 'another copy'})"
+                     f"; {s.app.log_line(PRECISION) or 'precision ?'}; serving {s.app.seconds:.1f} s after process "
+                     f"start, {s.app.logged_rss_mb:.0f} MB at ready" for s in measured)
+    body = (f"{args.count:,}-row synthetic artifacts, the default model's random-weight stand-in (same compute). "
+            f"Apps served at once, queries alternating between them:\n\n{apps}\n")
+    if "browser" in parts:
+        body += (f"\n## In the browser\n\nChromium headless via Playwright, 1280×900, app and browser on the same "
+                 f"machine; {args.queries} distinct queries per mode after {args.warmup} warm-up. t0: the Search "
+                 "click (text) or the file input's change event (picture); end: five result thumbnails loaded, "
+                 f"decoded and painted.\n\n{browser_table(measured, loads)}\n")
+    if "http" in parts:
+        body += ("\n## Over raw HTTP, one query at a time\n\nKept-alive connection, the result stream read to its end; "
+                 f"pictures uploaded before the timed call.\n\n{http_table(measured)}\n")
+    if "load" in parts:
+        body += (f"\n## {args.clients} clients at once\n\n{args.seconds:.0f} s per app after "
+                 f"{args.warmup_seconds:.0f} s of warm-up, {args.image_share:.0%} picture queries, k={K}, raw HTTP "
+                 f"on loopback, one app at a time.\n\n{load_table(args, measured)}\n")
+    report.write(body + ("\n(--quick: a check that the script runs, not figures to quote)\n" if args.quick else ""),
+                 args.results)
 
 
 if __name__ == "__main__":
