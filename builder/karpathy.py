@@ -16,7 +16,9 @@ NAME = "karpathy-5k-test"
 # sentids, filename, imgid, split, sentences, cocoid, url. Its test file (about 1 MB) is the smallest public copy
 # that holds the 5,000 test images' COCO ids and captions; no images are downloaded.
 REPO = "yerevann/coco-karpathy"
-REVISION = "b6cdca8a4fe0f67b7bdcb03d6ed2def420f5a9dd"  # main, "Fix task tags"; the data files date from 03528ca
+# main's commit "Fix task tags (#1)" (448fdb1, 2022-10-31; its data files date from 03528ca). b6cdca8, pinned before,
+# is the head of the pull-request ref refs/pr/1 that this commit merged: same files, but not a commit of main.
+REVISION = "448fdb1bc7b2d09e46881c4541a14d796a3d41e8"
 FILENAME = "data/test-00000-of-00001.parquet"
 CAPTIONS_PER_IMAGE = 5  # the 5k/25k protocol: the first five captions of each image
 # Where the split comes from: unset = the pinned Hub file above; "off" = skip; a parquet file (or a folder holding
