@@ -143,7 +143,14 @@ class Job:
         ready = self.group.broadcast(None)
         if "error" in ready:
             raise BuildError(f"rank 0 could not start the build ({ready['error']}).")
-        return others(ready["settings"])
+        try:
+            return others(ready["settings"])
+        except Exception as error:
+            self._failed(error)  # rank 0 hears it at the end of embedding and says why
+            raise
+
+    def _failed(self, error: Exception) -> None:
+        self.group.gather({"error": f"rank {self.ranks.rank}: {type(error).__name__}: {error}"})
 
     def embed(self, shard_count: int, run: Callable[[list[int]], dict]) -> dict | None:
         """`run(shards)` on this rank's share of the shards, then wait for every rank: the combined throughput on rank
@@ -154,7 +161,7 @@ class Job:
         try:
             speed = run(mine)
         except Exception as error:
-            self.group.gather({"error": f"rank {self.ranks.rank}: {type(error).__name__}: {error}"})  # rank 0 says why
+            self._failed(error)
             raise
         speeds = self.group.gather(speed)  # also the barrier: every shard is on disk once this returns
         if not self.ranks.main:

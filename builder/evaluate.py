@@ -127,18 +127,26 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
         "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
     }
     if mode == "full" and len(captioned) > len(val_rows):
-        all_texts, all_owner = _flatten(captions, captioned)
-        log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))
-        all_text_vectors = encode_captions(encoder, all_texts)
-        starts = np.searchsorted(all_owner, np.asarray(val_rows))
-        ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
-        results["full_gallery"] = {
-            "label": f"full gallery ({len(vectors):,} images, {len(all_texts):,} captions; queries from {name})",
-            "images": len(vectors), "captions": len(all_texts), "queries_from": name,
-            "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
-            "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
-        }
+        results["full_gallery"] = _full_gallery_recall(encoder, vectors, captions, captioned, val_rows, name,
+                                                       text_vectors, owner)
     return results
+
+
+def _full_gallery_recall(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], captioned: list[int],
+                         val_rows: list[int], name: str, text_vectors: np.ndarray, owner: np.ndarray) -> dict:
+    """The val set's caption queries against the whole gallery, and its images against every gallery caption."""
+    all_texts, all_owner = _flatten(captions, captioned)
+    log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))
+    all_text_vectors = encode_captions(encoder, all_texts)
+    starts = np.searchsorted(all_owner, np.asarray(val_rows))
+    ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
+    image_vectors = vectors[val_rows]
+    return {
+        "label": f"full gallery ({len(vectors):,} images, {len(all_texts):,} captions; queries from {name})",
+        "images": len(vectors), "captions": len(all_texts), "queries_from": name,
+        "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
+        "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
+    }
 
 
 def _flatten(captions: list[list[str]], rows: list[int]) -> tuple[list[str], np.ndarray]:
