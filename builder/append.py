@@ -7,11 +7,8 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -20,35 +17,30 @@ import pyarrow.parquet as pq
 from clipsearch.core.encoder import DEFAULT_MODEL, Encoder
 from clipsearch.core.manifest import (
     EMBEDDINGS,
-    INDEX,
     MANIFEST,
     METADATA,
     THUMBS_PATTERN,
     ArtifactError,
     Manifest,
-    ThumbnailInfo,
-    hash_files,
     verify_files,
-    write_manifest,
 )
 
 from .embed import embed_shards, shard_ranges
-from .evaluate import evaluate
-from .index import build_index
-from .pack import SCHEMA, pack, project_2d, write_metadata
+from .errors import BuildError
+from .finish import NOTHING_EMBEDDED, Built, finish
+from .guard import APPEND_WORK, check_before_work
+from .hubfiles import parse_repo
+from .pack import SCHEMA, Packed, pack, project_2d, write_metadata
 from .plan import BuildPlan
-from .sources import ImageFolderSource, Source, keeps_coco_ids
+from .sources import ImageFolderSource, Source
 
 log = logging.getLogger("builder")
-APPEND_WORK = ".work-append"
 
 
 def fetch_base(repo: str, out: Path) -> None:
     """Start from a published build: download exactly the files its manifest lists (pinned to one commit) into --out,
     the manifest last, so an interrupted download never looks like a finished build."""
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-
-    from .sources import parse_repo
 
     repo_id, revision = parse_repo(repo)
     commit = HfApi().dataset_info(repo_id, revision=revision).sha
@@ -74,7 +66,19 @@ def new_records(source: Source, table: pa.Table) -> int:
     return len(source.records)
 
 
-def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
+def run_append(plan: BuildPlan) -> Built:
+    """--append: embed only the new images of the source and add them to the build in --out (one process)."""
+    check_before_work(plan)
+    if plan.base:
+        log.info("downloading the base build %s into %s", plan.base, plan.out)
+        fetch_base(plan.base, plan.out)
+    if not (plan.out / MANIFEST).exists() and not (plan.out / APPEND_WORK).exists():
+        raise BuildError(f"--append: {plan.out} holds no finished build; build it first, pass --base REPO to start "
+                         "from a published one, or drop --append.")
+    return append(plan, plan.make_source())
+
+
+def append(plan: BuildPlan, source: Source) -> Built:
     """Embed `source`'s new images with the index's own model and write the combined artifact set into plan.out.
 
     Everything is assembled in a staging folder first (old thumbnail packs hard-linked, so nothing big is copied)
@@ -83,67 +87,62 @@ def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
     started, out = time.perf_counter(), plan.out
     if not (out / MANIFEST).exists() and (staged := _finished_stage(out)):
         log.info("completing an append that was interrupted while its files were being moved into place")
-        return _commit(staged, out)
+        return Built(_commit(staged, out), NOTHING_EMBEDDED)
     base = Manifest.read(out)
     verify_files(out, base)
-    model = base.model
-    if plan.model not in (DEFAULT_MODEL, model["model_id"]):
-        raise ArtifactError(f"--append: the index was built with {model['model_id']}; appending must use the same "
-                            "model (leave out --model).")
+    if plan.model not in (DEFAULT_MODEL, base.model["model_id"]):
+        raise ArtifactError(f"--append: the index was built with {base.model['model_id']}; appending must use the "
+                            "same model (leave out --model).")
     table = pq.read_table(out / METADATA)
     if new_records(source, table) == 0:
         log.info("nothing to add: every image is already in the index")
-        return base
-    cpu = plan.device.type == "cpu"
-    # the base's own precision, so old and new rows come from the same arithmetic
-    encoder = Encoder.load(model["model_id"], model.get("revision"), plan.device,
-                           precision=base.precision if cpu and base.precision in ("bf16", "int8") else "fp32")
+        return Built(base, NOTHING_EMBEDDED)
+    encoder = _base_encoder(plan, base)
     key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
     work = out / APPEND_WORK / key  # per base build, so a resumed append never mixes bases
     work.mkdir(parents=True, exist_ok=True)
-    log.info("appending %d new images to %d (model %s)", len(source.records), base.count, model["model_id"])
+    log.info("appending %d new images to %d (model %s)", len(source.records), base.count, base.model["model_id"])
     speed = embed_shards(source, encoder, work, batch_size=plan.batch_size, shard_size=plan.shard_size,
                          num_workers=plan.workers)
-
     stage = work / "next"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
+    packed = _combine(plan, source, encoder, work, stage, base, table)
+    finish(plan, stage, packed, encoder, sources=base.sources + source.infos, speed=speed, started=started, base=base)
+    return Built(_commit(stage, out), speed)
+
+
+def _base_encoder(plan: BuildPlan, base: Manifest) -> Encoder:
+    """The base build's model, in its own precision on CPU, so old and new rows come from the same arithmetic."""
+    cpu = plan.device.type == "cpu"
+    return Encoder.load(base.model["model_id"], base.model.get("revision"), plan.device,
+                        precision=base.precision if cpu and base.precision in ("bf16", "int8") else "fp32")
+
+
+def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stage: Path, base: Manifest,
+             table: pa.Table) -> Packed:
+    """Pack the new images into `stage` after the base build's rows: vectors, metadata and thumbnail packs of both,
+    the map recomputed for all rows. Old thumbnail packs stay byte-identical (the Hub stores them once); new ones
+    continue the numbering."""
     packed = pack(source, work, stage, len(shard_ranges(len(source.records), plan.shard_size)), encoder.info.dim)
-    # Old thumbnail packs stay byte-identical (the Hub stores them once); new ones continue the numbering.
     first_pack = len(base.thumbnails.files)
     new_files = [THUMBS_PATTERN.format(first_pack + n) for n in range(len(packed.thumb_files))]
     for name, target in reversed(list(zip(packed.thumb_files, new_files))):  # reversed: never overwrite a source
         os.replace(stage / name, stage / target)
     for name in base.thumbnails.files:
-        _link_or_copy(out / name, stage / name)
+        _link_or_copy(plan.out / name, stage / name)
     added = pq.read_table(stage / METADATA)
     added = added.set_column(added.schema.get_field_index("thumb_shard"), "thumb_shard",
                              pc.add(added.column("thumb_shard"), first_pack).cast(pa.int16()))
-    vectors = np.concatenate([np.load(out / EMBEDDINGS, allow_pickle=False), packed.vectors]).astype(np.float32)
+    vectors = np.concatenate([np.load(plan.out / EMBEDDINGS, allow_pickle=False), packed.vectors]).astype(np.float32)
     combined = pa.concat_tables([table.select(SCHEMA.names), added.select(SCHEMA.names)])
     xy = project_2d(vectors)  # the map is recomputed for all rows: PCA axes move with the gallery
     combined = combined.set_column(combined.schema.get_field_index("map_x"), "map_x", pa.array(xy[:, 0]))
     combined = combined.set_column(combined.schema.get_field_index("map_y"), "map_y", pa.array(xy[:, 1]))
     np.save(stage / EMBEDDINGS, vectors, allow_pickle=False)
     write_metadata(combined, stage)
-    index, index_info = build_index(vectors, base.index.factory, base.index.search_params)
-    faiss.write_index(index, str(stage / INDEX))
-    rows = combined.select(["captions", "split", "categories", "image_id"]).to_pydict()
-    coco = keeps_coco_ids(base.sources + source.infos)
-    evaluation = evaluate(encoder, vectors, rows["captions"], rows["split"], plan.eval_mode,
-                          categories=rows["categories"], image_ids=rows["image_id"] if coco else None)
-    names = sorted([INDEX, EMBEDDINGS, METADATA, *base.thumbnails.files, *new_files])  # what this append wrote
-    manifest = replace(
-        base, count=len(vectors), index=index_info, sources=base.sources + source.infos,
-        skipped=base.skipped + packed.skipped, evaluation=evaluation,
-        thumbnails=ThumbnailInfo(files=base.thumbnails.files + new_files, max_side=base.thumbnails.max_side),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"), device=plan.device.type,
-        precision=encoder.precision, build_seconds=round(time.perf_counter() - started, 1),
-        images_per_second=round(speed["images_per_second"], 1), files=hash_files(stage, names),
-        builder_version=builder_version,
-    )
-    write_manifest(stage, manifest)
-    return _commit(stage, out)
+    return Packed(vectors=vectors, rows=[], skipped=base.skipped + packed.skipped,
+                  thumb_files=base.thumbnails.files + new_files)
 
 
 def _finished_stage(out: Path) -> Path | None:

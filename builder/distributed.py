@@ -16,12 +16,18 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
+import faiss
 import torch
 
+from .errors import BuildError
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A rank waits at a sync point while another one does long work (rank 0 downloading COCO, a slower GPU finishing
 # its shards). A rank that dies ends the job through the launcher; this only bounds a rank that hangs.
@@ -98,6 +104,84 @@ class Group:
         values = [None] * self.ranks.world_size
         torch.distributed.all_gather_object(values, value)
         return values
+
+
+class Job:
+    """This process's part in a build, used as a context manager around it: one process, or one rank of a job that
+    a launcher started. The rest of the builder sees two calls, `start` and `embed`, and never a rank."""
+
+    def __init__(self, ranks: Ranks):
+        self.ranks = ranks
+        self.group = Group(ranks)
+
+    @property
+    def reports(self) -> bool:
+        """Whether this process reports (progress bars, the download estimate, the summary): rank 0 only."""
+        return self.ranks.main
+
+    def __enter__(self) -> Job:
+        if (threads := rank_threads(self.ranks)) is not None:
+            torch.set_num_threads(threads)  # ranks sharing a node split its cores instead of oversubscribing them
+        self.group.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.group.__exit__(*exc)
+
+    def start(self, first: Callable[[], tuple[T, dict]], others: Callable[[dict], T]) -> T:
+        """Set-up: rank 0 runs `first()` (checks, downloads into the caches the other ranks then read, resets --out)
+        and shares the settings it returns; only then does every other rank run `others(settings)`. A failure on
+        rank 0 reaches the other ranks as a message, not a hang. One process is rank 0 of one."""
+        if self.ranks.main:
+            try:
+                value, settings = first()
+            except Exception as error:
+                self.group.broadcast({"error": f"{type(error).__name__}: {error}"})
+                raise
+            self.group.broadcast({"settings": settings})
+            return value
+        ready = self.group.broadcast(None)
+        if "error" in ready:
+            raise BuildError(f"rank 0 could not start the build ({ready['error']}).")
+        try:
+            return others(ready["settings"])
+        except Exception as error:
+            self._failed(error)  # rank 0 hears it at the end of embedding and says why
+            raise
+
+    def _failed(self, error: Exception) -> None:
+        self.group.gather({"error": f"rank {self.ranks.rank}: {type(error).__name__}: {error}"})
+
+    def embed(self, shard_count: int, run: Callable[[list[int]], dict]) -> dict | None:
+        """`run(shards)` on this rank's share of the shards, then wait for every rank: the combined throughput on rank
+        0, which alone finishes the build (with every core of its node); None on the other ranks."""
+        mine = self.ranks.shards(shard_count)
+        if self.ranks.distributed:
+            log.info("%d of %d shards on this rank", len(mine), shard_count)
+        try:
+            speed = run(mine)
+        except Exception as error:
+            self._failed(error)
+            raise
+        speeds = self.group.gather(speed)  # also the barrier: every shard is on disk once this returns
+        if not self.ranks.main:
+            return None
+        failed = [s["error"] for s in speeds if "error" in s]
+        if failed:
+            raise BuildError(f"{'; '.join(failed)}. Finished shards are kept: re-run the same command to resume.")
+        if not self.ranks.distributed:
+            return speed
+        cores = os.cpu_count() or 1  # the other ranks are done: indexing and evaluation get the whole node
+        torch.set_num_threads(cores)
+        faiss.omp_set_num_threads(cores)
+        return combined(speeds)
+
+
+def combined(speeds: list[dict]) -> dict:
+    """One throughput for the ranks' embedding, which ran side by side."""
+    images, seconds = sum(s["images"] for s in speeds), max(s["seconds"] for s in speeds)
+    return {"images": images, "seconds": seconds, "images_per_second": images / seconds if seconds else 0.0,
+            "processes": len(speeds)}
 
 
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:

@@ -10,6 +10,7 @@ import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from clipsearch.core.encoder import Encoder, image_inputs
 from clipsearch.core.images import ImageError, make_thumbnail, open_image
 
+from .children import die_with_parent
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ def _collate(items: list[Decoded]) -> tuple[list[Decoded], dict[str, torch.Tenso
     return items, pixels
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent: int, _worker: int) -> None:
+    die_with_parent(parent)  # a builder killed with SIGKILL takes its workers with it (see builder.children)
     torch.set_num_threads(1)  # each worker decodes one image at a time; BLAS threads would only fight
 
 
@@ -105,18 +108,7 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
     # Download what the workers will read (Hub parquet shards, or a trial's row groups) first, with its own bar and ETA;
     # only the pending shards' images, so a resumed build fetches nothing it has already embedded.
     source.fetch([i for s in pending for i in range(*ranges[s])], progress=progress)
-    cuda = encoder.device.type == "cuda"
-    # Workers only decode (PIL + the image processor on CPU tensors) and never touch CUDA, so forking them after
-    # the model is on the GPU is safe (tests/test_distributed.py checks). On CUDA, batches arrive in pinned memory
-    # (pinned by the loader's thread on the current device, which distributed builds set to cuda:LOCAL_RANK) and
-    # Encoder.encode_pixels copies them with non_blocking=True while the workers decode ahead. Up to
-    # prefetch_factor x workers batches can wait in shared memory: 2 x 16 x 154 MB at batch 256 on a GPU (containers
-    # need --shm-size or --ipc=host), 4 x 1 x 19 MB at batch 32 on a 2-core CPU.
-    loader = DataLoader(
-        DecodeDataset(source, encoder), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
-        pin_memory=cuda, worker_init_fn=_worker_init if num_workers else None,
-        prefetch_factor=(2 if cuda else 4) if num_workers else None, persistent_workers=False,
-    )
+    loader = _loader(source, encoder, batches, num_workers)
     total = sum(ranges[s][1] - ranges[s][0] for s in pending)
     started, done = time.perf_counter(), 0
     pending_iter = iter(pending)
@@ -143,6 +135,22 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
             writing.result()
     seconds = time.perf_counter() - started
     return {"images": done, "seconds": seconds, "images_per_second": done / seconds if seconds else 0.0}
+
+
+def _loader(source: Source, encoder: Encoder, batches: list[list[int]], num_workers: int) -> DataLoader:
+    """Batches of decoded images, from `num_workers` processes that die with the builder."""
+    cuda = encoder.device.type == "cuda"
+    # Workers only decode (PIL + the image processor on CPU tensors) and never touch CUDA, so forking them after
+    # the model is on the GPU is safe (tests/test_distributed.py checks). On CUDA, batches arrive in pinned memory
+    # (pinned by the loader's thread on the current device, which distributed builds set to cuda:LOCAL_RANK) and
+    # Encoder.encode_pixels copies them with non_blocking=True while the workers decode ahead. Up to
+    # prefetch_factor x workers batches can wait in shared memory: 2 x 16 x 154 MB at batch 256 on a GPU (containers
+    # need --shm-size or --ipc=host), 4 x 1 x 19 MB at batch 32 on a 2-core CPU.
+    return DataLoader(
+        DecodeDataset(source, encoder), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=cuda, worker_init_fn=partial(_worker_init, os.getpid()) if num_workers else None,
+        prefetch_factor=(2 if cuda else 4) if num_workers else None, persistent_workers=False,
+    )
 
 
 def _write_shard(work: Path, shard: int, span: tuple[int, int], collected) -> None:

@@ -127,18 +127,26 @@ def evaluate(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], s
         "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
     }
     if mode == "full" and len(captioned) > len(val_rows):
-        all_texts, all_owner = _flatten(captions, captioned)
-        log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))
-        all_text_vectors = encode_captions(encoder, all_texts)
-        starts = np.searchsorted(all_owner, np.asarray(val_rows))
-        ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
-        results["full_gallery"] = {
-            "label": f"full gallery ({len(vectors):,} images, {len(all_texts):,} captions; queries from {name})",
-            "images": len(vectors), "captions": len(all_texts), "queries_from": name,
-            "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
-            "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
-        }
+        results["full_gallery"] = _full_gallery_recall(encoder, vectors, captions, captioned, val_rows, name,
+                                                       text_vectors, owner)
     return results
+
+
+def _full_gallery_recall(encoder: Encoder, vectors: np.ndarray, captions: list[list[str]], captioned: list[int],
+                         val_rows: list[int], name: str, text_vectors: np.ndarray, owner: np.ndarray) -> dict:
+    """The val set's caption queries against the whole gallery, and its images against every gallery caption."""
+    all_texts, all_owner = _flatten(captions, captioned)
+    log.info("evaluating recall on the full gallery: %d images, %d captions", len(vectors), len(all_texts))
+    all_text_vectors = encode_captions(encoder, all_texts)
+    starts = np.searchsorted(all_owner, np.asarray(val_rows))
+    ends = np.searchsorted(all_owner, np.asarray(val_rows), side="right")
+    image_vectors = vectors[val_rows]
+    return {
+        "label": f"full gallery ({len(vectors):,} images, {len(all_texts):,} captions; queries from {name})",
+        "images": len(vectors), "captions": len(all_texts), "queries_from": name,
+        "text_to_image": _recall(_ranks(text_vectors, vectors, lambda q: [int(owner[q])])),
+        "image_to_text": _recall(_ranks(image_vectors, all_text_vectors, lambda q: slice(starts[q], ends[q]))),
+    }
 
 
 def _flatten(captions: list[list[str]], rows: list[int]) -> tuple[list[str], np.ndarray]:
@@ -181,10 +189,12 @@ def karpathy_recall(encoder: Encoder, vectors: np.ndarray, image_ids: list[int],
     text_vectors = encode_captions(encoder, texts)
     image_vectors = vectors[rows]
     complete = len(rows) == total
+    listed = sum(split.listed[i] for i in present)
     result = {
-        "label": (f"{karpathy.NAME} ({len(rows):,} images, {len(texts):,} captions)" if complete else
-                  f"{karpathy.NAME} ({len(rows):,} of {total:,} images)"),
-        "images": len(rows), "captions": len(texts), "split_images": total, "complete": complete,
+        "label": karpathy_label(len(rows), total, len(texts), listed),
+        "images": len(rows), "captions": len(texts), "captions_listed": listed,
+        "captions_per_image": karpathy.CAPTIONS_PER_IMAGE, "split_images": total,
+        "split_captions": sum(split.listed), "complete": complete,
         "text_to_image": _recall(_ranks(text_vectors, image_vectors, lambda q: [int(owner[q])])),
         "image_to_text": _recall(_ranks(image_vectors, text_vectors, lambda q: slice(firsts[q], lasts[q]))),
         "source": split.source,
@@ -194,3 +204,13 @@ def karpathy_recall(encoder: Encoder, vectors: np.ndarray, image_ids: list[int],
         log.log(logging.WARNING if result["published"]["flagged"] else logging.INFO, "Karpathy 5k test: %s",
                 result["published"]["note"])
     return result
+
+
+def karpathy_label(images: int, split_images: int, captions: int, listed: int) -> str:
+    """What the Karpathy recall was measured on, exactly: the images, and the captions used of those listed."""
+    where = f"{images:,} images" if images == split_images else f"{images:,} of {split_images:,} images"
+    if captions == listed:
+        return f"{karpathy.NAME} ({where}, {captions:,} captions)"
+    of = "the split's" if images == split_images else "their"
+    return (f"{karpathy.NAME} ({where}; {captions:,} captions, the first {karpathy.CAPTIONS_PER_IMAGE} per image of "
+            f"{of} {listed:,})")

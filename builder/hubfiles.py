@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sources import SourceError, parse_repo
+from .errors import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,14 @@ HUB_SPLIT_NAMES = {"train2017": ("train", "train2017"), "val2017": ("validation"
 IGNORED = {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dataset_dict.json",
            "dummy_data.zip"}
 DOWNLOAD_THREADS = 4
+
+
+def parse_repo(spec: str) -> tuple[str, str | None]:
+    """'owner/name@revision' -> (repo, revision); a local folder path has no revision."""
+    if "@" in spec and not Path(spec).exists():
+        repo, revision = spec.rsplit("@", 1)
+        return repo, revision or None
+    return spec, None
 
 
 def glob_regex(pattern: str) -> re.Pattern:

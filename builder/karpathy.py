@@ -16,9 +16,13 @@ NAME = "karpathy-5k-test"
 # sentids, filename, imgid, split, sentences, cocoid, url. Its test file (about 1 MB) is the smallest public copy
 # that holds the 5,000 test images' COCO ids and captions; no images are downloaded.
 REPO = "yerevann/coco-karpathy"
-REVISION = "b6cdca8a4fe0f67b7bdcb03d6ed2def420f5a9dd"  # main, "Fix task tags"; the data files date from 03528ca
+# main's commit "Fix task tags (#1)" (448fdb1, 2022-10-31; its data files date from 03528ca). b6cdca8, pinned before,
+# is the head of the pull-request ref refs/pr/1 that this commit merged: same files, but not a commit of main.
+REVISION = "448fdb1bc7b2d09e46881c4541a14d796a3d41e8"
 FILENAME = "data/test-00000-of-00001.parquet"
-CAPTIONS_PER_IMAGE = 5  # the 5k/25k protocol: the first five captions of each image
+# The first five captions of each image: 25,000 of the 25,010 the test split lists (a few images have six or seven).
+# The evaluation record says so (captions, captions_listed, captions_per_image).
+CAPTIONS_PER_IMAGE = 5
 # Where the split comes from: unset = the pinned Hub file above; "off" = skip; a parquet file (or a folder holding
 # FILENAME) in the same format; or "REPO[@REVISION]" for another Hub dataset repo with FILENAME.
 ENV = "CLIPSEARCH_KARPATHY"
@@ -32,7 +36,8 @@ class KarpathyUnavailable(RuntimeError):
 @dataclass
 class KarpathySplit:
     image_ids: list[int]  # COCO image ids, in the file's order
-    captions: list[list[str]]  # at most CAPTIONS_PER_IMAGE per image, never empty
+    captions: list[list[str]]  # at most CAPTIONS_PER_IMAGE per image (the first ones), never empty
+    listed: list[int]  # how many captions the file lists for each image (captions keeps the first five)
     source: dict  # repo, revision and file (or the local path) the split was read from
 
 
@@ -89,20 +94,21 @@ def read_split(path: Path, source: dict) -> KarpathySplit:
                                   f"{', '.join(sorted(names))})")
     columns = ["cocoid", "sentences"] + (["split"] if "split" in names else [])
     rows = pq.read_table(path, columns=columns).to_pylist()
-    image_ids, captions, seen = [], [], set()
+    image_ids, captions, listed, seen = [], [], [], set()
     for row in rows:
         if row.get("split", "test") != "test" or row["cocoid"] is None or int(row["cocoid"]) in seen:
             continue
-        texts = [text for text in map(_caption, row["sentences"] or []) if text][:CAPTIONS_PER_IMAGE]
+        texts = [text for text in map(_caption, row["sentences"] or []) if text]
         if texts:
             seen.add(int(row["cocoid"]))
             image_ids.append(int(row["cocoid"]))
-            captions.append(texts)
+            captions.append(texts[:CAPTIONS_PER_IMAGE])
+            listed.append(len(texts))
     if not image_ids:
         raise KarpathyUnavailable(f"{describe(source)} lists no test image with captions")
-    log.info("Karpathy test split: %d images, %d captions from %s", len(image_ids), sum(map(len, captions)),
-             describe(source))
-    return KarpathySplit(image_ids=image_ids, captions=captions, source=source)
+    log.info("Karpathy test split: %d images, %d captions (the first %d of each image's; the file lists %d) from %s",
+             len(image_ids), sum(map(len, captions)), CAPTIONS_PER_IMAGE, sum(listed), describe(source))
+    return KarpathySplit(image_ids=image_ids, captions=captions, listed=listed, source=source)
 
 
 def _caption(sentence) -> str:

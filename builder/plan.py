@@ -1,4 +1,4 @@
-"""The build plan: every setting a build or an --append derives from its flags and device, computed once."""
+"""The build plan: every setting a build or an --append takes from its flags, resolved once per process."""
 
 from __future__ import annotations
 
@@ -6,30 +6,30 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from clipsearch.core.encoder import pick_device
-from clipsearch.core.manifest import FORMAT_VERSION
 from clipsearch.serve.hub import DEFAULT_INDEX_REPO
 
 from .distributed import Ranks, rank_device, rank_workers
-from .embed import THUMB_SIDE
-
-if TYPE_CHECKING:
-    from clipsearch.core.encoder import Encoder
-
-    from .sources import Source
+from .hubcoco import HubCocoSource
+from .sources import CocoDirSource, ImageFolderSource, Source
 
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """What to build, where and how: the parsed flags resolved against this process's device and rank."""
+    """What to build, from where, where to and how: the parsed flags resolved against this process's device and
+    rank. Built once from the command line and the only thing the stages are given."""
 
-    out: Path
-    fresh: bool
+    # the gallery (--images, else --coco-dir, else the two Hub repos)
+    images: Path | None
+    coco_dir: Path | None
+    splits: tuple[str, ...]
+    hf_images: str
+    hf_captions: str | None  # None: no captions repo
     limit: int | None
+    # the model and how it runs
     model: str
     model_revision: str | None
     device: torch.device
@@ -37,11 +37,17 @@ class BuildPlan:
     batch_size: int
     shard_size: int
     workers: int
+    # the output
+    out: Path
+    fresh: bool
     eval_mode: str  # none, val or full: 'auto' already resolved
     index_factory: str
     index_params: str
+    append: bool
+    base: str | None  # --base REPO[@REV] of an --append
     push_repo: str | None  # None: no --push
-    private: bool
+    visibility: str | None  # "private" or "public" when asked for; None: send none (the namespace's default holds)
+    ranks: Ranks = Ranks()
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, ranks: Ranks | None = None) -> BuildPlan:
@@ -49,18 +55,28 @@ class BuildPlan:
         device = rank_device(pick_device(args.device), ranks)
         cuda = device.type == "cuda"
         batch_size = args.batch_size or (256 if cuda else 32)
-        push_repo = None if args.push is None else args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO
         return cls(
-            out=args.out, fresh=args.fresh, limit=args.limit, model=args.model, model_revision=args.model_revision,
-            device=device, precision="fp32" if cuda else args.precision, batch_size=batch_size,
+            images=args.images, coco_dir=args.coco_dir, limit=args.limit,
+            splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
+            hf_images=args.hf_images, hf_captions=args.hf_captions or None,
+            model=args.model, model_revision=args.model_revision, device=device,
+            precision="fp32" if cuda else args.precision, batch_size=batch_size,
             shard_size=max(batch_size, args.shard_size // batch_size * batch_size),  # whole batches per shard
             workers=args.num_workers if args.num_workers is not None else rank_workers(ranks),
-            eval_mode=args.eval if args.eval != "auto" else ("full" if cuda else "val"),
-            index_factory=args.index, index_params=args.index_params, push_repo=push_repo, private=args.private,
+            out=args.out, fresh=args.fresh, eval_mode=args.eval if args.eval != "auto" else ("full" if cuda else "val"),
+            index_factory=args.index, index_params=args.index_params, append=args.append, base=args.base,
+            push_repo=None if args.push is None else args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
+            visibility="private" if args.private else "public" if args.public else None, ranks=ranks,
         )
 
-    def fingerprint(self, source: Source, encoder: Encoder) -> dict:
-        """The resume cache's settings: everything that shapes the result (these keys let an existing .work resume)."""
-        return {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
-                "batch_size": self.batch_size, "shard_size": self.shard_size, "thumb_side": THUMB_SIDE,
-                "device": self.device.type, "precision": encoder.precision, "format_version": FORMAT_VERSION}
+    def make_source(self) -> Source:
+        """The gallery the flags name, listed (a Hub source lists lazily, after `limit`)."""
+        if self.images:
+            source = ImageFolderSource(self.images)
+        elif self.coco_dir:
+            source = CocoDirSource(self.coco_dir, list(self.splits))
+        else:
+            source = HubCocoSource(self.hf_images, self.hf_captions, list(self.splits))
+        if self.limit and not self.append:
+            source.limit(self.limit)  # a Hub source then lists, and later fetches, only what the first N images need
+        return source

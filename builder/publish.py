@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from clipsearch.core.errors import first_line, hub_unreachable
 from clipsearch.core.manifest import MANIFEST, ArtifactError, Manifest
@@ -47,16 +47,20 @@ def new_tag(now: datetime | None = None) -> str:
     return TAG_PREFIX + (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S-%f")
 
 
-def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None, private: bool = False) -> Published:
+def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = None,
+         visibility: str | None = None) -> Published:
     """One commit holding every file the manifest lists, the manifest and a dataset card naming the build tag.
 
-    The card changes with every push, so every push is a real commit checked against `parent_commit` (the client
-    would otherwise skip an unchanged set and report whatever commit is at the head, possibly someone else's).
+    `visibility` ("private" or "public") applies only to a repo this push creates; None sends none, so the Hub gives
+    a new repo its namespace's default (an organisation may make every new repo private). An existing repo's
+    visibility is never changed. The card changes with every push, so every push is a real commit checked against
+    `parent_commit` (the client would otherwise skip an unchanged set and report whatever commit is at the head,
+    possibly someone else's).
     """
     api = api or HfApi()
     out = Path(out)
     try:
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        _ensure_repo(api, repo_id, "dataset", visibility)
         parent = api.dataset_info(repo_id, revision="main").sha if _has_commits(api, repo_id) else None
         current = set(api.list_repo_files(repo_id, repo_type="dataset", revision=parent)) if parent else set()
         previous = _previous_build(api, repo_id, parent) if MANIFEST in current else set()
@@ -69,22 +73,66 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
             raise
         raise PublishError(f"--push {repo_id}: the Hub could not be reached ({first_line(error)}); nothing was "
                            "published. Check the network (or HF_ENDPOINT) and re-run with --push.") from None
-    names = sorted(manifest.files) + [MANIFEST]
     tag = new_tag()
+    operations = _operations(out, manifest, repo_id, tag, parent, own_card, previous & current)
+    log.info("pushing %d files to %s as one commit (parent %s)", len(manifest.files) + 1, repo_id,
+             (parent or "none")[:12])
+    commit = _commit(api, repo_id, operations, parent, f"Index build {tag}: {manifest.count} images, "
+                     f"{manifest.model['model_id']}")
+    try:
+        api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
+    except Exception as error:  # noqa: BLE001 - Hub refusals and network failures become a sentence
+        if not (isinstance(error, HfHubHTTPError) or hub_unreachable(error)):
+            raise
+        raise PublishError(f"--push {repo_id}: commit {commit[:12]} holds the complete build, but tagging it {tag} "
+                           f"failed ({first_line(error)}), so the app keeps serving the previous build. Re-run with "
+                           "--push.") from None
+    return Published(repo_id=repo_id, commit=commit, tag=tag,
+                     url=f"{api.endpoint}/datasets/{repo_id}/tree/{tag}")
+
+
+def _ensure_repo(api: HfApi, repo_id: str, repo_type: str, visibility: str | None) -> None:
+    """Create the repo if it does not exist, with `visibility` only when one was asked for (None: the namespace's
+    default holds). An existing repo is left exactly as it is: nothing is sent to it, its visibility included."""
+    if repo_exists(api, repo_id, repo_type):
+        if visibility is not None:
+            log.warning("%s already exists: its visibility is left as it is (--%s applies only to a new repo)",
+                        repo_id, visibility)
+        return
+    api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, visibility=visibility)
+
+
+def repo_exists(api: HfApi, repo_id: str, repo_type: str) -> bool:
+    """Whether the repo exists (gated or private ones this token cannot read included), asked with a refs listing."""
+    try:
+        api.list_repo_refs(repo_id, repo_type=repo_type)
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    return True
+
+
+def _operations(out: Path, manifest: Manifest, repo_id: str, tag: str, parent: str | None, own_card: bool,
+                previous: set[str]) -> list:
+    """Every file the manifest lists, the manifest, our card (never the owner's) and the deletions: only the previous
+    build's own files (its manifest lists them) that this build no longer has; whatever else the repo holds belongs
+    to its owner and stays."""
+    names = sorted(manifest.files) + [MANIFEST]
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(out / name)) for name in names]
     if own_card:
         operations.append(CommitOperationAdd(path_in_repo=CARD,
                                              path_or_fileobj=dataset_card(manifest, repo_id, tag, parent).encode()))
     else:
         log.warning("%s in %s was not written by the builder: left as it is", CARD, repo_id)
-    # Only the previous build's own files (its manifest lists them) that this build no longer has; whatever else the
-    # repo holds belongs to its owner and stays.
-    operations += [CommitOperationDelete(path_in_repo=name) for name in sorted(previous & current - set(names))]
-    log.info("pushing %d files to %s as one commit (parent %s)", len(names), repo_id, (parent or "none")[:12])
+    return operations + [CommitOperationDelete(path_in_repo=name) for name in sorted(previous - set(names))]
+
+
+def _commit(api: HfApi, repo_id: str, operations: list, parent: str | None, message: str) -> str:
+    """The one commit of a push, against `parent`; its failures as sentences."""
     try:
-        message = f"Index build {tag}: {manifest.count} images, {manifest.model['model_id']}"
-        info = api.create_commit(repo_id, operations, repo_type="dataset", parent_commit=parent,
-                                 commit_message=message)
+        return api.create_commit(repo_id, operations, repo_type="dataset", parent_commit=parent,
+                                 commit_message=message).oid
     except HfHubHTTPError as error:
         status = getattr(getattr(error, "response", None), "status_code", None)
         if status in (409, 412):
@@ -100,17 +148,6 @@ def push(out: Path, manifest: Manifest, repo_id: str, *, api: HfApi | None = Non
                            f"({first_line(error)}); the repo holds either the previous build or this one, complete, "
                            "and the app keeps serving the previous one. Re-run with --push to publish this build."
                            ) from None
-    commit = info.oid
-    try:
-        api.create_tag(repo_id, tag=tag, revision=commit, repo_type="dataset")
-    except Exception as error:  # noqa: BLE001 - Hub refusals and network failures become a sentence
-        if not (isinstance(error, HfHubHTTPError) or hub_unreachable(error)):
-            raise
-        raise PublishError(f"--push {repo_id}: commit {commit[:12]} holds the complete build, but tagging it {tag} "
-                           f"failed ({first_line(error)}), so the app keeps serving the previous build. Re-run with "
-                           "--push.") from None
-    return Published(repo_id=repo_id, commit=commit, tag=tag,
-                     url=f"{api.endpoint}/datasets/{repo_id}/tree/{tag}")
 
 
 def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None) -> str:

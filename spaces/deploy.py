@@ -2,7 +2,10 @@
 
 The uploaded requirements.txt adds PyTorch's CPU wheel index to the repo's own (see TORCH_CPU_INDEX).
 
-    python spaces/deploy.py SPACE_ID [--index-repo REPO] [--private]
+    python spaces/deploy.py SPACE_ID [--index-repo REPO] [--private | --public]
+
+Without --private or --public no visibility is sent: a new Space gets its namespace's default (an organisation may
+make every new repo private). An existing Space's visibility is never changed.
 
 Needs HF_TOKEN (or `hf auth login`) with write access to SPACE_ID. Run from anywhere; paths are repo-relative.
 """
@@ -14,7 +17,7 @@ import sys
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 CARD = Path(__file__).resolve().parent / "README.md"
@@ -40,8 +43,15 @@ def space_files(root: Path = ROOT) -> dict[str, Path | bytes]:
     return files
 
 
-def deploy(space_id: str, *, api: HfApi, index_repo: str | None = None, private: bool = False) -> str:
-    api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True, private=private)
+def deploy(space_id: str, *, api: HfApi, index_repo: str | None = None, visibility: str | None = None) -> str:
+    """Upload the Space's files as one commit; `visibility` ("private" or "public") applies only to a Space this call
+    creates (None: its namespace's default)."""
+    if space_exists(api, space_id):
+        if visibility is not None:
+            print(f"note: {space_id} already exists: its visibility is left as it is (--{visibility} applies only to "
+                  "a new Space)", file=sys.stderr)
+    else:
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True, visibility=visibility)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data if isinstance(data, bytes) else str(data))
                   for name, data in space_files().items()]
     info = api.create_commit(space_id, operations, repo_type="space", commit_message="Deploy COCO CLIP visual search")
@@ -50,18 +60,35 @@ def deploy(space_id: str, *, api: HfApi, index_repo: str | None = None, private:
     return info.oid
 
 
+def space_exists(api: HfApi, space_id: str) -> bool:
+    """Whether the Space exists (one this token cannot read included), asked with a refs listing."""
+    try:
+        api.list_repo_refs(space_id, repo_type="space")
+    except GatedRepoError:
+        return True
+    except RepositoryNotFoundError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python spaces/deploy.py", description=__doc__.splitlines()[0])
     parser.add_argument("space_id", help="owner/name of the Space (created if missing)")
     parser.add_argument("--index-repo", help="set the Space variable INDEX_REPO to this dataset repo")
-    parser.add_argument("--private", action="store_true", help="create the Space private")
+    parser.add_argument("--private", action="store_true", help="create the Space private (a new Space only)")
+    parser.add_argument("--public", action="store_true", help="create the Space public (a new Space only; without "
+                        "either flag it gets its namespace's default visibility)")
     args = parser.parse_args(argv)
+    if args.private and args.public:
+        parser.error("--private and --public contradict each other: pass one of them, or neither to keep the "
+                     "visibility the Hub gives new repos in that namespace")
     if not get_token():
         print("error: deploying needs a Hub token with write access: set HF_TOKEN or run `hf auth login`.",
               file=sys.stderr)
         return 2
     try:
-        commit = deploy(args.space_id, api=HfApi(), index_repo=args.index_repo, private=args.private)
+        visibility = "private" if args.private else "public" if args.public else None
+        commit = deploy(args.space_id, api=HfApi(), index_repo=args.index_repo, visibility=visibility)
     except HfHubHTTPError as error:
         print(f"error: the Hub refused the deploy to {args.space_id}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1

@@ -495,14 +495,19 @@ class HubServer:
         *,
         valid_tokens: Iterable[str] | None = None,
         user: str = "test-user",
+        private_by_default: Iterable[str] = (),
     ):
         """`port=0` picks a free port. `valid_tokens`: if given, any other bearer token gets a 401
         "Invalid credentials in Authorization header"; by default any non-empty token is accepted.
-        `user` is the namespace used by `create_repo` without an organization and reported by whoami."""
+        `user` is the namespace used by `create_repo` without an organization and reported by whoami.
+        `private_by_default`: namespaces whose new repos are private when the create request carries no visibility
+        (an organisation's "private by default" setting); a mutable set, also after start."""
         self.host = host
         self._port = port
         self.valid_tokens = set(valid_tokens) if valid_tokens is not None else None
         self.user = user
+        self.private_by_default: set[str] = set(private_by_default)
+        self.create_requests: list[dict] = []  # the JSON body of every POST /api/repos/create, in order
         self.storage = _Storage(user)
         self.tokens_seen: list[str] = []  # bearer token of every request that carried one, in order
         self.requests: list[RequestRecord] = []
@@ -849,8 +854,13 @@ class HubServer:
         self._require_token(token)
         payload = await request.json()
         repo_type = _normalize_repo_type(payload.get("type"))
-        repo_id = f"{payload.get('organization') or self.user}/{payload['name']}"
-        private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        self.create_requests.append(dict(payload))
+        namespace = payload.get("organization") or self.user
+        repo_id = f"{namespace}/{payload['name']}"
+        if "visibility" in payload or "private" in payload:
+            private = payload.get("visibility") == "private" or bool(payload.get("private"))
+        else:  # no visibility asked for: the namespace's default, like the Hub
+            private = namespace in self.private_by_default
         try:
             repo = self.storage.create_repo(repo_type, repo_id, private=private, sdk=payload.get("sdk"))
         except _HubError as err:
@@ -964,6 +974,13 @@ class HubServer:
                 if tag in repo.tags:
                     raise _HubError(409, f"Tag {tag} already exists")
                 repo.tags[tag] = storage.resolve(repo, rest[1]).sha
+            return JSONResponse({})
+        if action == "settings" and method == "PUT":  # update_repo_settings: gated and visibility
+            self._require_token(token)
+            repo = storage.get_repo(repo_type, repo_id)
+            payload = json.loads(await request.body() or b"{}")
+            if "visibility" in payload or "private" in payload:
+                repo.private = payload.get("visibility") == "private" or bool(payload.get("private"))
             return JSONResponse({})
         if action == "branch" and len(rest) >= 2 and method in ("POST", "DELETE"):
             self._require_token(token)

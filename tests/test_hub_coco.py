@@ -179,7 +179,8 @@ def test_a_full_build_reads_every_image_in_place_and_equals_coco_dir(coco_hub, t
 def test_records_and_bytes_are_the_same_whatever_is_cached(coco_hub, hermetic_hf):
     """The record list (ids, order, metadata) and every image's bytes, read by range, from the downloaded shard,
     or from a trial's fetched row groups, equal what the parquet holds."""
-    from builder.sources import HubCocoSource, estimate_line, human_bytes
+    from builder.hubcoco import HubCocoSource
+    from builder.sources import estimate_line, human_bytes
 
     hub, coco, files = coco_hub
     truth = {r["image_id"]: r["image"]["bytes"] for rows in coco.values() for r in rows}
@@ -238,7 +239,7 @@ def test_hub_errors_are_one_sentence_naming_the_flag(coco_hub, tmp_path, tiny_cl
 def test_a_local_folder_in_hub_layout_is_read_the_same_way(tmp_path):
     """A folder laid out like a Hub repo is read in place with pyarrow, whatever encoding its writer chose (here
     DELTA_BYTE_ARRAY); nothing to download."""
-    from builder.sources import HubCocoSource
+    from builder.hubcoco import HubCocoSource
 
     coco = make_coco({"train": 9, "validation": 3})
     (tmp_path / "repo" / "data").mkdir(parents=True)

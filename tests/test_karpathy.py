@@ -25,6 +25,7 @@ from testkit import HUB_TOKEN
 from testkit.helpers import run_build
 from testkit.models import COLORS, SHAPES, draw_shape
 
+LABEL = f"{karpathy.NAME} (12 of 13 images; 60 captions, the first 5 per image of their 61)"  # the fixture build
 FAKE_PUBLISHED = dict(t2i_r1=90.0, t2i_r5=101.6, t2i_r10=100.0, i2t_r1=95.5, i2t_r5=100.0, i2t_r10=100.0)
 
 
@@ -104,8 +105,11 @@ def test_build_records_recall_over_the_karpathy_images_and_captions_only(karpath
     out, ids, absent, path = karpathy_build
     manifest = Manifest.read(out)
     result = manifest.evaluation[karpathy.NAME]
-    assert result["label"] == f"{karpathy.NAME} (12 of 13 images)"
+    # exactly what was evaluated: 12 of the split's 13 images, the first five captions of each (61 listed: one
+    # image has six), of the 66 the split lists
+    assert result["label"] == LABEL
     assert (result["images"], result["split_images"], result["captions"], result["complete"]) == (12, 13, 60, False)
+    assert (result["captions_listed"], result["captions_per_image"], result["split_captions"]) == (61, 5, 66)
     assert result["source"] == {"path": str(path)}
     # Brute force: the split's images' vectors by COCO id from the built vectors, the split's first five captions.
     vectors = np.load(out / EMBEDDINGS)
@@ -147,7 +151,7 @@ def test_an_append_records_karpathy_recall_over_the_whole_gallery(coco_dir, tiny
         assert (first["images"], first["split_images"]) == (6, 13)
         assert run_build("--append", "--coco-dir", coco_dir[0], "--splits", "val2017", "--out", out) == 0
     result = Manifest.read(out).evaluation[karpathy.NAME]
-    assert result["label"] == f"{karpathy.NAME} (12 of 13 images)"
+    assert result["label"] == LABEL
     assert (result["images"], result["split_images"], result["captions"]) == (12, 13, 60)
     vectors = np.load(out / EMBEDDINGS)
     row_of = {image_id: row for row, image_id in enumerate(pq.read_table(out / METADATA)["image_id"].to_pylist())}
@@ -164,19 +168,19 @@ def test_summary_card_and_about_show_both_numbers_and_the_flag(karpathy_build):
     text = summary(manifest, out, {"images": manifest.count, "images_per_second": 10.0})
     lines = text.splitlines()
     first = next(n for n, line in enumerate(lines) if "recall (" in line)
-    assert lines[first].startswith(f"  recall ({karpathy.NAME} (12 of 13 images)): text->image R@1 ")
+    assert lines[first].startswith(f"  recall ({LABEL}): text->image R@1 ")
     assert f"R@5 {ours:.1f}" in lines[first]
     assert "published (test table, tiny test model): text->image R@1 90.0 R@5 101.6 R@10 100.0" in lines[first + 1]
     assert lines[first + 2].startswith("    FLAGGED: text → image R@5") and "points below the published 101.6" in text
     assert "recall (val2017 (20 images with all 40 of their captions; no paper reports this split))" in text
 
     card = dataset_card(manifest, "someone/index", "build-1", None)
-    assert f"recall on {karpathy.NAME} (12 of 13 images)" in card and "101.6" in card and "⚠️" in card
+    assert f"recall on {LABEL}:" in card and "101.6" in card and "⚠️" in card
 
     service = SimpleNamespace(searcher=SimpleNamespace(gallery=SimpleNamespace(manifest=manifest), has_text=True),
                               source=SimpleNamespace(repo_id=None, folder=str(out), notice=None))
     about = about_markdown(service)
-    assert about.index(f"Recall on {karpathy.NAME} (12 of 13 images)") < about.index("Recall on val2017")
+    assert about.index(f"Recall on {LABEL}") < about.index("Recall on val2017")
     assert re.search(rf"\| text → image, this build \| [\d.]+ \| {ours:.1f} \| [\d.]+ \|", about)
     assert "| text → image, published | 90.0 | 101.6 | 100.0 |" in about
     assert "| image → text, published | 95.5 | 100.0 | 100.0 |" in about
@@ -279,6 +283,15 @@ def test_split_downloads_from_a_pinned_hub_revision_then_from_the_cache(hub, tmp
         karpathy.load_split(f"{karpathy.REPO}@{'0' * 40}")
 
 
+def test_the_label_says_which_captions_of_the_split_were_used():
+    from builder.evaluate import karpathy_label
+
+    assert karpathy_label(5000, 5000, 25000, 25010) == (
+        f"{karpathy.NAME} (5,000 images; 25,000 captions, the first 5 per image of the split's 25,010)")
+    assert karpathy_label(5000, 5000, 25000, 25000) == f"{karpathy.NAME} (5,000 images, 25,000 captions)"
+    assert karpathy_label(12, 13, 60, 60) == f"{karpathy.NAME} (12 of 13 images, 60 captions)"
+
+
 def test_reader_takes_karpathy_records_five_captions_and_test_rows(tmp_path):
     path = tmp_path / "records.parquet"
     sentences = [{"tokens": ["a", "dog"], "raw": f"A dog {n}.", "imgid": 0, "sentid": n} for n in range(7)]
@@ -287,6 +300,7 @@ def test_reader_takes_karpathy_records_five_captions_and_test_rows(tmp_path):
     pq.write_table(table, path)
     split = karpathy.load_split(str(path))
     assert split.image_ids == [5] and split.captions == [[f"A dog {n}." for n in range(5)]]
+    assert split.listed == [7]  # what the file lists; the first five are used
     with pytest.raises(karpathy.KarpathyUnavailable, match="switched off"):
         karpathy.load_split("off")
     pq.write_table(pa.table({"cocoid": [1]}), path)
