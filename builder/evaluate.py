@@ -206,11 +206,11 @@ def karpathy_recall(encoder: Encoder, vectors: np.ndarray, image_ids: list[int],
     return result
 
 
-def karpathy_label(images: int, split_images: int, captions: int, listed: int) -> str:
+def karpathy_label(images: int, split_images: int, captions: int, listed: int,
+                   per_image: int | None = karpathy.CAPTIONS_PER_IMAGE) -> str:
     """What the Karpathy recall was measured on, exactly: the images, and the captions used of those listed."""
     where = f"{images:,} images" if images == split_images else f"{images:,} of {split_images:,} images"
     if captions == listed:
         return f"{karpathy.NAME} ({where}, {captions:,} captions)"
     of = "the split's" if images == split_images else "their"
-    return (f"{karpathy.NAME} ({where}; {captions:,} captions, the first {karpathy.CAPTIONS_PER_IMAGE} per image of "
-            f"{of} {listed:,})")
+    return f"{karpathy.NAME} ({where}; {captions:,} captions, the first {per_image} per image of {of} {listed:,})"

@@ -25,7 +25,7 @@ from testkit import HUB_TOKEN
 from testkit.helpers import run_build
 from testkit.models import COLORS, SHAPES, draw_shape
 
-LABEL = f"{karpathy.NAME} (12 of 13 images; 60 captions, the first 5 per image of their 61)"  # the fixture build
+LABEL = f"{karpathy.NAME} (12 of 13 images, 61 captions)"  # the fixture build: every caption, as published
 FAKE_PUBLISHED = dict(t2i_r1=90.0, t2i_r5=101.6, t2i_r10=100.0, i2t_r1=95.5, i2t_r5=100.0, i2t_r10=100.0)
 
 
@@ -57,16 +57,21 @@ def karpathy_captions(cocoid: int, count: int = 5) -> list[str]:
     return ["this image is the {} {} {} {}".format(*combos[(cocoid * 5 + n) % len(combos)]) for n in range(count)]
 
 
+def listed(n: int) -> int:
+    """Captions the fixture split lists for its n-th image: six for the first, five for the others."""
+    return 6 if n == 0 else 5
+
+
 @pytest.fixture(scope="module")
 def karpathy_fixture(coco_dir, tmp_path_factory):
     """Six train2017 and six val2017 images of the synthetic COCO gallery as "test", plus one the gallery lacks
-    (listed in the annotations, missing on disk); one image with six captions (only five are used)."""
+    (listed in the annotations, missing on disk); one image with six captions (all six are used)."""
     _, truth = coco_dir
     good = [i for i, t in sorted(truth.items()) if "bad" not in t]
     ids = [i for i in good if truth[i]["split"] == "train2017"][:6] + [i for i in good if truth[i]["split"] ==
                                                                         "val2017"][:6]
     absent = next(i for i, t in sorted(truth.items()) if t.get("bad") == "missing")
-    images = [(cocoid, karpathy_captions(cocoid, 6 if n == 0 else 5)) for n, cocoid in enumerate(ids)]
+    images = [(cocoid, karpathy_captions(cocoid, listed(n))) for n, cocoid in enumerate(ids)]
     images.insert(3, (absent, karpathy_captions(absent)))
     path = tmp_path_factory.mktemp("karpathy") / karpathy.FILENAME
     write_karpathy_parquet(path, images)
@@ -105,19 +110,19 @@ def test_build_records_recall_over_the_karpathy_images_and_captions_only(karpath
     out, ids, absent, path = karpathy_build
     manifest = Manifest.read(out)
     result = manifest.evaluation[karpathy.NAME]
-    # exactly what was evaluated: 12 of the split's 13 images, the first five captions of each (61 listed: one
-    # image has six), of the 66 the split lists
+    # exactly what was evaluated: 12 of the split's 13 images with every caption they list (61: one image has
+    # six), of the 66 the split lists
     assert result["label"] == LABEL
-    assert (result["images"], result["split_images"], result["captions"], result["complete"]) == (12, 13, 60, False)
-    assert (result["captions_listed"], result["captions_per_image"], result["split_captions"]) == (61, 5, 66)
+    assert (result["images"], result["split_images"], result["captions"], result["complete"]) == (12, 13, 61, False)
+    assert (result["captions_listed"], result["captions_per_image"], result["split_captions"]) == (61, None, 66)
     assert result["source"] == {"path": str(path)}
-    # Brute force: the split's images' vectors by COCO id from the built vectors, the split's first five captions.
+    # Brute force: the split's images' vectors by COCO id from the built vectors, every caption of the split's.
     vectors = np.load(out / EMBEDDINGS)
     row_of = {image_id: row for row, image_id in enumerate(pq.read_table(out / METADATA)["image_id"].to_pylist())}
     assert absent not in row_of
     images = vectors[[row_of[i] for i in ids]]
-    texts = [caption for i in ids for caption in karpathy_captions(i)]
-    owner = [n for n, _ in enumerate(ids) for _ in range(5)]
+    texts = [caption for n, i in enumerate(ids) for caption in karpathy_captions(i, listed(n))]
+    owner = [n for n, _ in enumerate(ids) for _ in range(listed(n))]
     gallery_captions = {c for cs in pq.read_table(out / METADATA)["captions"].to_pylist() for c in cs}
     assert len(set(texts)) == len(texts) and not set(texts) & gallery_captions
     captions = _as_built(out, tiny_clip, texts)
@@ -152,11 +157,11 @@ def test_an_append_records_karpathy_recall_over_the_whole_gallery(coco_dir, tiny
         assert run_build("--append", "--coco-dir", coco_dir[0], "--splits", "val2017", "--out", out) == 0
     result = Manifest.read(out).evaluation[karpathy.NAME]
     assert result["label"] == LABEL
-    assert (result["images"], result["split_images"], result["captions"]) == (12, 13, 60)
+    assert (result["images"], result["split_images"], result["captions"]) == (12, 13, 61)
     vectors = np.load(out / EMBEDDINGS)
     row_of = {image_id: row for row, image_id in enumerate(pq.read_table(out / METADATA)["image_id"].to_pylist())}
-    texts = [caption for i in ids for caption in karpathy_captions(i)]
-    owner = [n for n, _ in enumerate(ids) for _ in range(5)]
+    texts = [caption for n, i in enumerate(ids) for caption in karpathy_captions(i, listed(n))]
+    owner = [n for n, _ in enumerate(ids) for _ in range(listed(n))]
     scores = _as_built(out, tiny_clip, texts) @ vectors[[row_of[i] for i in ids]].T
     assert result["text_to_image"] == _brute_force_recall(scores, [[o] for o in owner])
 
@@ -286,9 +291,9 @@ def test_split_downloads_from_a_pinned_hub_revision_then_from_the_cache(hub, tmp
 def test_the_label_says_which_captions_of_the_split_were_used():
     from builder.evaluate import karpathy_label
 
-    assert karpathy_label(5000, 5000, 25000, 25010) == (
+    assert karpathy_label(5000, 5000, 25010, 25010) == f"{karpathy.NAME} (5,000 images, 25,010 captions)"
+    assert karpathy_label(5000, 5000, 25000, 25010, per_image=5) == (
         f"{karpathy.NAME} (5,000 images; 25,000 captions, the first 5 per image of the split's 25,010)")
-    assert karpathy_label(5000, 5000, 25000, 25000) == f"{karpathy.NAME} (5,000 images, 25,000 captions)"
     assert karpathy_label(12, 13, 60, 60) == f"{karpathy.NAME} (12 of 13 images, 60 captions)"
 
 
@@ -299,8 +304,8 @@ def test_reader_takes_karpathy_records_five_captions_and_test_rows(tmp_path):
                       "sentences": [sentences, sentences[:5], sentences[:5]]})
     pq.write_table(table, path)
     split = karpathy.load_split(str(path))
-    assert split.image_ids == [5] and split.captions == [[f"A dog {n}." for n in range(5)]]
-    assert split.listed == [7]  # what the file lists; the first five are used
+    assert split.image_ids == [5] and split.captions == [[f"A dog {n}." for n in range(7)]]  # all, as published
+    assert split.listed == [7]
     with pytest.raises(karpathy.KarpathyUnavailable, match="switched off"):
         karpathy.load_split("off")
     pq.write_table(pa.table({"cocoid": [1]}), path)
