@@ -102,6 +102,16 @@ def app_server(shapes_artifacts, tmp_path_factory):
     demo.close()
 
 
+@pytest.fixture
+def measured_app(shapes_artifacts, tmp_path):
+    """The real app (`python app.py`) serving the shapes artifacts in a process of its own, for memory measurements
+    that nothing run before in the test process can skew (testkit.helpers.memory)."""
+    from testkit.helpers.memory import measured_app as start
+
+    with start(shapes_artifacts, tmp_path) as app:
+        yield app
+
+
 @pytest.fixture(scope="module")
 def client(app_server):
     """A gradio_client Client of the in-process app (one per test module)."""
