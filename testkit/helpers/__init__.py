@@ -1,12 +1,11 @@
-"""Plain helpers shared by the test files (fixtures live in tests/conftest.py).
+"""Plain helpers shared by the test files (fixtures live in tests/conftest.py)."""
 
-Modules, by concern:
-- app.py       `python app.py` in a subprocess (against a loopback Hub or a local index), started and stopped
-- api.py       raw-HTTP calls of the app's API, as a script or a browser makes them, and what a person is shown
-- memory.py    resident memory: of this process, and of an app in a process of its own, read settled
-- payloads.py  crafted bytes: broken and oversized images, a pickle that betrays being unpickled
-- builds.py    the builder CLI in-process, and two builds compared file by file
-"""
+# Modules, by concern:
+# - app.py       `python app.py` in a subprocess (against a loopback Hub or a local index), started and stopped
+# - api.py       raw-HTTP calls of the app's API, as a script or a browser makes them, and what a person is shown
+# - memory.py    resident memory: of this process, and of an app in a process of its own, read settled
+# - payloads.py  crafted bytes: broken and oversized images, a pickle that betrays being unpickled
+# - builds.py    the builder CLI in-process, and two builds compared file by file
 
 from .api import assert_sentence, call, kinds, search_data, upload
 from .app import app_env, free_port, publish_artifacts, start_app, stop_app

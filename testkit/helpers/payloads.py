@@ -1,5 +1,4 @@
-"""Crafted bytes for tests: images that are broken, disguised or too big to decode, and a pickle that betrays being
-unpickled."""
+"""Crafted bytes: images that are broken, disguised or too big to decode, and a pickle that betrays being unpickled."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""Offline tiny CLIP-family checkpoints, the coloured-shapes data, and a tiny CLIP trained on it.
+"""Offline tiny CLIP-family checkpoints, the coloured-shapes data, and a tiny CLIP trained on it."""
 
-Modules, by concern:
-- shapes.py        the synthetic data: coloured shapes drawn on a noisy background, and their captions
-- tokenization.py  tiny tokenizers of the real classes, learnt from the captions, and the files real repos ship
-- checkpoints.py   random-init tiny CLIP / SigLIP / SigLIP 2 checkpoints (`save_tiny_clip`)
-- vision.py        image-only backbones (DINOv2, ViT, ResNet) and a text-only BERT
-- training.py      contrastive training on the shapes (`train_shapes_clip`) and its retrieval metrics
-- cache.py         the trained model kept between runs, keyed by a hash of its recipe (`cached_shapes_clip`)
-"""
+# Modules, by concern:
+# - shapes.py        the synthetic data: coloured shapes drawn on a noisy background, and their captions
+# - tokenization.py  tiny tokenizers of the real classes, learnt from the captions, and the files real repos ship
+# - checkpoints.py   random-init tiny CLIP / SigLIP / SigLIP 2 checkpoints (`save_tiny_clip`)
+# - vision.py        image-only backbones (DINOv2, ViT, ResNet) and a text-only BERT
+# - training.py      contrastive training on the shapes (`train_shapes_clip`) and its retrieval metrics
+# - cache.py         the trained model kept between runs, keyed by a hash of its recipe (`cached_shapes_clip`)
 
 from .cache import CACHE_ENV, cache_root, cached_shapes_clip, recipe_key
 from .checkpoints import (

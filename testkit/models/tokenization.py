@@ -1,5 +1,4 @@
-"""Tiny tokenizers of the real classes (CLIP BPE, SigLIP and Gemma sentencepiece) learnt from the shape captions, and
-the tokenizer files the real repos ship beside them."""
+"""Tiny tokenizers of the real classes (CLIP, SigLIP, Gemma) learnt from the captions, and the files real repos ship."""
 
 from __future__ import annotations
 
