@@ -84,6 +84,7 @@ def cached_shapes_clip(cache_dir=None, seconds: float = 900, seed: int = 0) -> P
         if not report["converged"] and report["steps"] < training.MAX_STEPS:
             logger.warning("shapes CLIP stopped by the %.0f s limit: used by this run only, not cached", seconds)
             return scratch
+        scratch.chmod(0o755)  # mkdtemp makes it private; the finished model is read by every run
         try:
             scratch.rename(final)
         except OSError:  # another run (without working locks) renamed its own copy first: same recipe, same model
