@@ -1,15 +1,14 @@
-"""COCO as it really is on the Hub, on the loopback Hub: make_coco draws the rows, publish_coco puts the two repos up.
+"""COCO as it really is on the Hub, on the loopback Hub: make_coco draws the rows, publish_coco puts the repos up."""
 
-The loopback repos copy the real layouts (dataset cards and file listings checked with the search tool):
-- `BrandonLSX/coco-2017`: README `configs` with `data/train-*`, `data/validation-*`, `data/test-*`; shards
-  `data/<split>-NNNNN-of-MMMMM.parquet` written by `datasets` (`push_to_hub`); columns image (Image: struct of
-  bytes + path), image_id int64, file_name string, width int32, height int32, annotations struct of lists
-  (id int64, category_id int32, category_name string, bbox list of 4 float32, area float64, iscrowd int32).
-- `phiyodr/coco2017`: no `configs`; `data/train-00000-of-00001-<hash>.parquet`,
-  `data/validation-00000-of-00001-<hash>.parquet`; columns license, file_name, coco_url, height, width,
-  date_captured, flickr_url, image_id, ids (list int64), captions (list string).
-Rows are in COCO's annotation-file order (not sorted by id), as a conversion from the official JSON leaves them.
-"""
+# The loopback repos copy the real layouts (dataset cards and file listings checked with the search tool):
+# - `BrandonLSX/coco-2017`: README `configs` with `data/train-*`, `data/validation-*`, `data/test-*`; shards
+#   `data/<split>-NNNNN-of-MMMMM.parquet` written by `datasets` (`push_to_hub`); columns image (Image: struct of
+#   bytes + path), image_id int64, file_name string, width int32, height int32, annotations struct of lists
+#   (id int64, category_id int32, category_name string, bbox list of 4 float32, area float64, iscrowd int32).
+# - `phiyodr/coco2017`: no `configs`; `data/train-00000-of-00001-<hash>.parquet`,
+#   `data/validation-00000-of-00001-<hash>.parquet`; columns license, file_name, coco_url, height, width,
+#   date_captured, flickr_url, image_id, ids (list int64), captions (list string).
+# Rows are in COCO's annotation-file order (not sorted by id), as a conversion from the official JSON leaves them.
 
 from __future__ import annotations
 

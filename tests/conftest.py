@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,6 @@ from testkit.helpers import run_build  # noqa: E402
 from testkit.models import cached_shapes_clip, save_tiny_clip  # noqa: E402
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked `memory` (resident-memory growth of the in-process app) run first: after the tests that decode
-    81-MP pictures and bombs in this same process, glibc's per-thread arenas keep growing by tens of MB whatever the
-    app does (measured: 47-56 MB over 500 text calls then, under 30 alone), which says nothing about the app."""
-    items.sort(key=lambda item: item.get_closest_marker("memory") is None)  # stable: the rest keep their order
-
-
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "clip")
@@ -37,8 +31,9 @@ def tiny_siglip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_model(tmp_path_factory) -> Path:
-    """The tiny CLIP trained on coloured shapes (about 40 s, once per session)."""
-    return cached_shapes_clip(tmp_path_factory.mktemp("trained"))
+    """The tiny CLIP trained on coloured shapes: from the persistent cache (trained there first, about 40 s, when no
+    run has made it with this recipe), copied so that no test can change the cached folder."""
+    return Path(shutil.copytree(cached_shapes_clip(), tmp_path_factory.mktemp("trained") / "shapes-clip"))
 
 
 @pytest.fixture(scope="session")
@@ -95,8 +90,6 @@ def hub(hermetic_hf, monkeypatch):
 @pytest.fixture(scope="session")
 def app_server(shapes_artifacts, tmp_path_factory):
     """The real app (service + Gradio UI) on a free loopback port, serving the shapes artifacts."""
-    import os
-
     from clipsearch.serve.service import Settings, start
     from clipsearch.web.ui import build_ui, launch
 
@@ -107,6 +100,16 @@ def app_server(shapes_artifacts, tmp_path_factory):
     launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
     yield demo.local_url.rstrip("/"), service
     demo.close()
+
+
+@pytest.fixture
+def measured_app(shapes_artifacts, tmp_path):
+    """The real app (`python app.py`) serving the shapes artifacts in a process of its own, for memory measurements
+    that nothing run before in the test process can skew (testkit.helpers.memory)."""
+    from testkit.helpers.memory import measured_app as start
+
+    with start(shapes_artifacts, tmp_path) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from testkit.helpers import UNUSABLE, call, encoded, rss_mb, search_data, upload
+from testkit.helpers import UNUSABLE, call, encoded, search_data, upload
 from testkit.models import draw_shape
 
 
@@ -89,8 +89,10 @@ def test_k_refused_by_the_slider_reaches_python_clients_as_a_sentence(client, k)
     assert "400 Bad Request" not in str(refused.value)
 
 
-def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(client, app_server, tmp_path):
-    url, service = app_server
+@pytest.mark.memory
+def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(measured_app, tmp_path):
+    """Measured on `python app.py` in a process of its own, whatever this test process decoded before."""
+    url = measured_app.url
     uploads = {name: make() for name, (make, _) in UNUSABLE.items() if "bomb" in name or "pdf" in name}
 
     def storm(round_: int) -> None:
@@ -110,15 +112,16 @@ def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(
         call(url, "search", search_data(url, text="", k=3))
 
     storm(0)  # warm-up: first-time allocations, caches, thread pools
-    before = rss_mb()
+    before = measured_app.rss_mb()
     for round_ in range(1, 5):
         storm(round_)
-    settled = rss_mb()  # new worker threads' malloc arenas add a one-off step (30-50 MB) somewhere in here
+    settled = measured_app.rss_mb()  # new worker threads' malloc arenas add a one-off step (30-50 MB) somewhere here
     for round_ in range(5, 9):
         storm(round_)
-    grown, total = rss_mb() - settled, rss_mb() - before
-    _, hits = client.predict("a yellow triangle", 3, api_name="/search_text")
-    assert len(hits) == 3
+    after = measured_app.rss_mb()
+    grown, total = after - settled, after - before
+    kind, outputs = call(url, "search_text", ["a yellow triangle", 3])
+    assert kind == "complete" and len(outputs[1]) == 3, (kind, outputs)
     assert grown < 20, f"resident memory grew {grown:.0f} MB over rounds 5-8 of bad requests (a leak: it keeps growing)"
     assert total < 120, f"resident memory grew {total:.0f} MB over 8 rounds of bad requests"
 

@@ -1,6 +1,6 @@
 """Cold start: the app serves once the manifest, index and metadata are down and verified; thumbnail packs follow in
 the background (range requests meanwhile), each verified when complete; a tampered pack is refused; a restart with
-a complete cache downloads nothing. Loopback Hub (tests/hub_server.py) with the real huggingface_hub client."""
+a complete cache downloads nothing. Loopback Hub (testkit/hub) with the real huggingface_hub client."""
 
 from __future__ import annotations
 
@@ -237,7 +237,7 @@ def test_the_app_starts_the_background_fetch_once_its_model_is_loaded(hub, packe
 
 def test_a_hub_that_ignores_the_range_header_is_not_read_whole(hub, published, packed_artifacts, tmp_path,
                                                                monkeypatch, caplog):
-    import testkit.hub as hub_server
+    import testkit.hub.downloads as hub_server
 
     gallery, _ = _open(hub, tmp_path)
     monkeypatch.setattr(hub_server, "_parse_range", lambda header, total: None)  # 200 with the whole pack

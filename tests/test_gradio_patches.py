@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from testkit.helpers import call, rss_mb
+from testkit.helpers import call
 
 
 def test_lazy_session_configs_equal_what_gradio_computes(app_server):
@@ -32,11 +32,11 @@ def test_lazy_session_configs_equal_what_gradio_computes(app_server):
 
 
 @pytest.mark.memory
-def test_raw_api_calls_do_not_pile_up_sessions(app_server):
+def test_raw_api_calls_do_not_pile_up_sessions(measured_app):
     """Every raw-HTTP call is a new Gradio session holding a copy of the UI's config (~135 KB); only the newest 500
     are kept (gradio_patches.SESSION_CAPACITY), so a steady stream of calls reaches a ceiling instead of growing
-    ~1.3 GB."""
-    url = app_server[0]
+    ~1.3 GB. Measured on `python app.py` in a process of its own, whatever this test process ran before."""
+    url = measured_app.url
 
     def calls(first: int, count: int) -> None:
         with ThreadPoolExecutor(4) as pool:
@@ -45,9 +45,9 @@ def test_raw_api_calls_do_not_pile_up_sessions(app_server):
         assert set(kinds_) == {"complete"}
 
     calls(0, 650)  # fills the session store
-    before = rss_mb()
+    before = measured_app.rss_mb()
     calls(1000, 500)
-    grown = rss_mb() - before
+    grown = measured_app.rss_mb() - before
     assert grown < 30, f"resident memory grew {grown:.0f} MB over 500 more calls"
 
 

@@ -1,4 +1,4 @@
-"""Tests proving tests/hub_server.py works with the real huggingface_hub client (HfApi, snapshot/hf_hub_download)."""
+"""Tests proving testkit/hub works with the real huggingface_hub client (HfApi, snapshot/hf_hub_download)."""
 
 from __future__ import annotations
 

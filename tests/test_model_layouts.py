@@ -7,7 +7,8 @@ What each layout copies (file names from the stored Hub listings; sizes of the r
 - openai/clip-vit-base-patch32: pytorch_model.bin, tf_model.h5 and flax_model.msgpack on main, no safetensors;
   model.safetensors only in SFconvertbot's pull requests "Adding `safetensors` variant of this model": refs/pr/32
   (converted an older main, since superseded) and refs/pr/66 (the one transformers' auto-conversion picks today).
-- google/siglip-base-patch16-224: SiglipTokenizer with spiece.model, plus a pickled pytorch_model.bin.
+- google/siglip-base-patch16-224: SiglipTokenizer with spiece.model and tokenizer.json, plus a pickled
+  pytorch_model.bin.
 - google/siglip2-base-patch16-224 (fixed resolution: model_type "siglip") and google/siglip2-base-patch16-naflex
   ("siglip2"): GemmaTokenizer declared in tokenizer_config.json, tokenizer.model + tokenizer.json.
 
@@ -306,7 +307,8 @@ def test_an_openclip_only_repo_is_refused_in_a_sentence(hub, marker):
 SIGLIP_LAYOUTS = {
     # repo: (saved kind, files transformers loads, other files of the real repo, tokenizer class loaded)
     SIGLIP: ("siglip", ["config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
-                        "spiece.model", "tokenizer_config.json"], ["pytorch_model.bin"], "SiglipTokenizer"),
+                        "spiece.model", "tokenizer.json", "tokenizer_config.json"], ["pytorch_model.bin"],
+             "SiglipTokenizer"),
     SIGLIP2: ("siglip2-fixres", ["config.json", "model.safetensors", "preprocessor_config.json",
                                  "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
                                  "tokenizer_config.json"], [], "GemmaTokenizer"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -11,8 +12,16 @@ import yaml
 
 from testkit import ROOT
 
-sys.path.insert(0, str(ROOT / "spaces"))
-import deploy  # noqa: E402  (spaces/deploy.py, loaded by path: spaces/ itself is not a package)
+
+def _load_deploy():
+    """spaces/deploy.py, loaded from its path: spaces/ itself is not a package (see the last test)."""
+    spec = importlib.util.spec_from_file_location("deploy", ROOT / "spaces" / "deploy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+deploy = _load_deploy()
 
 
 def test_card_front_matter_is_complete_and_pinned():
@@ -51,13 +60,14 @@ def test_spaces_folder_is_not_an_importable_package():
     # On a Space the real `spaces` package is installed in site-packages, later on sys.path than the app folder.
     # A regular package always beats a namespace folder, so with a stand-in installed, `import spaces` from the
     # repo root must get the stand-in, never our folder.
-    probe = ("import sys, importlib; sys.path.insert(0, '.'); sys.path.append(sys.argv[1]); "
-             "import spaces; print(getattr(spaces, '__file__', None), hasattr(spaces, 'gradio_auto_wrap'))")
+    # `python -c` puts the repo root (cwd) first on sys.path, as `python app.py` puts the app folder; PYTHONPATH adds
+    # the stand-in after it, where an installed package sits.
+    probe = "import spaces; print(getattr(spaces, '__file__', None), hasattr(spaces, 'gradio_auto_wrap'))"
     stand_in = ROOT / "test-artifacts" / "site"
     (stand_in / "spaces").mkdir(parents=True, exist_ok=True)
     (stand_in / "spaces" / "__init__.py").write_text("def gradio_auto_wrap(fn):\n    return fn\n")
-    out = subprocess.run([sys.executable, "-c", probe, str(stand_in)], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(stand_in)},
+                         capture_output=True, text=True, check=True).stdout.split()
     assert out == [str(stand_in / "spaces" / "__init__.py"), "True"]
     # And where no real package exists, nothing named spaces is a module or regular package in the app's folder.
     spec = importlib.util.find_spec("spaces") if importlib.util.find_spec("spaces") else None

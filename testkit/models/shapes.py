@@ -1,0 +1,93 @@
+"""The synthetic data: coloured shapes drawn on a light noisy background, and their captions."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+# RGB values far apart in hue so a 32x32 model separates them easily; none is close to the light background.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 40, 170),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a {color} {shape}",
+    "a photo of a {color} {shape}",
+    "{color} {shape} on a plain background",
+    "a picture of a {color} {shape}",
+    "a {shape} that is {color}",
+)
+
+
+def combos() -> list[tuple[str, str]]:
+    """Every (colour, shape) class, in a fixed order."""
+    return [(c, s) for c in COLORS for s in SHAPES]
+
+
+def caption_for(color: str, shape: str, seed: int = 0) -> str:
+    """Caption for a colour/shape pair; seed 0 gives the plain "a red circle" form."""
+    if color not in COLORS or shape not in SHAPES:
+        raise ValueError(f"unknown colour/shape {color!r}/{shape!r}")
+    return CAPTION_TEMPLATES[seed % len(CAPTION_TEMPLATES)].format(color=color, shape=shape)
+
+
+def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    if shape == "triangle":
+        # Upright equilateral triangle, slightly enlarged and re-centred on its bounding box
+        # so it covers about as much of the image as the other shapes.
+        r *= 1.15
+        pts = [(0.0, -1.0), (0.866, 0.5), (-0.866, 0.5)]
+        return [(cx + r * x, cy + r * (y + 0.25)) for x, y in pts]
+    if shape == "cross":
+        w = 0.36  # arm half-width relative to r: thick enough to survive downsampling to 32 px
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w)]
+        pts += [(-x, -y) for x, y in pts]  # the cross is point-symmetric: mirror the first half
+    else:  # square, a bit smaller than the circle's bounding box so their areas are similar
+        pts = [(-0.9, -0.9), (0.9, -0.9), (0.9, 0.9), (-0.9, 0.9)]
+    return [(cx + r * x, cy + r * y) for x, y in pts]
+
+
+def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0) -> Image.Image:
+    """Draw one coloured shape at a seeded random position/scale on a light noisy background."""
+    if color not in COLORS or shape not in SHAPES:
+        raise ValueError(f"unknown colour/shape {color!r}/{shape!r}")
+    # str seeds are hashed deterministically by random.Random (unlike hash()), so each
+    # (colour, shape, seed) triple gets its own reproducible stream.
+    rng = random.Random(f"{color}|{shape}|{seed}")
+    nprng = np.random.default_rng(rng.randrange(2**32))
+
+    tint = np.array([rng.randint(215, 250) for _ in range(3)], dtype=np.float32)
+    noise = nprng.normal(0.0, 6.0, size=(size, size, 3)).astype(np.float32)
+    background = np.clip(tint + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(background, "RGB")
+
+    # Jitter the fill a little so two images of the same class are never pixel-identical.
+    fill = tuple(int(np.clip(v + rng.randint(-20, 20), 0, 255)) for v in COLORS[color])
+    r = size * rng.uniform(0.28, 0.4)
+    margin = r * 1.05
+    cx = rng.uniform(margin, size - margin)
+    cy = rng.uniform(margin, size - margin)
+    draw = ImageDraw.Draw(image)
+    # Shapes stay axis-aligned: at 32x32 input, rotation makes squares and circles hard to tell apart.
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(_shape_polygon(shape, cx, cy, r), fill=fill)
+    return image
+
+
+def shapes_gallery(per_combo: int = 2, seed: int = 1000, size: int = 64) -> list[tuple[str, str, Image.Image]]:
+    """Every colour x shape combination `per_combo` times as (colour, shape, image), in a fixed order."""
+    return [
+        (color, shape, draw_shape(color, shape, size=size, seed=seed + k))
+        for color in COLORS
+        for shape in SHAPES
+        for k in range(per_combo)
+    ]
