@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipsearch.core.encoder import DEFAULT_MODEL, Encoder
+from clipsearch.core.encoder import DEFAULT_MODEL
 from clipsearch.core.manifest import (
     EMBEDDINGS,
     INDEX,
@@ -31,6 +31,7 @@ from clipsearch.core.manifest import (
     verify_files,
     write_manifest,
 )
+from clipsearch.hub.models import load_encoder
 
 from .embed import embed_shards, shard_ranges
 from .evaluate import evaluate
@@ -96,7 +97,7 @@ def append(plan: BuildPlan, source: Source, builder_version: str) -> Manifest:
         return base
     cpu = plan.device.type == "cpu"
     # the base's own precision, so old and new rows come from the same arithmetic
-    encoder = Encoder.load(model["model_id"], model.get("revision"), plan.device,
+    encoder = load_encoder(model["model_id"], model.get("revision"), plan.device,
                            precision=base.precision if cpu and base.precision in ("bf16", "int8") else "fp32")
     key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
     work = out / APPEND_WORK / key  # per base build, so a resumed append never mixes bases

@@ -19,6 +19,7 @@ import torch
 
 from clipsearch.core.encoder import DEFAULT_MODEL, Encoder, EncoderError
 from clipsearch.core.manifest import (
+    DEFAULT_INDEX_REPO,
     EMBEDDINGS,
     FORMAT_VERSION,
     INDEX,
@@ -32,7 +33,7 @@ from clipsearch.core.manifest import (
 )
 from clipsearch.core.precision import BUILD_MIN_COSINE, PRECISIONS
 from clipsearch.core.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
-from clipsearch.serve.hub import DEFAULT_INDEX_REPO
+from clipsearch.hub.models import load_encoder
 
 from .distributed import Group, Ranks, rank_threads
 from .embed import THUMB_SIDE, embed_shards, shard_ranges
@@ -344,7 +345,7 @@ def _load(args: argparse.Namespace, ranks: Ranks) -> tuple[BuildPlan, Source, En
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", plan.model)
     # no batch, so no race on AMX: bf16 first, the more exact path for index vectors and the faster on batches
-    encoder = Encoder.load(plan.model, plan.model_revision, plan.device, precision=plan.precision,
+    encoder = load_encoder(plan.model, plan.model_revision, plan.device, precision=plan.precision,
                            min_cosine=BUILD_MIN_COSINE)
     if ranks.main:
         from .sources import estimate_line

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from clipsearch.core.encoder import pick_device
-from clipsearch.core.manifest import FORMAT_VERSION
-from clipsearch.serve.hub import DEFAULT_INDEX_REPO
+from clipsearch.core.manifest import DEFAULT_INDEX_REPO, FORMAT_VERSION
 
 from .distributed import Ranks, rank_device, rank_workers
 from .embed import THUMB_SIDE

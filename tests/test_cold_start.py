@@ -94,7 +94,7 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     # Vectors stored once: 'more like this' reads the index's own vectors, equal to embeddings.npy.
     stored = np.load(packed_artifacts / EMBEDDINGS)
     assert np.array_equal(np.asarray(gallery.vectors, np.float32), stored)
-    scores, rows = gallery.search(stored[3], 5)
+    scores, rows = gallery.nearest(stored[3], 5)
     assert rows[0] == 3 and scores[0] == pytest.approx(1.0, abs=1e-5)
     # The index and metadata were hashed once, while downloading, and stamped: opening them did not hash again.
     stamps = _read_stamps(tmp_path / "work")
@@ -176,7 +176,7 @@ def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, pac
     assert not (source.folder / "thumbs-00001.bin").exists()  # the bad copy is gone: the next start refetches it
     good = _rows_of(gallery, 2)[0]
     assert gallery.thumbnails.path(good).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, good)
-    scores, rows = gallery.search(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
+    scores, rows = gallery.nearest(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
     assert rows[0] == bad_rows[0]  # search is unaffected: its thumbnail is the placeholder
 
 
@@ -205,7 +205,7 @@ def test_offline_with_packs_never_downloaded_serves_search_with_placeholders(hub
         gallery, source = _open(hub, tmp_path)
     assert source.notice and "never downloaded" in caplog.text
     assert gallery.thumbnails.path(0).name == PLACEHOLDER
-    assert gallery.search(np.asarray(gallery.vectors[5], np.float32), 1)[1][0] == 5
+    assert gallery.nearest(np.asarray(gallery.vectors[5], np.float32), 1)[1][0] == 5
 
 
 def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts, tmp_path):
