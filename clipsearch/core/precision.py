@@ -1,5 +1,8 @@
-"""The encoder's CPU fast paths: int8 (torch's dynamic quantised Linear) or bf16 weights, each kept only if its
-vectors agree with fp32 on a calibration batch; the host's CPU features pick the order they are tried in."""
+"""The encoder's CPU fast paths (int8, bf16): which one to compute in, decided by calibration against fp32.
+
+int8 is torch's dynamic quantised Linear, bf16 plain bf16 weights; each is kept only if its vectors agree with fp32
+on a calibration batch, and the host's CPU features pick the order they are tried in. choose_precision decides;
+the encoder applies the decision (Encoder.use_precision, which converts its model with convert)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from .hub import IndexSource
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: clipsearch/serve/starter.py
 # COCO val2017 (5,000 images) with the builder's default model, on the CPU fast path: minutes on a laptop.
 STARTER_ARGS = ("--splits", "val2017", "--precision", "auto", "--device", "cpu")
 

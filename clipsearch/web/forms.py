@@ -1,5 +1,4 @@
-"""Inputs and outputs by name: the refine panel as one record, a page of results as one record, and the adapter
-between these records and Gradio's values keyed by component."""
+"""Inputs and outputs by name: the Refine and PageView records, and Form, their adapter to Gradio's components."""
 
 from __future__ import annotations
 
