@@ -167,7 +167,8 @@ def _visible_searches(ui, on: Handlers) -> None:
         event.__name__ = handler.__name__  # Gradio names the (private) endpoint after the function
         return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components}, **paged)
 
-    def paging(handler):
+    def to_page(handler):
+        """A handler's PageView as updates keyed by component."""
         def event(*values):
             return page.write(handler(*values))
         event.__name__ = handler.__name__
@@ -179,11 +180,11 @@ def _visible_searches(ui, on: Handlers) -> None:
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
     ui.picture.change(**search(on.ui_image_search, ui.picture, ui.image_k), trigger_mode="always_last")
-    page["more"].click(paging(on.ui_next_page), [page["paging"], ui.feedback_open], **paged)
+    page["more"].click(to_page(on.ui_next_page), [page["paging"], ui.feedback_open], **paged)
     ui.feedback.expand(on.open_feedback, page["hits"], [ui.feedback_open, page["liked"], page["disliked"]],
                        api_visibility="private")
     ui.feedback.collapse(lambda: False, None, ui.feedback_open, api_visibility="private", queue=False)
-    ui.refine_button.click(paging(on.ui_feedback), [page["paging"], page["liked"], page["disliked"]], **paged)
+    ui.refine_button.click(to_page(on.ui_feedback), [page["paging"], page["liked"], page["disliked"]], **paged)
 
 
 def _api_endpoints(ui, on: Handlers) -> None:
