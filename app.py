@@ -3,8 +3,7 @@
 import logging
 import sys
 
-from clipsearch.core.encoder import EncoderError
-from clipsearch.core.manifest import ArtifactError
+from clipsearch.core.errors import ArtifactError, EncoderError
 from clipsearch.serve.service import Settings, start
 from clipsearch.web.ui import build_ui, launch
 

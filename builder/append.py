@@ -24,6 +24,7 @@ from clipsearch.core.manifest import (
     Manifest,
     verify_files,
 )
+from clipsearch.hub.models import load_encoder
 
 from .embed import embed_shards, shard_ranges
 from .errors import BuildError
@@ -115,7 +116,7 @@ def append(plan: BuildPlan, source: Source) -> Built:
 def _base_encoder(plan: BuildPlan, base: Manifest) -> Encoder:
     """The base build's model, in its own precision on CPU, so old and new rows come from the same arithmetic."""
     cpu = plan.device.type == "cpu"
-    return Encoder.load(base.model["model_id"], base.model.get("revision"), plan.device,
+    return load_encoder(base.model["model_id"], base.model.get("revision"), plan.device,
                         precision=base.precision if cpu and base.precision in ("bf16", "int8") else "fp32")
 
 

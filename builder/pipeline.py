@@ -8,6 +8,7 @@ from pathlib import Path
 
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.precision import BUILD_MIN_COSINE
+from clipsearch.hub.models import load_encoder
 
 from .append import run_append
 from .distributed import Job
@@ -71,7 +72,7 @@ def _load(plan: BuildPlan, *, report: bool) -> tuple[Source, Encoder]:
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
     log.info("stage 2/6 model: %s", plan.model)
     # no batch, so no race on AMX: bf16 first, the more exact path for index vectors and the faster on batches
-    encoder = Encoder.load(plan.model, plan.model_revision, plan.device, precision=plan.precision,
+    encoder = load_encoder(plan.model, plan.model_revision, plan.device, precision=plan.precision,
                            min_cosine=BUILD_MIN_COSINE)
     if report:
         log.info("%s", estimate_line(source, encoder.info.dim))  # before any image byte is fetched

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from clipsearch.core.encoder import pick_device
-from clipsearch.serve.hub import DEFAULT_INDEX_REPO
+from clipsearch.core.manifest import DEFAULT_INDEX_REPO
 
 from .distributed import Ranks, rank_device, rank_workers
 from .hubcoco import HubCocoSource

@@ -10,10 +10,10 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-from clipsearch.core.errors import first_line, hub_unreachable
-from clipsearch.core.manifest import MANIFEST, ArtifactError, Manifest
+from clipsearch.core.errors import first_line
+from clipsearch.core.manifest import MANIFEST, TAG_PREFIX, ArtifactError, Manifest
 from clipsearch.core.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
-from clipsearch.serve.hub import TAG_PREFIX
+from clipsearch.hub.errors import hub_unreachable
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Shared core of COCO CLIP visual search: encoder, artifact format, gallery loading and search."""
+"""COCO CLIP visual search for the builder and the app, in layers importing downward: core <- hub <- serve <- web."""

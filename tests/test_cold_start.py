@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-import clipsearch.serve.hub as hub_module
+import clipsearch.serve.download as hub_module
 from builder.publish import push
 from clipsearch.core.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
 from clipsearch.core.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, Manifest, _read_stamps
-from clipsearch.serve.hub import RemotePacks, open_gallery
+from clipsearch.serve.download import RemotePacks, open_gallery
 from testkit import HUB_TOKEN
 from testkit.helpers import run_build
 
@@ -94,7 +94,7 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     # Vectors stored once: 'more like this' reads the index's own vectors, equal to embeddings.npy.
     stored = np.load(packed_artifacts / EMBEDDINGS)
     assert np.array_equal(np.asarray(gallery.vectors, np.float32), stored)
-    scores, rows = gallery.search(stored[3], 5)
+    scores, rows = gallery.nearest(stored[3], 5)
     assert rows[0] == 3 and scores[0] == pytest.approx(1.0, abs=1e-5)
     # The index and metadata were hashed once, while downloading, and stamped: opening them did not hash again.
     stamps = _read_stamps(tmp_path / "work")
@@ -143,7 +143,7 @@ def test_background_completion_verifies_each_pack_then_serves_from_disk(hub, pub
                                                                        tmp_path, caplog):
     gallery, _ = _open(hub, tmp_path)
     manifest = gallery.manifest
-    with caplog.at_level(logging.INFO, logger="clipsearch.serve.hub"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.serve.download"):
         _release(published)
     for number, name in enumerate(manifest.thumbnails.files):
         assert gallery.thumbnails.state(number) == LOCAL
@@ -163,7 +163,7 @@ def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, pac
     bad_rows = _rows_of(gallery, 1)
     early = gallery.thumbnails.path(bad_rows[0])  # fetched by range before the pack could be checked
     assert early.name == f"{bad_rows[0]}.jpg"
-    with caplog.at_level(logging.INFO, logger="clipsearch.serve.hub"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.serve.download"):
         remote = _release(published)
     assert remote.refused == ["thumbs-00001.bin"]
     assert gallery.thumbnails.state(1) == REFUSED
@@ -176,7 +176,7 @@ def test_a_tampered_pack_is_refused_and_search_keeps_working(hub, published, pac
     assert not (source.folder / "thumbs-00001.bin").exists()  # the bad copy is gone: the next start refetches it
     good = _rows_of(gallery, 2)[0]
     assert gallery.thumbnails.path(good).read_bytes() == _builder_thumbnail(packed_artifacts, gallery, good)
-    scores, rows = gallery.search(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
+    scores, rows = gallery.nearest(np.asarray(gallery.vectors[bad_rows[0]], np.float32), 3)
     assert rows[0] == bad_rows[0]  # search is unaffected: its thumbnail is the placeholder
 
 
@@ -201,11 +201,11 @@ def test_offline_with_packs_never_downloaded_serves_search_with_placeholders(hub
                                                                            tmp_path, caplog):
     _open(hub, tmp_path)  # packs held back: the process 'stopped' before they were downloaded
     hub.stop()
-    with caplog.at_level(logging.WARNING, logger="clipsearch.serve.hub"):
+    with caplog.at_level(logging.WARNING, logger="clipsearch.serve.download"):
         gallery, source = _open(hub, tmp_path)
     assert source.notice and "never downloaded" in caplog.text
     assert gallery.thumbnails.path(0).name == PLACEHOLDER
-    assert gallery.search(np.asarray(gallery.vectors[5], np.float32), 1)[1][0] == 5
+    assert gallery.nearest(np.asarray(gallery.vectors[5], np.float32), 1)[1][0] == 5
 
 
 def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts, tmp_path):

@@ -9,7 +9,7 @@ from huggingface_hub import HfApi
 
 from builder.publish import new_tag, push
 from clipsearch.core.manifest import MANIFEST, Manifest
-from clipsearch.serve.hub import download
+from clipsearch.serve.download import download
 from testkit import HUB_TOKEN
 from testkit.helpers import run_build
 

@@ -16,7 +16,7 @@ from huggingface_hub import HfApi
 
 from builder.publish import PublishError, push
 from clipsearch.core.manifest import EMBEDDINGS, MANIFEST, ArtifactError, Manifest
-from clipsearch.serve.hub import latest_tag, open_gallery
+from clipsearch.serve.download import latest_tag, open_gallery
 from testkit import HUB_TOKEN
 from testkit.helpers import app_env, publish_artifacts, run_build, start_app, stop_app
 

@@ -114,9 +114,9 @@ def _check_vectors(encoder, folder: Path, lowercase: bool = False) -> None:
 
 
 def _load(repo: str, revision: str | None = None):
-    from clipsearch.core.encoder import Encoder
+    from clipsearch.hub.models import load_encoder
 
-    return Encoder.load(repo, revision, device="cpu")
+    return load_encoder(repo, revision, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------------------ laion
@@ -156,7 +156,7 @@ def test_laion_layout_fetches_only_what_transformers_loads(hub, saved, marker, c
     assert new < old
 
     # The app loads the recorded revision: the same files from the cache, nothing downloaded again.
-    from clipsearch.core.encoder import resolve_model
+    from clipsearch.hub.models import resolve_model
 
     before = dict(hub.downloaded(LAION))
     folder, revision = resolve_model(LAION, encoder.info.revision)
@@ -235,7 +235,7 @@ def test_openai_weights_come_from_the_conversion_pull_request(hub, saved, marker
     from huggingface_hub import HfApi
 
     files, pr_sha, loaded = _openai_repo(hub, saved, marker)
-    with caplog.at_level(logging.INFO, logger="clipsearch.core.encoder"):
+    with caplog.at_level(logging.INFO, logger="clipsearch.hub.models"):
         encoder = _load(OPENAI)
 
     assert encoder.info.revision == pr_sha  # the commit the weights came from, not main's
@@ -248,7 +248,7 @@ def test_openai_weights_come_from_the_conversion_pull_request(hub, saved, marker
     assert {(r.ref, r.target_commit) for r in refs.pull_requests} >= {("refs/pr/66", pr_sha)}
 
     # Loading by the recorded revision gives the same files and needs no pull request search.
-    from clipsearch.core.encoder import resolve_model
+    from clipsearch.hub.models import resolve_model
 
     discussions = sum("/discussions" in r.path for r in hub.requests)
     folder, revision = resolve_model(OPENAI, encoder.info.revision)

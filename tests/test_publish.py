@@ -9,7 +9,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from builder.publish import PublishError, push
 from clipsearch.core.manifest import MANIFEST, Manifest, verify_files
-from clipsearch.serve.hub import latest_tag
+from clipsearch.serve.download import latest_tag
 from testkit import HUB_TOKEN
 from testkit.helpers import run_build
 

@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 
 from clipsearch.core.manifest import EMBEDDINGS, MANIFEST, ArtifactError, sha256_file
-from clipsearch.serve.hub import open_gallery
+from clipsearch.serve.download import open_gallery
 from testkit import ROOT
 from testkit.helpers import Trap, app_env, publish_artifacts, run_build, start_app, stop_app
 

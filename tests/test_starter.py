@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from clipsearch.core.encoder import DEFAULT_MODEL
-from clipsearch.core.manifest import ArtifactError, Manifest
-from clipsearch.serve.hub import DEFAULT_INDEX_REPO
+from clipsearch.core.manifest import DEFAULT_INDEX_REPO, ArtifactError, Manifest
 from clipsearch.serve.service import Settings, start
 from clipsearch.serve.starter import starter_folder
 from testkit.coco import make_coco, publish_coco

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import first_line, hub_unreachable
-from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, use_fast_path
+from .errors import EncoderError, first_line
+from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, choose_precision, convert
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +28,6 @@ PAD_TO_MAX_LENGTH = {"siglip", "siglip2"}
 LOWERCASE_TEXT = {"siglip", "siglip2"}
 # Packages a tokenizer class may need beyond transformers, as named in its import errors (lowercase match).
 TOKENIZER_PACKAGES = ("sentencepiece", "protobuf", "tiktoken")
-# What is fetched from a Hub repo: exactly the files transformers loads, by name (never patterns: laion's repos hold
-# open_clip_model.safetensors beside model.safetensors, and every *.bin / *.h5 / *.msgpack copy is left alone).
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"  # sharded checkpoints: the index, then exactly the shards it names
-CONFIG_FILE = "config.json"
-# The processor and tokenizer files of every CLIP-family layout; only those the repo has are fetched. Both the
-# sentencepiece model and tokenizer.json come when a repo has both (SigLIP 2): which one loads depends on the class.
-PROCESSOR_FILES = (
-    "preprocessor_config.json", "processor_config.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
-    "tokenizer.model", "sentencepiece.bpe.model",
-)
-PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")  # never fetched, never opened
-# The Hub's automatic conversion: a bot opens a pull request adding model.safetensors (what transformers'
-# safetensors_conversion.py looks for; only this author is trusted, as there).
-CONVERSION_BOT = "SFconvertbot"
-CONVERSION_TITLE = "Adding `safetensors` variant of this model"
-
-
-
-class EncoderError(ValueError):
-    """A model that cannot serve as an encoder; the message names the setting that fixes it."""
 
 
 @dataclass(frozen=True)
@@ -75,162 +53,6 @@ class ModelInfo:
         return asdict(self)
 
 
-def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str | None]:
-    """Return a local folder for a model id or path, and the commit its files come from (None for local folders).
-
-    From the Hub only the files transformers loads are fetched, by exact name, all from one commit. When that
-    revision has pickled weights only, the Hub's safetensors conversion pull request of that same revision is
-    used instead, and its commit is the one returned (so loading again by it gives the same bytes)."""
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        return local, None
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:  # a path, not a Hub id
-        raise EncoderError(f"--model {model_id}: no such folder. Pass an existing model folder or a Hub model id.")
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-        RevisionResolutionError,
-    )
-
-    api = HfApi()
-    try:
-        # Cache-aware: writes refs/<revision> for offline use later, and answers from it when the Hub is down.
-        commit = api.resolve_revision(model_id, revision=revision).resolved
-        try:
-            info = api.model_info(model_id, revision=commit, files_metadata=True)
-        except Exception as error:  # noqa: BLE001 - only 'the Hub cannot be reached' falls back to the cache
-            if not hub_unreachable(error):
-                raise
-            return _cached_snapshot(model_id, commit), commit
-        commit, names = _files_to_fetch(api, model_id, revision, info)
-        return _fetch(model_id, commit, names), commit
-    except (RepositoryNotFoundError, GatedRepoError):
-        raise EncoderError(
-            f"--model {model_id}: no such model on the Hub (or it is private or gated: set HF_TOKEN)."
-        ) from None
-    except RevisionNotFoundError:
-        raise EncoderError(f"--model {model_id}: it has no revision {revision!r}; pass an existing branch, tag or "
-                           "commit with --model-revision.") from None
-    except RevisionResolutionError:
-        raise EncoderError(
-            f"--model {model_id}: not in the local cache and the Hub cannot be reached; "
-            "connect to the Hub once or pass a local model folder."
-        ) from None
-    except EncoderError:
-        raise
-    except HfHubHTTPError as error:
-        if hub_unreachable(error):
-            raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({first_line(error)}); try again "
-                               "later or pass a local model folder.") from None
-        raise EncoderError(f"--model {model_id}: the Hub refused the download ({first_line(error)}).") from None
-    except Exception as error:  # noqa: BLE001 - network failures become a sentence; anything else propagates
-        if not hub_unreachable(error):
-            raise
-        raise EncoderError(f"--model {model_id}: the Hub cannot be reached ({type(error).__name__}); try again "
-                           "later or pass a local model folder.") from None
-
-
-def _files_to_fetch(api, model_id: str, revision: str | None, info) -> tuple[str, list[str]]:
-    """The commit to download from and the exact names to fetch there (a sharded index's shards come later)."""
-    files = {sibling.rfilename: sibling for sibling in info.siblings or []}
-    where = f"revision {revision}" if revision else "main"
-    if CONFIG_FILE not in files:
-        extra = " (it ships OpenCLIP files only)" if any(n.startswith("open_clip") for n in files) else ""
-        raise EncoderError(f"--model {model_id}: the repo has no transformers {CONFIG_FILE} at {where}{extra}; "
-                           "pass a transformers CLIP-family checkpoint.")
-    commit = info.sha
-    weights = _safetensors_weights(files)
-    if weights is None:
-        found = _conversion_pull_request(api, model_id, files)
-        if found is None:
-            pickled = sorted(n for n in files if n.endswith(PICKLED_SUFFIXES)) or ["none"]
-            raise EncoderError(
-                f"--model {model_id}: the repo has no safetensors weights at {where} (only {', '.join(pickled)}) "
-                "and no safetensors conversion pull request, and the encoder refuses pickled weights; pass a "
-                "model that has model.safetensors."
-            )
-        number, info = found
-        files = {sibling.rfilename: sibling for sibling in info.siblings or []}
-        weights = _safetensors_weights(files)
-        log.info("%s has no safetensors weights at %s: the weights (and configs) come from the safetensors "
-                 "conversion ref refs/pr/%d, commit %s", model_id, where, number, info.sha)
-        commit = info.sha
-    return commit, [CONFIG_FILE, *weights, *(name for name in PROCESSOR_FILES if name in files)]
-
-
-def _safetensors_weights(files) -> list[str] | None:
-    """The weights file transformers loads from a folder of these names (with use_safetensors), if any."""
-    for name in (WEIGHTS_FILE, WEIGHTS_INDEX):
-        if name in files:
-            return [name]
-    return None
-
-
-def _conversion_pull_request(api, model_id: str, base: dict):
-    """(number, ModelInfo at its head) of the open SFconvertbot pull request that converts exactly this revision,
-    or None. As transformers' safetensors_conversion does, only the bot's PR titled CONVERSION_TITLE counts; instead
-    of requiring its parent to be main's head, its head must hold the same config, processor files and pickled
-    weights (same blob ids) as the revision asked for, so the safetensors are that revision's weights and the
-    configs loaded beside them are byte-identical. A stale conversion (of an older main) is skipped."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    kept = [n for n in base if n == CONFIG_FILE or n in PROCESSOR_FILES or n.endswith(PICKLED_SUFFIXES)]
-    try:
-        for pr in api.get_repo_discussions(model_id, author=CONVERSION_BOT, discussion_type="pull_request",
-                                           discussion_status="open"):
-            if not (pr.is_pull_request and pr.status == "open" and pr.author == CONVERSION_BOT
-                    and pr.title == CONVERSION_TITLE):
-                continue
-            head = api.model_info(model_id, revision=pr.git_reference, files_metadata=True)
-            files = {sibling.rfilename: sibling for sibling in head.siblings or []}
-            same = all(n in files and files[n].blob_id == base[n].blob_id for n in kept)
-            if same and _safetensors_weights(files) is not None:
-                return pr.num, head
-            log.info("%s: refs/pr/%d (%s) does not convert this revision; skipped", model_id, pr.num, pr.title)
-    except HfHubHTTPError as error:  # discussions disabled, ... : no conversion to use
-        if hub_unreachable(error):
-            raise
-        log.warning("%s: could not list pull requests (%s)", model_id, first_line(error))
-    return None
-
-
-def _fetch(model_id: str, commit: str, names: list[str]) -> Path:
-    """Download exactly `names` (and, for a sharded index, the shards it lists) at `commit`; the snapshot folder."""
-    import json
-
-    from huggingface_hub import hf_hub_download
-
-    paths = [Path(hf_hub_download(model_id, name, revision=commit)) for name in names]
-    folder = paths[0].parent  # config.json is at the root
-    if WEIGHTS_INDEX in names:
-        index = json.loads((folder / WEIGHTS_INDEX).read_text())
-        shards = sorted(set(index.get("weight_map", {}).values()))
-        if not shards or any(not s.endswith(".safetensors") or ".." in s.split("/") for s in shards):
-            raise EncoderError(f"--model {model_id}: {WEIGHTS_INDEX} lists no usable safetensors shards; pass a "
-                               "model whose index names its shard files.")
-        for shard in shards:
-            hf_hub_download(model_id, shard, revision=commit)
-    return folder
-
-
-def _cached_snapshot(model_id: str, commit: str) -> Path:
-    """The Hub cannot be reached: the cached snapshot of `commit`, if it holds safetensors weights and a config."""
-    from huggingface_hub import try_to_load_from_cache
-
-    config = try_to_load_from_cache(model_id, CONFIG_FILE, revision=commit)
-    folder = Path(config).parent if isinstance(config, str) else None
-    if folder is None or _safetensors_weights({p.name for p in folder.iterdir()}) is None:
-        raise EncoderError(
-            f"--model {model_id}: not in the local cache and the Hub cannot be reached; "
-            "connect to the Hub once or pass a local model folder."
-        )
-    log.warning("the Hub cannot be reached; using the cached %s at %s", model_id, commit[:12])
-    return folder
-
-
 def pick_device(requested: str = "auto") -> torch.device:
     """'auto' picks CUDA when present; asking for CUDA on a machine without it is an error, not a silent fallback."""
     if requested == "auto":
@@ -246,7 +68,7 @@ class Encoder:
     """Preprocess + model + L2 normalisation; vectors from here are what the index stores and queries use."""
 
     def __init__(self, model, image_processor, tokenizer, info: ModelInfo, device: torch.device,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", reload_fp32=None):
         self.model = model
         self.image_processor = image_processor
         self.tokenizer = tokenizer
@@ -256,82 +78,58 @@ class Encoder:
         # the manifest identifies the model, and query vectors from any precision used here match it (checked).
         self.precision = precision
         self._input_dtype = torch.float32
+        self._reload_fp32 = reload_fp32  # fresh fp32 weights: every CPU fast path is converted from fp32
 
     @classmethod
-    def load(cls, model_id: str, revision: str | None = None, device: str | torch.device = "auto",
-             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE,
-             batch: int | None = None) -> Encoder:
-        """Load the model for `device`. `precision` (CPU only): "fp32" (default, the builder's reference),
-        "bf16", "int8", or "auto" (the app: the fastest fast path for this host first, see auto_precisions). A fast
-        path is kept only if its embeddings agree with fp32 (cosine >= min_cosine, worst row, on a fixed
-        calibration batch of texts and images); otherwise the next one is tried, then fp32, and the log says why.
-        Given `batch` where auto has a real choice (AMX), the faster on passes of `batch` images is kept (the app
-        passes 1: one query at a time).
-        `encoder.precision` tells what was kept."""
-        from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+    def load(cls, folder: str | Path, revision: str | None = None, device: str | torch.device = "auto",
+             precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE, batch: int | None = None, *,
+             model_id: str | None = None) -> Encoder:
+        """Load the model saved in the local `folder` for `device`. A Hub model's files are fetched first (see
+        clipsearch.hub.models.load_encoder) and ModelInfo records it as `model_id` at `revision`, the commit they
+        came from; a local model is recorded by its folder.
 
+        `precision` (CPU only): "fp32" (default, the builder's reference), "bf16", "int8", or "auto" (the app: the
+        fastest fast path for this host first, see auto_precisions). A fast path is kept only if its embeddings
+        agree with fp32 (cosine >= min_cosine, worst row, on a fixed calibration batch of texts and images);
+        otherwise the next one is tried, then fp32, and the log says why. Given `batch` where auto has a real
+        choice (AMX), the faster on passes of `batch` images is kept (the app passes 1: one query at a time).
+        `encoder.precision` tells what was kept."""
+        from transformers import AutoModel
+
+        folder = Path(folder).expanduser()
+        name = model_id or str(folder)  # as the user named it, in every sentence
         if precision not in PRECISIONS:
             raise EncoderError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
-
-        folder, resolved = resolve_model(model_id, revision)
-        try:
-            config = AutoConfig.from_pretrained(folder)
-        except (OSError, ValueError) as error:
-            raise EncoderError(f"--model {model_id}: not a transformers model folder ({first_line(error)}).") from None
-        paired = hasattr(config, "text_config") and hasattr(config, "vision_config")
-        try:
-            model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-        except (OSError, ValueError, KeyError) as error:
-            raise EncoderError(f"--model {model_id}: could not be loaded ({first_line(error)}).") from None
-        if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
-            raise EncoderError(
-                f"--model {model_id}: {type(model).__name__} cannot embed both text and images; "
-                "pass a CLIP-family checkpoint such as CLIP, SigLIP or SigLIP 2."
-            )
-        if not paired and getattr(model, "main_input_name", None) != "pixel_values":
-            raise EncoderError(
-                f"--model {model_id}: a '{config.model_type}' model does not take images; pass a CLIP-family "
-                "checkpoint (CLIP, SigLIP: text and image search) or an image model such as DINOv2, ViT or ResNet "
-                "(image search only)."
-            )
-        try:
-            # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
-            # must come from identical pixels whichever host runs the code.
-            image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
-        except (OSError, ValueError, KeyError) as error:
-            raise EncoderError(f"--model {model_id}: it has no usable image processor (preprocessor_config.json: "
-                               f"{first_line(error)}); save the model's image processor beside it.") from None
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
-        except (ImportError, OSError, ValueError, KeyError, AttributeError, TypeError) as error:
-            raise EncoderError(_tokenizer_problem(model_id, folder, error)) from None
+        if not folder.is_dir():
+            raise EncoderError(f"--model {name}: no such folder. Pass an existing model folder (a Hub model's files "
+                               "are fetched first: clipsearch.hub.models.load_encoder).")
+        config, model, paired = _model(folder, name)
+        image_processor, tokenizer = _processors(folder, name, paired)
         torch_device = device if isinstance(device, torch.device) else pick_device(device)
         if torch_device.type != "cpu" and precision in ("bf16", "int8"):
             raise EncoderError(f"precision {precision}: the fast paths are for CPU inference; on {torch_device.type} "
                                "the encoder uses bf16 autocast (use precision auto or fp32).")
         model.eval().to(torch_device)
-        image_size = _image_size(image_processor, config)
-        pooling, vision_dim = ("projection", 0) if paired else _vision_head(model, image_processor, image_size)
-        info = ModelInfo(
-            model_id=model_id if resolved else str(folder),
-            revision=resolved,
-            architecture=type(model).__name__,
-            model_type=config.model_type,
-            dim=_projection_dim(config) if paired else vision_dim,
-            image_size=image_size,
-            text_max_length=_text_max_length(tokenizer, config) if paired else 0,
-            preprocess=_jsonable(image_processor.to_dict()),
-            has_text=paired,
-            pooling=pooling,
-        )
+        info = _model_info(name if revision else str(folder), revision, config, model, image_processor, tokenizer)
         encoder = cls(model, image_processor, tokenizer, info, torch_device,
-                      "bf16-autocast" if torch_device.type == "cuda" else "fp32")
+                      "bf16-autocast" if torch_device.type == "cuda" else "fp32",
+                      lambda: AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval())
         if torch_device.type == "cpu" and precision != "fp32":
-            use_fast_path(encoder, precision, min_cosine, lambda: AutoModel.from_pretrained(
-                folder, use_safetensors=True, trust_remote_code=False).eval(), batch)
+            encoder.use_precision(choose_precision(encoder, precision, min_cosine, batch))
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
         return encoder
+
+    def use_precision(self, precision: str) -> None:
+        """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path is
+        reloaded in fp32 first: each fast path is converted from the fp32 weights."""
+        if precision == self.precision:
+            return
+        if self.precision != "fp32":
+            self.model, self.precision, self._input_dtype = self._reload_fp32(), "fp32", torch.float32
+        if precision != "fp32":
+            self.precision = precision  # before converting: a conversion that fails half-way is reloaded next time
+            self._input_dtype = convert(self.model, precision)
 
     # --- images -------------------------------------------------------------------------------------------------
     def preprocess(self, images: list[Image.Image]) -> dict[str, torch.Tensor]:
@@ -375,6 +173,70 @@ class Encoder:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def _model(folder: Path, name: str):
+    """(config, model, paired) of a model folder: paired text and image towers, or an image-only backbone."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise EncoderError(f"--model {name}: not a transformers model folder ({first_line(error)}).") from None
+    paired = hasattr(config, "text_config") and hasattr(config, "vision_config")
+    try:
+        model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as error:
+        raise EncoderError(f"--model {name}: could not be loaded ({first_line(error)}).") from None
+    if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise EncoderError(
+            f"--model {name}: {type(model).__name__} cannot embed both text and images; "
+            "pass a CLIP-family checkpoint such as CLIP, SigLIP or SigLIP 2."
+        )
+    if not paired and getattr(model, "main_input_name", None) != "pixel_values":
+        raise EncoderError(
+            f"--model {name}: a '{config.model_type}' model does not take images; pass a CLIP-family "
+            "checkpoint (CLIP, SigLIP: text and image search) or an image model such as DINOv2, ViT or ResNet "
+            "(image search only)."
+        )
+    return config, model, paired
+
+
+def _processors(folder: Path, name: str, paired: bool):
+    """(image processor, tokenizer or None) of a model folder."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    try:
+        # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
+        # must come from identical pixels whichever host runs the code.
+        image_processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    except (OSError, ValueError, KeyError) as error:
+        raise EncoderError(f"--model {name}: it has no usable image processor (preprocessor_config.json: "
+                           f"{first_line(error)}); save the model's image processor beside it.") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
+    except (ImportError, OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+        raise EncoderError(_tokenizer_problem(name, folder, error)) from None
+    return image_processor, tokenizer
+
+
+def _model_info(model_id: str, revision: str | None, config, model, image_processor, tokenizer) -> ModelInfo:
+    """What identifies the loaded encoder: the manifest records it, the app loads it again by it."""
+    paired = tokenizer is not None  # _processors loads a tokenizer exactly for paired models
+    image_size = _image_size(image_processor, config)
+    pooling, vision_dim = ("projection", 0) if paired else _vision_head(model, image_processor, image_size)
+    return ModelInfo(
+        model_id=model_id,
+        revision=revision,
+        architecture=type(model).__name__,
+        model_type=config.model_type,
+        dim=_projection_dim(config) if paired else vision_dim,
+        image_size=image_size,
+        text_max_length=_text_max_length(tokenizer, config) if paired else 0,
+        preprocess=_jsonable(image_processor.to_dict()),
+        has_text=paired,
+        pooling=pooling,
+    )
 
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")

@@ -1,29 +1,28 @@
-"""Reading errors from other libraries: the one line worth showing, and whether the Hub was simply out of reach."""
+"""The error types of the search core, each message a sentence for the person who can act on it, and first_line."""
 
 from __future__ import annotations
+
+
+class ArtifactError(ValueError):
+    """Artifacts that must not be served; the message says what is wrong and what to do."""
+
+
+class EncoderError(ValueError):
+    """A model that cannot serve as an encoder; the message names the setting that fixes it."""
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message is a sentence meant for the person who supplied it."""
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered (bad text, k, filter...); the message is a sentence for its sender."""
+
+
+class ThumbnailUnavailable(LookupError):
+    """A thumbnail that cannot be served now (its pack failed its check, or is not local and cannot be fetched)."""
 
 
 def first_line(error: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an error's message (the class name when it has none), cut to `limit`."""
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
-
-
-def hub_unreachable(error: BaseException) -> bool:
-    """True for 'the Hub cannot be reached now' (no network, offline mode, a dropped connection, a 5xx or 429), as
-    opposed to an answer saying that what was asked for does not exist or is refused."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(error, (RepositoryNotFoundError, RevisionNotFoundError, GatedRepoError)):
-        return False
-    if isinstance(error, HfHubHTTPError):
-        status = getattr(getattr(error, "response", None), "status_code", None)
-        return status is None or status >= 500 or status == 429
-    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError)) or \
-        type(error).__module__.startswith(("httpx", "httpcore", "requests", "urllib3"))

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from .manifest import EMBEDDINGS, INDEX, METADATA, ArtifactError, IndexInfo, Manifest, verify_files
+from .errors import ArtifactError, QueryError, ThumbnailUnavailable
+from .manifest import EMBEDDINGS, INDEX, METADATA, IndexInfo, Manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ class Row:
     captions: list[str]
     categories: list[str]
     url: str
-
-
-class ThumbnailUnavailable(LookupError):
-    """A thumbnail that cannot be served now (its pack failed its check, or is not local and cannot be fetched)."""
 
 
 LOCAL, REMOTE, MISSING, REFUSED = "local", "remote", "missing", "refused"
@@ -196,10 +193,6 @@ def index_vectors(index: faiss.Index) -> np.ndarray | None:
     return view
 
 
-class QueryError(ValueError):
-    """A query that cannot be answered (bad text, k, filter...); the message is a sentence for its sender."""
-
-
 class Gallery:
     """Everything needed to answer a query except the encoder."""
 
@@ -319,7 +312,7 @@ class Gallery:
             return int(self._id_order[where])
         return None
 
-    def search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k rows nearest to one query vector (cosine, best first; fewer when fewer exist), among the rows where
         the boolean mask `allowed` is true if given: (scores, rows), both 1-D."""
         faiss.omp_set_num_threads(1)  # per calling thread: one query cannot use a team, and teams slow the model's

@@ -12,6 +12,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 # A decompression bomb is refused by *our* check before any pixel is decoded; PIL's own guard only warns
 # below 2x its limit, so we turn it off and enforce one clear rule ourselves.
 Image.MAX_IMAGE_PIXELS = None
@@ -26,10 +28,6 @@ _big_decodes = threading.BoundedSemaphore(2)
 # 64 MB pixel blocks are mmapped and go back to the system when freed; PIL's 16 MB default stayed in malloc arenas
 # (docs/decisions/0020-bounded-big-decodes.md).
 Image.core.set_block_size(max(Image.core.get_block_size(), 64 * 2**20))
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; the message is a sentence meant for the person who supplied it."""
 
 
 def open_image(

@@ -1,4 +1,4 @@
-"""The artifact format: file names, the typed manifest (format_version) and sha256 verification."""
+"""The artifact format: file names, where builds are published, the typed manifest and sha256 verification."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ArtifactError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX = "index.faiss"
 EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.parquet"
 THUMBS_PATTERN = "thumbs-{:05d}.bin"
+# Where builds are published: the project's Hub dataset repo (the builder's --push default, the app's INDEX_REPO
+# default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
+DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
+TAG_PREFIX = "build-"
 _STAMPS_LOCK = threading.Lock()  # verified.json is shared by the start-up and the background pack fetcher
-
-
-class ArtifactError(ValueError):
-    """Artifacts that must not be served; the message says what is wrong and what to do."""
 
 
 @dataclass

@@ -1,5 +1,8 @@
-"""The encoder's CPU fast paths: int8 (torch's dynamic quantised Linear) or bf16 weights, each kept only if its
-vectors agree with fp32 on a calibration batch; the host's CPU features pick the order they are tried in."""
+"""The encoder's CPU fast paths (int8, bf16): which one to compute in, decided by calibration against fp32.
+
+int8 is torch's dynamic quantised Linear, bf16 plain bf16 weights; each is kept only if its vectors agree with fp32
+on a calibration batch, and the host's CPU features pick the order they are tried in. choose_precision decides;
+the encoder applies the decision (Encoder.use_precision, which converts its model with convert)."""
 
 from __future__ import annotations
 
@@ -32,26 +35,25 @@ CALIBRATION_TEXTS = (
 )
 
 
-def use_fast_path(encoder, precision: str, min_cosine: float, reload_fp32, batch: int | None = None) -> None:
-    """Switch an fp32 CPU encoder to bf16 or int8 if its vectors stay within `min_cosine` of fp32 (worst row of the
-    calibration batch); otherwise it ends in fp32 (reloaded with `reload_fp32()` if a candidate changed it). Given a
-    `batch` on an AMX host, auto times every candidate that passes on passes of `batch` images (1: a text and an
-    image query) and keeps the fastest (see auto_precisions); without one, the first that passes is kept."""
-    candidates = [precision] if precision != "auto" else auto_precisions()
-    race = precision == "auto" and batch is not None and "amx_bf16" in cpu_flags()
+def choose_precision(encoder, requested: str, min_cosine: float, batch: int | None = None) -> str:
+    """The precision an fp32 CPU encoder should compute in: the first fast path (for "auto", in auto_precisions'
+    order) whose vectors stay within `min_cosine` of fp32 (worst row of the calibration batch), else "fp32". Given
+    a `batch` on an AMX host, auto times every candidate that passes on passes of `batch` images (1: a text and an
+    image query) and returns the fastest. Each candidate is tried on the encoder itself (encoder.use_precision), so
+    the caller then applies the one returned."""
+    candidates = [requested] if requested != "auto" else auto_precisions()
+    race = requested == "auto" and batch is not None and "amx_bf16" in cpu_flags()
     texts = list(CALIBRATION_TEXTS) if encoder.info.has_text else []
     images = calibration_images(encoder.info.image_size)
     reference = encoder.encode_texts(texts) if texts else None, encoder.encode_images(images)
     passed: list[tuple[float, str, float]] = []  # (seconds per query, candidate, cosine)
     for candidate in candidates:
-        if encoder.precision != "fp32":  # a previous candidate failed or was timed: start again from fp32 weights
-            encoder.model, encoder.precision, encoder._input_dtype = reload_fp32(), "fp32", torch.float32
-        cosine = _switch(encoder, candidate, texts, images, reference)
+        cosine = _calibrate(encoder, candidate, texts, images, reference)
         if cosine is not None and cosine >= min_cosine:
             if not race:
                 log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
                 _release_freed_memory()  # what the calibration passes allocated
-                return
+                return candidate
             passed.append((pass_seconds(encoder, texts[:1], images, batch), candidate, cosine))
             log.info("candidate %s: calibration cosine to fp32 %.5f, %.1f ms a pass of %d", candidate, cosine,
                      passed[-1][0] * 1000, batch)
@@ -60,22 +62,18 @@ def use_fast_path(encoder, precision: str, min_cosine: float, reload_fp32, batch
                         min_cosine)
     if passed:
         seconds, best, cosine = min(passed)
-        if encoder.precision != best:
-            encoder.model, encoder.precision, encoder._input_dtype = reload_fp32(), "fp32", torch.float32
-            encoder._input_dtype, encoder.precision = convert(encoder.model, best), best
         log.info("precision %s: calibration cosine to fp32 %.5f, the fastest here (%s)", best, cosine,
                  ", ".join(f"{name} {s * 1000:.1f} ms" for s, name, _ in sorted(passed)))
         _release_freed_memory()
-        return
-    log.warning("no fast path kept (asked for %s); serving in fp32", precision)
-    if encoder.precision != "fp32":
-        encoder.model, encoder.precision, encoder._input_dtype = reload_fp32(), "fp32", torch.float32
+        return best
+    log.warning("no fast path kept (asked for %s); serving in fp32", requested)
+    return "fp32"
 
 
-def _switch(encoder, candidate: str, texts: list[str], images: list, reference) -> float | None:
-    """Convert the fp32 encoder to `candidate`; its worst calibration cosine to fp32, None where it cannot run."""
+def _calibrate(encoder, candidate: str, texts: list[str], images: list, reference) -> float | None:
+    """Switch the encoder to `candidate`; its worst calibration cosine to fp32, None where it cannot run."""
     try:
-        encoder._input_dtype, encoder.precision = convert(encoder.model, candidate), candidate
+        encoder.use_precision(candidate)
         cosine = float(np.min(np.sum(reference[1] * encoder.encode_images(images), axis=1)))
         if texts:
             cosine = min(cosine, float(np.min(np.sum(reference[0] * encoder.encode_texts(texts), axis=1))))
@@ -191,7 +189,7 @@ def auto_precisions() -> list[str]:
     with AVX512-BF16 (no AMX), ViT-B/32, one query: int8 beats bf16 on both towers (text ~16 vs ~23 ms, image ~67
     vs ~118 ms on one busy core; fp32 58 / 201), so int8 is tried first there."""
     if "amx_bf16" in cpu_flags():  # AMX: the faster depends on the model (CLIP B/32 int8, SigLIP B/16 image bf16;
-        return ["bf16", "int8"]  # benchmarks/results/frontier.md), so use_fast_path times both and keeps the faster
+        return ["bf16", "int8"]  # benchmarks/results/frontier.md), so choose_precision times both and keeps the faster
     return ["int8", "bf16"] if cpu_has_bf16() else ["int8"]
 
 

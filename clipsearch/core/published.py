@@ -1,5 +1,4 @@
-"""Published COCO retrieval figures (Karpathy 5k test split) for the models we document, and the rule comparing a
-build's recall with them."""
+"""Published COCO retrieval figures (Karpathy 5k test split) of the models we document; how a build compares."""
 
 from __future__ import annotations
 

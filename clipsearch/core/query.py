@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .gallery import QueryError
+from .errors import QueryError
 
 MAX_K = 50
 MAX_DEPTH = 1000  # paging stops here: nobody reads result 1001, and deeper searches only cost time

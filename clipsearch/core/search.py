@@ -13,7 +13,8 @@ from PIL import Image
 
 from .batcher import ModelThread
 from .encoder import Encoder
-from .gallery import Gallery, QueryError
+from .errors import QueryError
+from .gallery import Gallery
 from .images import open_image
 from .query import Plan, Query, check_weights, clean_text
 from .ranking import collapse, mmr
@@ -67,17 +68,18 @@ class Searcher:
     def has_text(self) -> bool:
         return self.encoder.info.has_text
 
-    def require_text(self) -> None:
-        """Image-only indexes (DINOv2, ViT, ResNet, ...) have no text side: a sentence instead of a search."""
+    def text_query(self, text) -> str:
+        """A text query checked for this index and cleaned (see clean_text). Image-only indexes (DINOv2, ViT,
+        ResNet, ...) have no text side: they answer with a sentence whatever was typed. Every text comes here."""
         if not self.has_text:
             raise QueryError(f"This index was built with an image-only model ({self.encoder.info.model_id}), which "
                              "cannot read text: search with a picture instead (Image → Image, or the /search_image "
                              "endpoint).")
+        return clean_text(text)
 
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
-        self.require_text()  # before the text: an image-only index answers that sentence whatever was typed
-        query, plan = clean_text(text), Plan.checked(k)
-        return self.search(self.text_vector(query), plan, query_text=query)
+        query = self.text_query(text)
+        return self.search(self.text_vector(query), Plan.checked(k), query_text=query)
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         plan = Plan.checked(k)
@@ -98,7 +100,7 @@ class Searcher:
         want = (plan.page + 1) * plan.k
         depth = min(len(gallery), want * 4 if plan.collapse or plan.diversity else want)
         while True:
-            scores, rows = gallery.search(vector, depth, allowed)
+            scores, rows = gallery.nearest(vector, depth, allowed)
             found = [(float(s), int(r)) for s, r in zip(scores, rows)]
             if plan.min_score is not None:
                 found = [(s, r) for s, r in found if s >= plan.min_score]
@@ -113,9 +115,8 @@ class Searcher:
 
     # --- query vectors --------------------------------------------------------------------------------------------
     def text_vector(self, query: str) -> np.ndarray:
-        """A cleaned text query as a unit vector: recent queries from a cache, the rest micro-batched with other
-        visitors' queries on the model thread."""
-        self.require_text()
+        """A text query from text_query as a unit vector: recent queries from a cache, the rest micro-batched with
+        other visitors' queries on the model thread."""
         with self._text_lock:
             vector = self._text_vectors.get(query)
             if vector is not None:
@@ -140,7 +141,7 @@ class Searcher:
 
     def compose(self, query: Query) -> tuple[np.ndarray, str | None]:
         """The query vector (unit length) of a composed query and the text used for choosing each hit's caption."""
-        text = clean_text(query.text) if query.text and query.text.strip() else None
+        text = self.text_query(query.text) if query.text and query.text.strip() else None
         images = [image for image in query.images if image is not None]
         if not text and not images:
             raise QueryError("Please type a description or add an example image.")
@@ -153,7 +154,7 @@ class Searcher:
             parts.append((1.0 - float(query.image_weight) if images else 1.0, self.text_vector(text)))
         vector = sum(weight * part for weight, part in parts)
         if query.negative and query.negative.strip():
-            vector = vector - float(query.negative_weight) * self.text_vector(clean_text(query.negative))
+            vector = vector - float(query.negative_weight) * self.text_vector(self.text_query(query.negative))
         if not np.linalg.norm(vector) > 1e-6:
             raise QueryError("The weights cancel the query out; give the text or the images more weight.")
         return _unit(vector), text

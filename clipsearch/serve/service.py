@@ -11,11 +11,14 @@ from pathlib import Path
 import torch
 
 from ..core.batcher import ModelThread
-from ..core.encoder import Encoder, EncoderError
+from ..core.encoder import Encoder
+from ..core.errors import EncoderError
 from ..core.gallery import Gallery
+from ..core.manifest import DEFAULT_INDEX_REPO
 from ..core.precision import PRECISIONS
 from ..core.search import Searcher
-from .hub import DEFAULT_INDEX_REPO, IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
+from ..hub.models import resolve_model
+from .download import IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
 from .starter import build_starter
 
 log = logging.getLogger(__name__)
@@ -96,8 +99,9 @@ def start(settings: Settings) -> Service:
     model_thread.run(torch.set_num_threads, max(1, os.cpu_count() or 1))
     gallery, source = open_index(settings)
     model = gallery.manifest.model
+    folder, revision = resolve_model(model["model_id"], model.get("revision"))  # exactly the manifest's model
     # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
-    encoder = model_thread.run(Encoder.load, model["model_id"], model.get("revision"), device="cpu",
+    encoder = model_thread.run(Encoder.load, folder, revision, device="cpu", model_id=model["model_id"],
                                precision=settings.precision, batch=1)  # auto, on AMX: the faster for one query
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..core.manifest import MANIFEST, ArtifactError, Manifest
-from .hub import DEFAULT_INDEX_REPO, IndexSource
+from .download import DEFAULT_INDEX_REPO, IndexSource
 
 log = logging.getLogger(__name__)
 

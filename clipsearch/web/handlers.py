@@ -8,13 +8,11 @@ from collections import OrderedDict
 
 import gradio as gr
 
-from ..core.gallery import QueryError
-from ..core.images import ImageError
-from ..core.query import Filters, Paging, Plan, Query, check_k, clean_text
+from ..core.errors import ImageError, QueryError
+from ..core.query import Paging, Plan, Query, check_k
 from ..core.search import Hit, Searcher
+from .forms import PageView, Refine
 from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data
-
-PAGED_OUTPUTS = 6  # results, hits, paging state, "More results", and the two feedback lists
 
 
 class DecodedImages:
@@ -47,7 +45,7 @@ class Handlers:
 
     # --- validators for the named API endpoints: a failure is a sentence for the caller --------------------------
     def validate_text(self, text, k):
-        return [_check(lambda: (self.searcher.require_text(), clean_text(text))), _check(lambda: check_k(k))]
+        return [_check(lambda: self.searcher.text_query(text)), _check(lambda: check_k(k))]
 
     def validate_image(self, image, k):
         def usable():
@@ -94,10 +92,10 @@ class Handlers:
         """
         return _outputs(lambda: self.searcher.search_similar(int(image_id), k))
 
-    def search(self, text: str, images: list[str] | None, image_weight: float, negative: str,
-               negative_weight: float, categories: list[str] | None, match_all: bool, splits: list[str] | None,
-               collapse: bool, diversity: float, min_score: float, more_like: list[int] | None,
-               less_like: list[int] | None, k: int, page: int):
+    def search_composed(self, text: str, images: list[str] | None, image_weight: float, negative: str,
+                        negative_weight: float, categories: list[str] | None, match_all: bool,
+                        splits: list[str] | None, collapse: bool, diversity: float, min_score: float,
+                        more_like: list[int] | None, less_like: list[int] | None, k: int, page: int):
         """Composed search over the COCO images, with filters and paging.
 
         Args:
@@ -117,13 +115,11 @@ class Handlers:
             k: results per page, 1 to 50.
             page: 0 for the first page, 1 for the next k results, and so on.
         """
-        query = Query(text=text, images=list(images or []), image_weight=image_weight, negative=negative,
-                      negative_weight=negative_weight)
-
-        def run():
-            plan = _plan(k, page, categories, match_all, splits, collapse, diversity, min_score)
-            return self._first_page(query, plan, more_like, less_like)[0]
-        return _outputs(run)
+        refine = Refine(extras=images, image_weight=image_weight, negative=negative, negative_weight=negative_weight,
+                        categories=categories, match="all" if match_all else "any", splits=splits,
+                        collapse=collapse, diversity=diversity, min_score=min_score)
+        return _outputs(lambda: self._first_page(refine.text_query(text), refine.plan(k, page), more_like,
+                                                 less_like)[0])
 
     def _first_page(self, query: Query, plan: Plan, more_like=None, less_like=None) -> tuple[list[Hit], Paging]:
         vector, text = self.searcher.compose(query)
@@ -136,34 +132,29 @@ class Handlers:
         return self.searcher.search(paging.vector, paging.plan, query_text=paging.text)
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector -----
-    def ui_search(self, text, picture, extra_text, extras, image_weight, negative, negative_weight, categories,
-                  match, splits, collapse, diversity, min_score, k, feedback_is_open, from_image: bool):
-        images = ([picture] if from_image and picture else []) + [f for f in (extras or [])]
-        if from_image and not picture:
+    def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool) -> PageView:
+        return self._ui_search(refine.text_query(text), k, refine, feedback_is_open)
+
+    def ui_picture_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool) -> PageView:
+        if not picture:
             raise gr.Error("Please upload, paste or take a picture first.")
-        query = Query(text=extra_text if from_image else text, images=images, image_weight=image_weight,
-                      negative=negative, negative_weight=negative_weight)
-        try:
-            plan = _plan(k, 0, categories, match == "all", splits, collapse, diversity, min_score)
-            hits, paging = self._first_page(query, plan)
-        except (QueryError, ImageError) as error:
-            raise gr.Error(str(error)) from None
-        return self._page_outputs(hits, paging, feedback_is_open)
+        return self._ui_search(refine.picture_query(picture), k, refine, feedback_is_open)
 
-    def ui_text_search(self, *args):
-        return self.ui_search(*args, from_image=False)
-
-    def ui_picture_search(self, *args):
-        return self.ui_search(*args, from_image=True)
-
-    def ui_image_search(self, *args):
+    def ui_image_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool):
         """The picture changed (dropped, picked, pasted, captured or an example chosen): search at once; a cleared
         picture leaves the results as they are."""
-        if not args[1]:
-            return tuple(gr.skip() for _ in range(PAGED_OUTPUTS))
-        return self.ui_search(*args, from_image=True)
+        if not picture:
+            return gr.skip()
+        return self.ui_picture_search(picture, k, refine, feedback_is_open)
 
-    def ui_next_page(self, paging: Paging | None, feedback_is_open):
+    def _ui_search(self, query: Query, k, refine: Refine, feedback_is_open: bool) -> PageView:
+        try:
+            hits, paging = self._first_page(query, refine.plan(k))
+        except (QueryError, ImageError) as error:
+            raise gr.Error(str(error)) from None
+        return self._page_view(hits, paging, feedback_is_open)
+
+    def ui_next_page(self, paging: Paging | None, feedback_is_open) -> PageView:
         if not paging:
             raise gr.Error("Search first, then ask for more results.")
         try:
@@ -171,9 +162,9 @@ class Handlers:
             hits = self._page(paging)
         except QueryError as error:
             raise gr.Error(str(error)) from None
-        return self._page_outputs(hits, paging, feedback_is_open)
+        return self._page_view(hits, paging, feedback_is_open)
 
-    def ui_feedback(self, paging: Paging | None, liked, disliked):
+    def ui_feedback(self, paging: Paging | None, liked, disliked) -> PageView:
         if not paging:
             raise gr.Error("Search first, then mark results as more or less like what you want.")
         if not liked and not disliked:
@@ -184,10 +175,10 @@ class Handlers:
             hits = self._page(paging)
         except QueryError as error:
             raise gr.Error(str(error)) from None
-        return self._page_outputs(hits, paging, True)
+        return self._page_view(hits, paging, True)
 
     @staticmethod
-    def _page_outputs(hits: list[Hit], paging: Paging, feedback_is_open: bool):
+    def _page_view(hits: list[Hit], paging: Paging, feedback_is_open: bool) -> PageView:
         """Only what a visitor sees changes. The map is not an output: its frame is ~260 KB of JSON (3,000 points)
         that every search used to send and the browser to re-plot, hidden tab or not; the Map tab draws the latest
         results when opened. The feedback lists are filled only while their panel is open (else when it opens)."""
@@ -195,8 +186,8 @@ class Handlers:
         label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
         data = hits_data(hits)
         marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
-        return (gr.update(value=gallery_items(hits), label=label), data, paging,
-                gr.update(visible=len(hits) == paging.plan.k), marks, marks)
+        return PageView(results=gr.update(value=gallery_items(hits), label=label), hits=data, paging=paging,
+                        more=gr.update(visible=len(hits) == paging.plan.k), liked=marks, disliked=marks)
 
     @staticmethod
     def open_feedback(hits_now):
@@ -230,11 +221,6 @@ class Handlers:
             return gr.update(), None, gr.update(visible=False), gr.update()
         hit = hits[event.index]
         return details_markdown(hit), hit["image_id"], gr.update(visible=True), len(hits)
-
-
-def _plan(k, page, categories, match_all, splits, collapse, diversity, min_score) -> Plan:
-    filters = Filters(categories=list(categories or []), match_all=bool(match_all), splits=list(splits or []))
-    return Plan.checked(k, page, filters, collapse, diversity, min_score)
 
 
 def _check(action) -> object:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+
 import gradio as gr
 
 from ..core.query import MAX_K
 from ..serve.service import Service
+from .forms import Form, PageView, Refine
 from .gradio_patches import (
     QueryImage,
     QueryNumber,
@@ -44,145 +48,200 @@ def build_ui(service: Service) -> gr.Blocks:
     # them where they are instead of copying each result (and each example) into its cache: ~4 ms less per search,
     # and only uploads ever land in the cache, which delete_cache below empties of hour-old files.
     gr.set_static_paths([str(service.searcher.gallery.thumbnails.cache_dir)])
-    searcher = service.searcher
-    gallery = searcher.gallery
+    gallery = service.searcher.gallery
     embedding_map = EmbeddingMap(gallery) if gallery.map_xy is not None else None
-    on = Handlers(searcher, embedding_map)
-    manifest = gallery.manifest
-    has_text = searcher.has_text
+    on = Handlers(service.searcher, embedding_map)
+    ui = SimpleNamespace(refine=Form(Refine), page=Form(PageView))  # the components events use, by name
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        if has_text:
-            gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description or by example picture.")
-        else:
-            gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} images by example picture. This index was built with "
-                        f"an image-only model (`{manifest.model['model_id']}`) for visual similarity; it cannot read "
-                        "text, so search by description is off.")
-        if service.source.notice:
-            gr.Markdown(f"⚠️ {service.source.notice}")
-        # "wrap": on a phone the tabs take a second row instead of hiding behind Gradio's "…" overflow menu.
-        with gr.Tabs(selected="text" if has_text else "image", overflow_behavior="wrap", elem_id="modes"):
-            with gr.Tab("Text → Image", id="text", visible=has_text) as text_tab:
-                with gr.Row(equal_height=True):
-                    query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
-                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
-                    text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
-                text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
-                gr.Examples(EXAMPLE_QUERIES, inputs=query, label="Try")
-            with gr.Tab("Image → Image", id="image") as image_tab:
-                with gr.Row():
-                    picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
-                                         label="Your image", height=260)
-                    with gr.Column():
-                        image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
-                        image_button = gr.Button("Find similar images", variant="primary")
-                gr.Examples(_example_images(searcher), inputs=picture, label="Or start from a gallery image")
-            with gr.Tab("Map") as map_tab:
-                if embedding_map is None:
-                    gr.Markdown("This index was built before the embedding map existed; rebuild it to get one.")
-                    map_plot = gr.State(None)
-                else:
-                    gr.Markdown(f"The gallery laid out by similarity ({len(embedding_map.rows):,} sampled images, "
-                                "2-D PCA of the image vectors), coloured by COCO category. Your latest results are "
-                                f"marked {HIGHLIGHT}. Drag across an area to see its images below, then pick one "
-                                "for **More like this**.")
-                    map_plot = gr.ScatterPlot(embedding_map.frame(), x="x", y="y", color="category",
-                                              tooltip=["caption", "image_id", "category"], height=520,
-                                              x_title="first principal component",
-                                              y_title="second principal component", label="Embedding map")
-            with gr.Tab("About") as about_tab:
-                gr.Markdown(about_markdown(service))
-        with gr.Column() as results_area:
-            with gr.Accordion("Refine: combine, exclude, filter" if has_text else "Refine: combine, filter",
-                              open=False):
-                with gr.Row(visible=has_text):
-                    extra_text = gr.Textbox(label="Words to add to a picture search",
-                                            placeholder="e.g. at night", scale=3)
-                    image_weight = gr.Slider(0, 1, value=0.5, step=0.05, scale=2,
-                                             label="Picture vs words (1 = only the pictures)")
-                extras = gr.File(label="More example pictures (averaged with the query)", file_count="multiple",
-                                 file_types=["image"], height=130)
-                with gr.Row(visible=has_text):
-                    negative = gr.Textbox(label="Not like", placeholder="e.g. a dog", scale=3)
-                    negative_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="How strongly", scale=2)
-                with gr.Row(visible=bool(gallery.categories()) or len(gallery.splits()) > 1):  # folders have neither
-                    categories = gr.Dropdown(gallery.categories(), multiselect=True, label="COCO categories",
-                                             scale=3, visible=bool(gallery.categories()))
-                    match = gr.Radio(["any", "all"], value="any", label="Match categories", scale=1,
-                                     visible=bool(gallery.categories()))
-                    splits = gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2,
-                                              visible=len(gallery.splits()) > 1)
-                with gr.Row():
-                    collapse = gr.Checkbox(label="Hide near-duplicate shots", value=False)
-                    diversity = gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)")
-                    min_score = gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)")
-            results = gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
-                                 elem_id="results", show_label=True, interactive=False)
-            next_page = gr.Button("More results", visible=False, size="sm")
-            with gr.Accordion("Not quite? Mark results and refine", open=False) as feedback:
-                with gr.Row():
-                    liked = gr.Dropdown([], multiselect=True, label="More like these", scale=2)
-                    disliked = gr.Dropdown([], multiselect=True, label="Less like these", scale=2)
-                    refine_button = gr.Button("Refine results", scale=1)
-            hits = gr.JSON(visible=False, label="hits")
-            last_query = gr.State(None)
-            feedback_open = gr.State(False)
-            with gr.Group():
-                details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
-                with gr.Row():
-                    more = gr.Button("More like this", visible=False, variant="secondary", size="sm")
-                selected = QueryNumber(visible=False, precision=0, label="image id")
-                similar_k = QueryNumber(visible=False, value=5, precision=0, label="k")
-
-        refine = [extra_text, extras, image_weight, negative, negative_weight, categories, match, splits, collapse,
-                  diversity, min_score]
-        paged = [results, hits, last_query, next_page, liked, disliked]
-        # Progress shows as a small timer on the results alone: Gradio's full tracker (spinner and a pulsing border on
-        # every output) kept the browser drawing frames throughout the search, on the CPU the search needs.
-        ui = dict(api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="ui",
-                  show_progress="minimal", show_progress_on=results)
-        for trigger in (text_button.click, query.submit):
-            trigger(on.ui_text_search, [query, picture, *refine, text_k, feedback_open], paged, **ui)
-        image_button.click(on.ui_picture_search, [query, picture, *refine, image_k, feedback_open], paged, **ui)
-        # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
-        # still waiting for its turn.
-        picture.change(on.ui_image_search, [query, picture, *refine, image_k, feedback_open], paged,
-                       trigger_mode="always_last", **ui)
-        next_page.click(on.ui_next_page, [last_query, feedback_open], paged, **ui)
-        feedback.expand(on.open_feedback, hits, [feedback_open, liked, disliked], api_visibility="private")
-        feedback.collapse(lambda: False, None, feedback_open, api_visibility="private", queue=False)
-        refine_button.click(on.ui_feedback, [last_query, liked, disliked], paged, **ui)
-
-        # Named API endpoints, on hidden triggers so the visible UI can offer more than the contract's inputs.
-        with gr.Row(visible=False):
-            api_text, api_image, api_search = gr.Button(), gr.Button(), gr.Button()
-            api_images = gr.File(file_count="multiple", label="images")
-            api_match_all = gr.Checkbox(label="match_all")
-            api_page = gr.Number(value=0, precision=0, label="page")
-            api_more_like, api_less_like = gr.JSON(label="more_like"), gr.JSON(label="less_like")
-        api_text.click(on.search_text, [query, text_k], [results, hits], validator=on.validate_text,
-                       api_name="search_text", concurrency_limit=CONCURRENCY, concurrency_id="text")
-        api_image.click(on.search_image, [picture, image_k], [results, hits], validator=on.validate_image,
-                        api_name="search_image", concurrency_limit=CONCURRENCY, concurrency_id="image")
-        api_search.click(on.search, [query, api_images, image_weight, negative, negative_weight, categories,
-                                  api_match_all, splits, collapse, diversity, min_score, api_more_like,
-                                  api_less_like, text_k, api_page], [results, hits],
-                         api_name="search", concurrency_limit=CONCURRENCY, concurrency_id="ui")
-        more.click(fn=on.search_similar, inputs=[selected, similar_k], outputs=[results, hits],
-                   validator=on.validate_similar, api_name="search_similar", concurrency_limit=CONCURRENCY,
-                   show_progress="minimal", show_progress_on=results,
-                   ).success(on.similar_paging, [selected, similar_k], [last_query, next_page],
-                            api_visibility="private")
-        # Results belong to the search tabs: the About tab hides them.
-        about_tab.select(lambda: gr.update(visible=False), None, results_area, api_visibility="private", queue=False)
-        if embedding_map is not None:
-            map_plot.select(on.ui_map_region, None, [results, hits], api_visibility="private", show_progress="minimal",
-                            show_progress_on=results)
-            map_tab.select(on.map_frame, hits, map_plot, api_visibility="private")  # the latest results, marked
-        for tab in (text_tab, image_tab, map_tab):
-            tab.select(lambda: gr.update(visible=True), None, results_area, api_visibility="private", queue=False)
-        results.select(on.show_details, inputs=hits, outputs=[details, selected, more, similar_k],
-                       api_visibility="private", queue=False)
+        _search_tabs(ui, service, embedding_map)
+        _results_area(ui, service.searcher)
+        _visible_searches(ui, on)
+        _api_endpoints(ui, on)
+        _selections(ui, on, embedding_map)
     return demo
+
+
+def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> None:
+    searcher, manifest = service.searcher, service.searcher.gallery.manifest
+    if searcher.has_text:
+        gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description or by example picture.")
+    else:
+        gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} images by example picture. This index was built with "
+                    f"an image-only model (`{manifest.model['model_id']}`) for visual similarity; it cannot read "
+                    "text, so search by description is off.")
+    if service.source.notice:
+        gr.Markdown(f"⚠️ {service.source.notice}")
+    # "wrap": on a phone the tabs take a second row instead of hiding behind Gradio's "…" overflow menu.
+    with gr.Tabs(selected="text" if searcher.has_text else "image", overflow_behavior="wrap", elem_id="modes"):
+        with gr.Tab("Text → Image", id="text", visible=searcher.has_text) as ui.text_tab:
+            with gr.Row(equal_height=True):
+                ui.query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
+                                      max_length=1000, autofocus=True, submit_btn=False, min_width=240)
+                ui.text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
+            ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
+            gr.Examples(EXAMPLE_QUERIES, inputs=ui.query, label="Try")
+        with gr.Tab("Image → Image", id="image") as ui.image_tab:
+            with gr.Row():
+                ui.picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
+                                        label="Your image", height=260)
+                with gr.Column():
+                    ui.image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
+                    ui.image_button = gr.Button("Find similar images", variant="primary")
+            gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
+        with gr.Tab("Map") as ui.map_tab:
+            if embedding_map is None:
+                gr.Markdown("This index was built before the embedding map existed; rebuild it to get one.")
+                ui.map_plot = gr.State(None)
+            else:
+                gr.Markdown(f"The gallery laid out by similarity ({len(embedding_map.rows):,} sampled images, 2-D "
+                            "PCA of the image vectors), coloured by COCO category. Your latest results are marked "
+                            f"{HIGHLIGHT}. Drag across an area to see its images below, then pick one for **More "
+                            "like this**.")
+                ui.map_plot = gr.ScatterPlot(embedding_map.frame(), x="x", y="y", color="category",
+                                             tooltip=["caption", "image_id", "category"], height=520,
+                                             x_title="first principal component",
+                                             y_title="second principal component", label="Embedding map")
+        with gr.Tab("About") as ui.about_tab:
+            gr.Markdown(about_markdown(service))
+
+
+def _results_area(ui, searcher) -> None:
+    """The refine panel (each option registered under its Refine field), the results (each output a PageView
+    field), the feedback lists and the details of a selected result."""
+    refine, page, gallery = ui.refine, ui.page, searcher.gallery
+    with gr.Column() as ui.results_area:
+        with gr.Accordion("Refine: combine, exclude, filter" if searcher.has_text else "Refine: combine, filter",
+                          open=False):
+            with gr.Row(visible=searcher.has_text):
+                refine("extra_text", gr.Textbox(label="Words to add to a picture search", placeholder="e.g. at night",
+                                                scale=3))
+                refine("image_weight", gr.Slider(0, 1, value=0.5, step=0.05, scale=2,
+                                                 label="Picture vs words (1 = only the pictures)"))
+            refine("extras", gr.File(label="More example pictures (averaged with the query)", file_count="multiple",
+                                     file_types=["image"], height=130))
+            with gr.Row(visible=searcher.has_text):
+                refine("negative", gr.Textbox(label="Not like", placeholder="e.g. a dog", scale=3))
+                refine("negative_weight", gr.Slider(0, 1, value=0.5, step=0.05, label="How strongly", scale=2))
+            with gr.Row(visible=bool(gallery.categories()) or len(gallery.splits()) > 1):  # folders have neither
+                refine("categories", gr.Dropdown(gallery.categories(), multiselect=True, label="COCO categories",
+                                                 scale=3, visible=bool(gallery.categories())))
+                refine("match", gr.Radio(["any", "all"], value="any", label="Match categories", scale=1,
+                                         visible=bool(gallery.categories())))
+                refine("splits", gr.CheckboxGroup(gallery.splits(), label="Splits", scale=2,
+                                                  visible=len(gallery.splits()) > 1))
+            with gr.Row():
+                refine("collapse", gr.Checkbox(label="Hide near-duplicate shots", value=False))
+                refine("diversity", gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)"))
+                refine("min_score", gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)"))
+        page("results", gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
+                                   elem_id="results", show_label=True, interactive=False))
+        page("more", gr.Button("More results", visible=False, size="sm"))
+        with gr.Accordion("Not quite? Mark results and refine", open=False) as ui.feedback:
+            with gr.Row():
+                page("liked", gr.Dropdown([], multiselect=True, label="More like these", scale=2))
+                page("disliked", gr.Dropdown([], multiselect=True, label="Less like these", scale=2))
+                ui.refine_button = gr.Button("Refine results", scale=1)
+        page("hits", gr.JSON(visible=False, label="hits"))
+        page("paging", gr.State(None))
+        ui.feedback_open = gr.State(False)
+        with gr.Group():
+            ui.details = gr.Markdown("Select a result to see its captions and categories.", elem_id="details")
+            with gr.Row():
+                ui.more_like_this = gr.Button("More like this", visible=False, variant="secondary", size="sm")
+            ui.selected = QueryNumber(visible=False, precision=0, label="image id")
+            ui.similar_k = QueryNumber(visible=False, value=5, precision=0, label="k")
+
+
+def _visible_searches(ui, on: Handlers) -> None:
+    """The Text and Image tabs' searches, paging and feedback: a page of results (PageView) out, by name."""
+    refine, page = ui.refine, ui.page
+    # Progress shows as a small timer on the results alone: Gradio's full tracker (spinner and a pulsing border on
+    # every output) kept the browser drawing frames throughout the search, on the CPU the search needs.
+    paged = dict(outputs=page.components, api_visibility="private", concurrency_limit=CONCURRENCY,
+                 concurrency_id="ui", show_progress="minimal", show_progress_on=page["results"])
+
+    def search(handler, field, k):
+        """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set)."""
+        def event(values: dict):
+            return page.write(handler(values[field], values[k], refine.read(values), values[ui.feedback_open]))
+        event.__name__ = handler.__name__  # Gradio names the (private) endpoint after the function
+        return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components}, **paged)
+
+    def to_page(handler):
+        """A handler's PageView as updates keyed by component."""
+        def event(*values):
+            return page.write(handler(*values))
+        event.__name__ = handler.__name__
+        return event
+
+    for trigger in (ui.text_button.click, ui.query.submit):
+        trigger(**search(on.ui_text_search, ui.query, ui.text_k))
+    ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
+    # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
+    # still waiting for its turn.
+    ui.picture.change(**search(on.ui_image_search, ui.picture, ui.image_k), trigger_mode="always_last")
+    page["more"].click(to_page(on.ui_next_page), [page["paging"], ui.feedback_open], **paged)
+    ui.feedback.expand(on.open_feedback, page["hits"], [ui.feedback_open, page["liked"], page["disliked"]],
+                       api_visibility="private")
+    ui.feedback.collapse(lambda: False, None, ui.feedback_open, api_visibility="private", queue=False)
+    ui.refine_button.click(to_page(on.ui_feedback), [page["paging"], page["liked"], page["disliked"]], **paged)
+
+
+def _api_endpoints(ui, on: Handlers) -> None:
+    """Named API endpoints (the contract), on hidden triggers so the visible UI can offer more than their inputs."""
+    refine, results = ui.refine, [ui.page["results"], ui.page["hits"]]
+    with gr.Row(visible=False):
+        api_text, api_image, api_search = gr.Button(), gr.Button(), gr.Button()
+        api_images = gr.File(file_count="multiple", label="images")
+        api_match_all = gr.Checkbox(label="match_all")
+        api_page = gr.Number(value=0, precision=0, label="page")
+        api_more_like, api_less_like = gr.JSON(label="more_like"), gr.JSON(label="less_like")
+    api_text.click(**_endpoint(on.search_text, "search_text"), inputs=[ui.query, ui.text_k], outputs=results,
+                   validator=on.validate_text, concurrency_limit=CONCURRENCY, concurrency_id="text")
+    api_image.click(**_endpoint(on.search_image, "search_image"), inputs=[ui.picture, ui.image_k], outputs=results,
+                    validator=on.validate_image, concurrency_limit=CONCURRENCY, concurrency_id="image")
+    # By parameter name; the order is the endpoint's documented one, which positional API calls follow.
+    composed = dict(text=ui.query, images=api_images, image_weight=refine["image_weight"], negative=refine["negative"],
+                    negative_weight=refine["negative_weight"], categories=refine["categories"],
+                    match_all=api_match_all, splits=refine["splits"], collapse=refine["collapse"],
+                    diversity=refine["diversity"], min_score=refine["min_score"], more_like=api_more_like,
+                    less_like=api_less_like, k=ui.text_k, page=api_page)
+    api_search.click(**_endpoint(on.search_composed, "search"), inputs_kwargs=composed, outputs=results,
+                     concurrency_limit=CONCURRENCY, concurrency_id="ui")
+    ui.more_like_this.click(
+        **_endpoint(on.search_similar, "search_similar"), inputs=[ui.selected, ui.similar_k], outputs=results,
+        validator=on.validate_similar, concurrency_limit=CONCURRENCY, show_progress="minimal",
+        show_progress_on=ui.page["results"],
+    ).success(on.similar_paging, [ui.selected, ui.similar_k], [ui.page["paging"], ui.page["more"]],
+              api_visibility="private")
+
+
+def _endpoint(handler, api_name: str) -> dict:
+    """A named endpoint's function, named as the endpoint: Gradio names the endpoint's MCP tool after its function,
+    and the tools' names are the API's (search_text, search_image, search_similar, search). Its signature and
+    docstring stay the handler's: they are the endpoint's documented parameters."""
+    @functools.wraps(handler)
+    def endpoint(*args, **kwargs):
+        return handler(*args, **kwargs)
+
+    endpoint.__name__ = endpoint.__qualname__ = api_name
+    return dict(fn=endpoint, api_name=api_name)
+
+
+def _selections(ui, on: Handlers, embedding_map: EmbeddingMap | None) -> None:
+    """Tabs showing or hiding the results, the map's brushed region, and a selected result's details."""
+    results, hits = ui.page["results"], ui.page["hits"]
+    # Results belong to the search tabs: the About tab hides them.
+    ui.about_tab.select(lambda: gr.update(visible=False), None, ui.results_area, api_visibility="private",
+                        queue=False)
+    if embedding_map is not None:
+        ui.map_plot.select(on.ui_map_region, None, [results, hits], api_visibility="private",
+                           show_progress="minimal", show_progress_on=results)
+        ui.map_tab.select(on.map_frame, hits, ui.map_plot, api_visibility="private")  # the latest results, marked
+    for tab in (ui.text_tab, ui.image_tab, ui.map_tab):
+        tab.select(lambda: gr.update(visible=True), None, ui.results_area, api_visibility="private", queue=False)
+    results.select(on.show_details, inputs=hits, outputs=[ui.details, ui.selected, ui.more_like_this, ui.similar_k],
+                   api_visibility="private", queue=False)
 
 
 def _example_images(searcher, count: int = 6) -> list[str]:

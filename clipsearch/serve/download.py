@@ -20,12 +20,12 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
-from ..core.errors import first_line, hub_unreachable
-from ..core.gallery import Gallery, ThumbnailStore, ThumbnailUnavailable, holds_vectors
+from ..core.errors import ArtifactError, ThumbnailUnavailable, first_line
+from ..core.gallery import Gallery, ThumbnailStore, holds_vectors
 from ..core.manifest import (
     EMBEDDINGS,
     MANIFEST,
-    ArtifactError,
+    TAG_PREFIX,
     FileEntry,
     Manifest,
     is_verified,
@@ -33,11 +33,10 @@ from ..core.manifest import (
     sha256_file,
     verify_files,
 )
+from ..hub.errors import hub_unreachable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
-TAG_PREFIX = "build-"
 # A lazy download fetches everything before serving anyway when all that is missing totals at most this: deferring
 # only pays for big thumbnail packs (COCO: ~2 GB), and a small set is then complete and verified from the start.
 EAGER_BYTES = 64 * 2**20
