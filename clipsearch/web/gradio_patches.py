@@ -197,8 +197,8 @@ class ThumbnailFiles:
     streams it from a worker thread and sends no Cache-Control, so a browser asks again for thumbnails it already
     has. These URLs are content-addressed: the folder is named by the hash of the build's manifest (which pins every
     thumbnail pack's sha256; see clipsearch.serve.download) and the file by its row, so the bytes behind a URL never
-    change and may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by range
-    request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
+    change and may be cached for a year, immutable. Only thumbnails from a verified pack are marked so; one read by
+    range request from a pack still downloading (a cold start) is served `no-cache` until its pack is checked. Exactly
     the names ThumbnailStore writes in its own folder are answered here; every other path goes to Gradio. (Gradio's
     login check is not applied to these files: this app launches without auth; thumbnails are public anyway.)"""
 
