@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..core.manifest import MANIFEST, ArtifactError, Manifest
-from .download import DEFAULT_INDEX_REPO, IndexSource
+from ..core.errors import ArtifactError
+from ..core.manifest import DEFAULT_INDEX_REPO, MANIFEST, Manifest
+from .download import IndexSource
 
 log = logging.getLogger(__name__)
 
