@@ -36,12 +36,17 @@ class Query:
     negative: str | None = None
     negative_weight: float = 0.5
 
+    def plain_text(self) -> bool:
+        """A description alone: the only query whose hits the build's calibration speaks for."""
+        return bool(self.text and self.text.strip()) and not self.images and not (self.negative or "").strip()
+
 
 @dataclass(frozen=True)
 class Plan:
     """Which hits to return for a query vector: page `page` (0-based) of k, among the filtered rows, optionally
-    without near-duplicates (collapse), re-ranked for variety (diversity 0..1) or cut at a minimum cosine.
-    Build it with Plan.checked, which validates every field with a sentence for the caller."""
+    without near-duplicates (collapse), re-ranked for variety (diversity 0..1), cut at a minimum cosine or at a
+    minimum confidence (hits that carry one). Build it with Plan.checked, which validates every field with a
+    sentence for the caller."""
 
     k: int = 5
     page: int = 0
@@ -49,15 +54,19 @@ class Plan:
     collapse: bool = False
     diversity: float = 0.0
     min_score: float | None = None
+    min_confidence: float | None = None
 
     @classmethod
     def checked(cls, k, page=0, filters: Filters | None = None, collapse=False, diversity=0.0,
-                min_score=None) -> Plan:
+                min_score=None, min_confidence=None) -> Plan:
         k = check_k(k)
         if not 0.0 <= float(diversity or 0.0) <= 1.0:
             raise QueryError("diversity must be between 0 (off) and 1.")
+        if not 0.0 <= float(min_confidence or 0.0) <= 1.0:
+            raise QueryError("min_confidence must be between 0 (off) and 1.")
         return cls(k=k, page=check_page(page, k), filters=filters or Filters(), collapse=bool(collapse),
-                   diversity=float(diversity or 0.0), min_score=float(min_score) if min_score else None)
+                   diversity=float(diversity or 0.0), min_score=float(min_score) if min_score else None,
+                   min_confidence=float(min_confidence) if min_confidence else None)
 
     def next_page(self) -> Plan:
         return dataclasses.replace(self, page=check_page(self.page + 1, self.k))
@@ -69,11 +78,13 @@ class Plan:
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashable by identity (Gradio hashes state values), arrays are not
 class Paging:
-    """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan."""
+    """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan,
+    and whether its hits get a calibrated confidence (a plain text query)."""
 
     vector: np.ndarray
     text: str | None
     plan: Plan
+    calibrated: bool = False
 
 
 def clean_text(text) -> str:

@@ -133,6 +133,9 @@ def _results_area(ui, searcher) -> None:
                 refine("collapse", gr.Checkbox(label="Hide near-duplicate shots", value=False))
                 refine("diversity", gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)"))
                 refine("min_score", gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)"))
+                # only a build with captions has a calibration, and only descriptions get a confidence
+                refine("min_confidence", gr.Slider(0, 1, value=0, step=0.05, label="Minimum confidence (0 = off)",
+                                                   visible=gallery.manifest.calibration is not None))
         page("results", gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
                                    elem_id="results", show_label=True, interactive=False))
         page("more", gr.Button("More results", visible=False, size="sm"))
@@ -205,7 +208,7 @@ def _api_endpoints(ui, on: Handlers) -> None:
                     negative_weight=refine["negative_weight"], categories=refine["categories"],
                     match_all=api_match_all, splits=refine["splits"], collapse=refine["collapse"],
                     diversity=refine["diversity"], min_score=refine["min_score"], more_like=api_more_like,
-                    less_like=api_less_like, k=ui.text_k, page=api_page)
+                    less_like=api_less_like, k=ui.text_k, page=api_page, min_confidence=refine["min_confidence"])
     api_search.click(**_endpoint(on.search_composed, "search"), inputs_kwargs=composed, outputs=results,
                      concurrency_limit=CONCURRENCY, concurrency_id="ui")
     ui.more_like_this.click(
