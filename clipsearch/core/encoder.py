@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,13 @@ from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, c
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-# Families whose text tower was trained on fixed-length padded input; the rest pool at EOS and pad to longest.
-PAD_TO_MAX_LENGTH = {"siglip", "siglip2"}
-# Families trained (and evaluated, in big_vision) on lowercased text. SiglipTokenizer lowercases by itself
-# (do_lower_case), and so does Siglip2Tokenizer (NaFlex repos); fixed-resolution SigLIP 2 repos declare model_type
-# "siglip" with a GemmaTokenizer, which does not, so the encoder lowercases for the whole family.
-LOWERCASE_TEXT = {"siglip", "siglip2"}
+# Families whose text goes through big_vision's reference pipeline, which the encoder follows itself instead of
+# trusting each repo's tokenizer config (see reference_ids): SigLIP and SigLIP 2 pool the last of a fixed number of
+# positions, so padding side, an attention mask or a BOS token change every text vector.
+REFERENCE_TEXT = {"siglip", "siglip2"}
+# big_vision lowercases with tf.strings.lower, whose default encoding lowercases ASCII only: "КРАСНЫЙ" and "Ärger"
+# reach the tokenizer as typed. (SiglipTokenizer, SigLIP 1's English model, also lowercases by itself.)
+ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 # Packages a tokenizer class may need beyond transformers, as named in its import errors (lowercase match).
 TOKENIZER_PACKAGES = ("sentencepiece", "protobuf", "tiktoken")
 
@@ -156,10 +158,10 @@ class Encoder:
         if not self.info.has_text:
             raise EncoderError(f"{self.info.model_id} is an image-only model ({self.info.architecture}): it cannot "
                                "embed text. Build with a CLIP-family --model for text search.")
-        padding = "max_length" if self.info.model_type in PAD_TO_MAX_LENGTH else True
-        texts = [text.lower() for text in texts] if self.info.model_type in LOWERCASE_TEXT else list(texts)
+        if self.info.model_type in REFERENCE_TEXT:
+            return {"input_ids": reference_ids(self.tokenizer, texts, self.info.text_max_length)}
         return self.tokenizer(
-            texts, padding=padding, truncation=True, max_length=self.info.text_max_length, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=self.info.text_max_length, return_tensors="pt"
         )
 
     @torch.inference_mode()
@@ -300,6 +302,17 @@ def _image_size(image_processor, config) -> int:
                 return int(value)
     vision = getattr(config, "vision_config", config)
     return int(getattr(vision, "image_size", None) or 224)
+
+
+def reference_ids(tokenizer, texts: list[str], length: int) -> torch.Tensor:
+    """SigLIP's reference text ids (big_vision: lowercase ASCII, tokenize, append EOS without BOS and keep it when
+    cutting, pad with the pad id on the right to exactly `length`). Whatever a repo's tokenizer_config says about
+    add_bos_token, padding_side or model_input_names, the ids are the same; nothing else of the text is touched,
+    so any script reaches the tokenizer as typed."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pieces = tokenizer([text.translate(ASCII_LOWER) for text in texts], add_special_tokens=False)["input_ids"]
+    rows = [ids[:length - 1] + [tokenizer.eos_token_id] for ids in pieces]
+    return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long)
 
 
 def _text_max_length(tokenizer, config) -> int:
