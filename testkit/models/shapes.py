@@ -59,6 +59,8 @@ def caption_for(color: str, shape: str, seed: int = 0, lang: str = "en") -> str:
 
 def caption_templates(lang: str = "en") -> tuple[str, ...]:
     """The caption templates of `lang` ("en" or "ru")."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown language {lang!r}; expected one of {LANGUAGES}")
     return RU_CAPTION_TEMPLATES if lang == "ru" else CAPTION_TEMPLATES
 
 
