@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,8 @@ from .errors import QueryError
 MAX_K = 50
 MAX_DEPTH = 1000  # paging stops here: nobody reads result 1001, and deeper searches only cost time
 MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
+# Invisible characters that only ever stand for a space (zero-width space, word joiner, byte-order mark).
+_INVISIBLE_SPACES = frozenset("\u200b\u2060\ufeff")
 
 
 @dataclass
@@ -87,15 +90,22 @@ class Paging:
     calibrated: bool = False
 
 
+def _blank(ch: str) -> bool:
+    """A character read as a space: control characters (C0, C1, DEL), lone surrogates (no tokenizer can encode
+    them) and the invisible spaces."""
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _INVISIBLE_SPACES
+
+
 def clean_text(text) -> str:
-    """Normalise a text query; empty or whitespace-only text is a QueryError with a sentence."""
+    """A text query as the tokenizer gets it: control characters become spaces and runs of whitespace one space;
+    everything else stays as typed, in any script (no case folding, no Unicode normalisation: the joiners of emoji
+    sequences and of Persian and Indic words, right-to-left marks, combining marks and characters newer than this
+    Python's Unicode tables all carry meaning). Text with nothing visible in it is a QueryError with a sentence."""
     if not isinstance(text, str):
         raise QueryError("The query must be text.")
     text = text[:4 * MAX_QUERY_CHARS]  # cut before any per-character work: a 10 MB query costs no more than 4 kB
-    # Control characters carry no meaning for the model and can confuse tokenizers.
-    text = "".join(ch if ch.isprintable() or ch in " \t" else " " for ch in text)
-    text = " ".join(text.split())
-    if not text:
+    text = " ".join("".join(" " if _blank(ch) else ch for ch in text).split())
+    if all(ch == " " or unicodedata.category(ch) == "Cf" for ch in text):  # empty, or format characters alone
         raise QueryError("Please type a description of the image you are looking for.")
     return text[:MAX_QUERY_CHARS]
 
