@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from clipsearch.core.encoder import Encoder
-from clipsearch.core.gallery import QueryError
+from clipsearch.core.errors import QueryError
 from clipsearch.core.query import clean_text
 from testkit.galleries import write_shapes_folder
 from testkit.helpers import assert_sentence, run_build

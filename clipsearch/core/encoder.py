@@ -319,9 +319,11 @@ def reference_ids(tokenizer, texts: list[str], length: int) -> torch.Tensor:
     add_bos_token, padding_side or model_input_names, the ids are the same; nothing else of the text is touched,
     so any script reaches the tokenizer as typed."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pieces = tokenizer([text.translate(ASCII_LOWER) for text in texts], add_special_tokens=False)["input_ids"]
+    # split_special_tokens: a typed "<eos>" is plain text, as sentencepiece reads it, and cannot end a query early
+    pieces = tokenizer([text.translate(ASCII_LOWER) for text in texts], add_special_tokens=False,
+                       split_special_tokens=True, verbose=False)["input_ids"] if texts else []
     rows = [ids[:length - 1] + [tokenizer.eos_token_id] for ids in pieces]
-    return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long)
+    return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long).reshape(-1, length)
 
 
 def _text_max_length(tokenizer, config) -> int:
