@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, fresh_folder
+from clipsearch.core.encoder import DEFAULT_MODEL, LIGHT_MODEL  # noqa: F401  the app's default and its light one
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"  # the app's default
 BUILD_VERSION = "models-1"  # bump to invalidate cached folders
 TEXT_TOKENS = 64  # SigLIP and SigLIP 2 repos: model_max_length 64, padded on the right
 

@@ -139,8 +139,21 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
     if by_category := manifest.evaluation.get("image_to_image_by_category"):
         lines.append(f"  image->image by category ({by_category['queries_from']}, {by_category['images']:,} images): "
                      + " ".join(f"{k} {by_category[k]:.1f}" for k in ("P@1", "P@5", "P@10", "mAP")))
+    lines.append(f"  confidence: {confidence_line(manifest)}")
     lines.append(f"  files:     {out.resolve()} ({sum(f.size for f in manifest.files.values()) / 2**20:.1f} MB)")
     return "\n".join(lines)
+
+
+def confidence_line(manifest: Manifest) -> str:
+    """How the build's calibrated confidence was fitted and how well it held on captions it was not fitted on."""
+    calibration = manifest.calibration
+    if calibration is None:
+        return "none (no captions to calibrate on, or an image-only model): hits carry similarity scores only"
+    fitted, held = calibration.fitted_on, calibration.held_out
+    quality = (f"held-out expected calibration error {held['ece']:.3f} over {held['pairs']:,} pairs" if "ece" in held
+               else "no held-out captions to measure it on")
+    return (f"fitted on {fitted['captions']:,} captions' top {fitted['depth']} hits ({fitted['positives']:,} matches "
+            f"of {fitted['pairs']:,}); {quality}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The end of a build and of an --append: index the packed vectors, evaluate, then write the manifest, last."""
+"""The end of a build and of an --append: index the packed vectors, evaluate, calibrate, write the manifest last."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from clipsearch.core.manifest import (
     write_manifest,
 )
 
+from .calibrate import calibrate
 from .embed import THUMB_SIDE
 from .evaluate import evaluate
 from .index import build_index
@@ -58,13 +59,15 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
     coco_ids = rows["image_id"] if keeps_coco_ids(sources) else None
     evaluation = evaluate(encoder, packed.vectors, rows["captions"], rows["split"], plan.eval_mode,
                           categories=rows["categories"], image_ids=coco_ids)
+    log.info("calibrating confidence on the gallery's captions")
+    calibration = calibrate(encoder, packed.vectors, rows["captions"], rows["split"])
     names = sorted([INDEX, *packed.files])  # exactly what was written, never a listing of the folder
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),
         builder_version=builder_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1), images_per_second=round(speed["images_per_second"], 1),
-        device=plan.device.type, precision=encoder.precision, files=hash_files(folder, names),
+        device=plan.device.type, precision=encoder.precision, files=hash_files(folder, names), calibration=calibration,
     )
     manifest = replace(base, **fields) if base else Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, **fields)

@@ -22,6 +22,7 @@ import json
 import logging
 import pickle
 import shutil
+import string
 from pathlib import Path
 
 import numpy as np
@@ -89,15 +90,20 @@ def _old_pattern_bytes(files: dict[str, bytes]) -> int:
 
 
 def _reference(folder: Path, texts, images, lowercase: bool):
-    """The model's own vectors: its tokenizer, image processor and get_*_features, L2-normalised."""
+    """The model's own vectors: its tokenizer (SigLIP: the reference recipe), image processor and get_*_features,
+    L2-normalised."""
     from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
     length = model.config.text_config.max_position_embeddings
-    tokens = tokenizer([t.lower() for t in texts] if lowercase else texts, truncation=True, return_tensors="pt",
-                       padding="max_length" if lowercase else True, max_length=length)
+    if lowercase:  # big_vision's SigLIP recipe: ASCII lowercased, no BOS, EOS, right-padded with the pad id, ids only
+        ids = [tokenizer(text.translate(str.maketrans(string.ascii_uppercase, string.ascii_lowercase)),
+                         add_special_tokens=False).input_ids[:length - 1] + [tokenizer.eos_token_id] for text in texts]
+        tokens = {"input_ids": torch.tensor([row + [tokenizer.pad_token_id] * (length - len(row)) for row in ids])}
+    else:
+        tokens = tokenizer(texts, truncation=True, return_tensors="pt", padding=True, max_length=length)
     pixels = processor(images=images, return_tensors="pt")
     pixels = {k: pixels[k] for k in ("pixel_values", "pixel_attention_mask", "spatial_shapes") if k in pixels}
     with torch.inference_mode():

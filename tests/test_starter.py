@@ -13,8 +13,9 @@ from testkit.coco import make_coco, publish_coco
 from testkit.models import save_tiny_clip
 
 # The files the default model's repo really holds, besides the ones transformers loads (see test_model_layouts).
+# google/siglip2-base-patch16-256, fixed resolution: model_type "siglip" with a GemmaTokenizer.
 MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
-               "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
+               "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
 
 
 @pytest.fixture
@@ -22,9 +23,9 @@ def newcomer_hub(hub, tmp_path, monkeypatch):
     """COCO (train + a 12-image validation split) and the default model on a Hub where the default index is absent."""
     coco = make_coco({"train": 8, "validation": 12})
     publish_coco(hub, coco, train_shards=1)
-    model = save_tiny_clip(tmp_path / "model", "clip")
+    model = save_tiny_clip(tmp_path / "model", "siglip2-fixres")
     hub.put_files(DEFAULT_MODEL, {name: (model / name).read_bytes() for name in MODEL_FILES}
-                  | {"open_clip_model.safetensors": b"never fetched"}, repo_type="model")
+                  | {"README.md": b"never fetched"}, repo_type="model")
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "app-cache"))
     return hub, coco
 
@@ -42,8 +43,8 @@ def test_the_default_index_missing_builds_and_serves_a_starter_index(newcomer_hu
     assert manifest.model["model_id"] == DEFAULT_MODEL and manifest.sources[0].splits == ["val2017"]
     hits = service.searcher.search_text("a red circle", 5)
     assert len(hits) == 5 and {hit.image_id for hit in hits} <= validation
-    # The default model came from its real layout: OpenCLIP's copy of the weights was never downloaded.
-    assert not any("open_clip" in r.path for r in hub.requests)
+    # The default model came from its real layout, and only the files transformers loads were downloaded.
+    assert set(hub.downloaded(DEFAULT_MODEL)) == set(MODEL_FILES)
     # The second start reuses it: nothing is built again.
     caplog.clear()
     again = start(Settings.from_env(env))

@@ -7,11 +7,13 @@ import hashlib
 import json
 import os
 import threading
+import types
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .calibration import Calibration
 from .errors import ArtifactError
 
 FORMAT_VERSION = 1
@@ -85,6 +87,8 @@ class Manifest:
     device: str = ""
     precision: str = ""  # what the encoder computed in: fp32, int8 or bf16 on CPU, bf16-autocast on CUDA
     files: dict[str, FileEntry] = field(default_factory=dict)
+    # P(match | cosine) for text queries, fitted on the build's own captions; None: no captions, hits get no confidence
+    calibration: Calibration | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -132,6 +136,8 @@ def _convert(hint, value):
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return _from_dict(hint, value)
+    if isinstance(hint, types.UnionType) and isinstance(value, dict):  # an optional record: X | None
+        return next((_convert(arg, value) for arg in args if dataclasses.is_dataclass(arg)), value)
     if origin is list and args:
         return [_convert(args[0], v) for v in value]
     if origin is dict and len(args) == 2:

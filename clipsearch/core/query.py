@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,6 +13,8 @@ from .errors import QueryError
 MAX_K = 50
 MAX_DEPTH = 1000  # paging stops here: nobody reads result 1001, and deeper searches only cost time
 MAX_QUERY_CHARS = 1000  # longer text is cut here, then truncated again to the model's context by the tokenizer
+# Invisible characters that only ever stand for a space (zero-width space, word joiner, byte-order mark).
+_INVISIBLE_SPACES = frozenset("\u200b\u2060\ufeff")
 
 
 @dataclass
@@ -36,12 +39,17 @@ class Query:
     negative: str | None = None
     negative_weight: float = 0.5
 
+    def plain_text(self) -> bool:
+        """A description alone: the only query whose hits the build's calibration speaks for."""
+        return bool(self.text and self.text.strip()) and not self.images and not (self.negative or "").strip()
+
 
 @dataclass(frozen=True)
 class Plan:
     """Which hits to return for a query vector: page `page` (0-based) of k, among the filtered rows, optionally
-    without near-duplicates (collapse), re-ranked for variety (diversity 0..1) or cut at a minimum cosine.
-    Build it with Plan.checked, which validates every field with a sentence for the caller."""
+    without near-duplicates (collapse), re-ranked for variety (diversity 0..1), cut at a minimum cosine or at a
+    minimum confidence (hits that carry one). Build it with Plan.checked, which validates every field with a
+    sentence for the caller."""
 
     k: int = 5
     page: int = 0
@@ -49,15 +57,19 @@ class Plan:
     collapse: bool = False
     diversity: float = 0.0
     min_score: float | None = None
+    min_confidence: float | None = None
 
     @classmethod
     def checked(cls, k, page=0, filters: Filters | None = None, collapse=False, diversity=0.0,
-                min_score=None) -> Plan:
+                min_score=None, min_confidence=None) -> Plan:
         k = check_k(k)
         if not 0.0 <= float(diversity or 0.0) <= 1.0:
             raise QueryError("diversity must be between 0 (off) and 1.")
+        if not 0.0 <= float(min_confidence or 0.0) <= 1.0:
+            raise QueryError("min_confidence must be between 0 (off) and 1.")
         return cls(k=k, page=check_page(page, k), filters=filters or Filters(), collapse=bool(collapse),
-                   diversity=float(diversity or 0.0), min_score=float(min_score) if min_score else None)
+                   diversity=float(diversity or 0.0), min_score=float(min_score) if min_score else None,
+                   min_confidence=float(min_confidence) if min_confidence else None)
 
     def next_page(self) -> Plan:
         return dataclasses.replace(self, page=check_page(self.page + 1, self.k))
@@ -69,22 +81,31 @@ class Plan:
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashable by identity (Gradio hashes state values), arrays are not
 class Paging:
-    """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan."""
+    """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan,
+    and whether its hits get a calibrated confidence (a plain text query)."""
 
     vector: np.ndarray
     text: str | None
     plan: Plan
+    calibrated: bool = False
+
+
+def _blank(ch: str) -> bool:
+    """A character read as a space: control characters (C0, C1, DEL), lone surrogates (no tokenizer can encode
+    them) and the invisible spaces."""
+    return unicodedata.category(ch) in ("Cc", "Cs") or ch in _INVISIBLE_SPACES
 
 
 def clean_text(text) -> str:
-    """Normalise a text query; empty or whitespace-only text is a QueryError with a sentence."""
+    """A text query as the tokenizer gets it: control characters become spaces and runs of whitespace one space;
+    everything else stays as typed, in any script (no case folding, no Unicode normalisation: the joiners of emoji
+    sequences and of Persian and Indic words, right-to-left marks, combining marks and characters newer than this
+    Python's Unicode tables all carry meaning). Text with nothing visible in it is a QueryError with a sentence."""
     if not isinstance(text, str):
         raise QueryError("The query must be text.")
     text = text[:4 * MAX_QUERY_CHARS]  # cut before any per-character work: a 10 MB query costs no more than 4 kB
-    # Control characters carry no meaning for the model and can confuse tokenizers.
-    text = "".join(ch if ch.isprintable() or ch in " \t" else " " for ch in text)
-    text = " ".join(text.split())
-    if not text:
+    text = " ".join("".join(" " if _blank(ch) else ch for ch in text).split())
+    if all(ch == " " or unicodedata.category(ch) == "Cf" for ch in text):  # empty, or format characters alone
         raise QueryError("Please type a description of the image you are looking for.")
     return text[:MAX_QUERY_CHARS]
 

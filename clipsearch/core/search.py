@@ -37,6 +37,8 @@ class Hit:
     width: int
     height: int
     thumbnail: str  # path of a small JPEG the UI can serve
+    # the chance a person would call this a match (see core.calibration); None where the build cannot say
+    confidence: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +58,7 @@ class Searcher:
             raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
         self.gallery = gallery
         self.encoder = encoder
+        self.calibration = gallery.manifest.calibration  # text queries only; None: no captions to calibrate on
         self.model_thread = model_thread or ModelThread()
         self._encode_text = self.model_thread.lane("text", lambda texts: list(encoder.encode_texts(texts)), text_batch)
         self._encode_image = self.model_thread.lane("image", lambda images: list(encoder.encode_images(images)),
@@ -79,7 +82,7 @@ class Searcher:
 
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
         query = self.text_query(text)
-        return self.search(self.text_vector(query), Plan.checked(k), query_text=query)
+        return self.search(self.text_vector(query), Plan.checked(k), query_text=query, calibrated=True)
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         plan = Plan.checked(k)
@@ -90,10 +93,15 @@ class Searcher:
         """'More like this': the stored vector of a gallery image, no re-encoding."""
         return self.search(self.stored_vector(image_id), Plan.checked(k))
 
-    def search(self, vector: np.ndarray, plan: Plan, query_text: str | None = None) -> list[Hit]:
+    def search(self, vector: np.ndarray, plan: Plan, query_text: str | None = None,
+               calibrated: bool = False) -> list[Hit]:
         """Where every search ends: the hits of `plan` for a unit query vector, ranked from plan.first_rank; exact
-        for a flat index. query_text picks each hit's best caption."""
+        for a flat index. query_text picks each hit's best caption; `calibrated` (a plain text query) gives each hit
+        the build's calibrated confidence, which plan.min_confidence may cut at."""
         gallery = self.gallery
+        if plan.min_confidence is not None and self.calibration is None:
+            raise QueryError("This index has no confidence calibration (it was built without captions to fit one), "
+                             "so min_confidence cannot apply; use min_score instead.")
         allowed = gallery.mask(**vars(plan.filters)) if plan.filters.active() else None
         if allowed is not None and not allowed.any():
             return []
@@ -111,7 +119,14 @@ class Searcher:
             depth = min(len(gallery), depth * 4)  # duplicates ate the candidates: look deeper
         if plan.diversity:
             found = mmr(gallery, found, plan.diversity, want)
-        return self.hits_for(found[plan.page * plan.k:want], query_text, first_rank=plan.first_rank)
+        found, confidences = found[:want], None
+        if calibrated and self.calibration is not None:  # from rank 1, so a later page never looks surer
+            confidences = self.calibration.confidences([score for score, _ in found])
+            if plan.min_confidence is not None:  # confidence never rises with rank: this cuts the tail
+                found = found[:sum(c >= plan.min_confidence for c in confidences)]
+            confidences = confidences[plan.page * plan.k:len(found)]
+        return self.hits_for(found[plan.page * plan.k:], query_text, first_rank=plan.first_rank,
+                             confidences=confidences)
 
     # --- query vectors --------------------------------------------------------------------------------------------
     def text_vector(self, query: str) -> np.ndarray:
@@ -176,17 +191,20 @@ class Searcher:
         return _unit(refined)
 
     # --- results ------------------------------------------------------------------------------------------------
-    def hits_for(self, found: list[tuple[float, int]], query_text: str | None, first_rank: int = 1) -> list[Hit]:
+    def hits_for(self, found: list[tuple[float, int]], query_text: str | None, first_rank: int = 1,
+                 confidences: list[float] | None = None) -> list[Hit]:
         records = self.gallery.rows([row for _, row in found])
+        confidences = confidences or [None] * len(found)
         thumbnails = self.gallery.thumbnails.paths([row for _, row in found])
         hits = []
-        for rank, ((score, row), record, thumbnail) in enumerate(zip(found, records, thumbnails), start=first_rank):
+        for rank, ((score, row), record, thumbnail, confidence) in enumerate(
+                zip(found, records, thumbnails, confidences), start=first_rank):
             hits.append(Hit(
                 rank=rank, row=row, image_id=record.image_id, score=round(score, 4),
                 caption=best_caption(query_text, record.captions) or record.file_name,
                 captions=record.captions, categories=record.categories, split=record.split,
                 file_name=record.file_name, url=record.url, width=record.width, height=record.height,
-                thumbnail=str(thumbnail),
+                thumbnail=str(thumbnail), confidence=confidence,
             ))
         return hits
 

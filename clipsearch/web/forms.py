@@ -26,6 +26,7 @@ class Refine:
     collapse: bool = False
     diversity: float = 0.0
     min_score: float = 0.0
+    min_confidence: float = 0.0  # hits of a description only: they carry a calibrated confidence
 
     def text_query(self, text: str | None) -> Query:
         """A description, with the extra pictures."""
@@ -40,7 +41,7 @@ class Refine:
         """Page `page` of k hits with these filters; every value checked (QueryError with a sentence)."""
         filters = Filters(categories=list(self.categories or []), match_all=self.match == "all",
                           splits=list(self.splits or []))
-        return Plan.checked(k, page, filters, self.collapse, self.diversity, self.min_score)
+        return Plan.checked(k, page, filters, self.collapse, self.diversity, self.min_score, self.min_confidence)
 
 
 @dataclass(frozen=True)

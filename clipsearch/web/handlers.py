@@ -12,7 +12,7 @@ from ..core.errors import ImageError, QueryError
 from ..core.query import Paging, Plan, Query, check_k
 from ..core.search import Hit, Searcher
 from .forms import PageView, Refine
-from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data
+from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data, results_label
 
 
 class DecodedImages:
@@ -95,7 +95,8 @@ class Handlers:
     def search_composed(self, text: str, images: list[str] | None, image_weight: float, negative: str,
                         negative_weight: float, categories: list[str] | None, match_all: bool,
                         splits: list[str] | None, collapse: bool, diversity: float, min_score: float,
-                        more_like: list[int] | None, less_like: list[int] | None, k: int, page: int):
+                        more_like: list[int] | None, less_like: list[int] | None, k: int, page: int,
+                        min_confidence: float = 0.0):
         """Composed search over the COCO images, with filters and paging.
 
         Args:
@@ -114,10 +115,12 @@ class Handlers:
             less_like: image ids of results to move away from.
             k: results per page, 1 to 50.
             page: 0 for the first page, 1 for the next k results, and so on.
+            min_confidence: 0 to 1; drop hits less likely than this to be a match (0 = keep all). Only a description
+                alone (no images, no negative, no feedback) gets a confidence; the index must have a calibration.
         """
         refine = Refine(extras=images, image_weight=image_weight, negative=negative, negative_weight=negative_weight,
                         categories=categories, match="all" if match_all else "any", splits=splits,
-                        collapse=collapse, diversity=diversity, min_score=min_score)
+                        collapse=collapse, diversity=diversity, min_score=min_score, min_confidence=min_confidence)
         return _outputs(lambda: self._first_page(refine.text_query(text), refine.plan(k, page), more_like,
                                                  less_like)[0])
 
@@ -125,11 +128,11 @@ class Handlers:
         vector, text = self.searcher.compose(query)
         if more_like or less_like:
             vector = self.searcher.with_feedback(vector, more_like, less_like)
-        paging = Paging(vector, text, plan)
+        paging = Paging(vector, text, plan, calibrated=query.plain_text() and not (more_like or less_like))
         return self._page(paging), paging
 
     def _page(self, paging: Paging) -> list[Hit]:
-        return self.searcher.search(paging.vector, paging.plan, query_text=paging.text)
+        return self.searcher.search(paging.vector, paging.plan, query_text=paging.text, calibrated=paging.calibrated)
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector -----
     def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool) -> PageView:
@@ -158,7 +161,7 @@ class Handlers:
         if not paging:
             raise gr.Error("Search first, then ask for more results.")
         try:
-            paging = Paging(paging.vector, paging.text, paging.plan.next_page())
+            paging = dataclasses.replace(paging, plan=paging.plan.next_page())
             hits = self._page(paging)
         except QueryError as error:
             raise gr.Error(str(error)) from None
@@ -182,11 +185,10 @@ class Handlers:
         """Only what a visitor sees changes. The map is not an output: its frame is ~260 KB of JSON (3,000 points)
         that every search used to send and the browser to re-plot, hidden tab or not; the Map tab draws the latest
         results when opened. The feedback lists are filled only while their panel is open (else when it opens)."""
-        first = paging.plan.first_rank
-        label = f"Results {first}–{first + len(hits) - 1}" if hits else "No more results"
         data = hits_data(hits)
         marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
-        return PageView(results=gr.update(value=gallery_items(hits), label=label), hits=data, paging=paging,
+        return PageView(results=gr.update(value=gallery_items(hits), label=results_label(hits, paging.plan)),
+                        hits=data, paging=paging,
                         more=gr.update(visible=len(hits) == paging.plan.k), liked=marks, disliked=marks)
 
     @staticmethod

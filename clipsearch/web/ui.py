@@ -30,6 +30,15 @@ EXAMPLE_QUERIES = [
     "a red double-decker bus on a city street",
     "a cat sleeping on a laptop keyboard",
 ]
+# For a multilingual model: the same kind of scenes in other languages and scripts (Spanish, Chinese, Hindi, Arabic).
+EXAMPLE_QUERIES_ANY_LANGUAGE = [
+    "a dog catching a frisbee in a park",
+    "un autobús rojo de dos pisos en la calle",
+    "一只猫睡在笔记本电脑的键盘上",
+    "समुद्र में एक बड़ी लहर पर सर्फिंग करता आदमी",
+    "زرافتان تقفان بجانب بعضهما",
+    "a plate of pasta with broccoli",
+]
 # Requests handled at once per endpoint. Threads mostly wait on the shared encoder batchers, so this is how many
 # queries can join one forward pass; the CPU itself only ever runs one encoder pass per modality at a time.
 CONCURRENCY = 16
@@ -64,7 +73,9 @@ def build_ui(service: Service) -> gr.Blocks:
 def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> None:
     searcher, manifest = service.searcher, service.searcher.gallery.manifest
     if searcher.has_text:
-        gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description or by example picture.")
+        language = " in any language" if searcher.encoder.info.multilingual else ""
+        gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} COCO images by description{language} or by example "
+                    "picture.")
     else:
         gr.Markdown(f"# {TITLE}\nSearch {manifest.count:,} images by example picture. This index was built with "
                     f"an image-only model (`{manifest.model['model_id']}`) for visual similarity; it cannot read "
@@ -72,14 +83,17 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
     if service.source.notice:
         gr.Markdown(f"⚠️ {service.source.notice}")
     # "wrap": on a phone the tabs take a second row instead of hiding behind Gradio's "…" overflow menu.
+    multilingual = searcher.encoder.info.multilingual
+    examples = EXAMPLE_QUERIES_ANY_LANGUAGE if multilingual else EXAMPLE_QUERIES
     with gr.Tabs(selected="text" if searcher.has_text else "image", overflow_behavior="wrap", elem_id="modes"):
         with gr.Tab("Text → Image", id="text", visible=searcher.has_text) as ui.text_tab:
             with gr.Row(equal_height=True):
-                ui.query = gr.Textbox(label="Describe the image", placeholder=EXAMPLE_QUERIES[0], scale=5,
+                ui.query = gr.Textbox(label="Describe the image, in any language" if multilingual else
+                                      "Describe the image", placeholder=examples[0], scale=5,
                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                 ui.text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
             ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
-            gr.Examples(EXAMPLE_QUERIES, inputs=ui.query, label="Try")
+            gr.Examples(examples, inputs=ui.query, label="Try, in any language" if multilingual else "Try")
         with gr.Tab("Image → Image", id="image") as ui.image_tab:
             with gr.Row():
                 ui.picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
@@ -133,6 +147,9 @@ def _results_area(ui, searcher) -> None:
                 refine("collapse", gr.Checkbox(label="Hide near-duplicate shots", value=False))
                 refine("diversity", gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)"))
                 refine("min_score", gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)"))
+                # only a build with captions has a calibration, and only descriptions get a confidence
+                refine("min_confidence", gr.Slider(0, 1, value=0, step=0.05, label="Minimum confidence (0 = off)",
+                                                   visible=gallery.manifest.calibration is not None))
         page("results", gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,
                                    elem_id="results", show_label=True, interactive=False))
         page("more", gr.Button("More results", visible=False, size="sm"))
@@ -205,7 +222,7 @@ def _api_endpoints(ui, on: Handlers) -> None:
                     negative_weight=refine["negative_weight"], categories=refine["categories"],
                     match_all=api_match_all, splits=refine["splits"], collapse=refine["collapse"],
                     diversity=refine["diversity"], min_score=refine["min_score"], more_like=api_more_like,
-                    less_like=api_less_like, k=ui.text_k, page=api_page)
+                    less_like=api_less_like, k=ui.text_k, page=api_page, min_confidence=refine["min_confidence"])
     api_search.click(**_endpoint(on.search_composed, "search"), inputs_kwargs=composed, outputs=results,
                      concurrency_limit=CONCURRENCY, concurrency_id="ui")
     ui.more_like_this.click(

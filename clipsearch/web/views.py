@@ -7,7 +7,9 @@ import html
 import numpy as np
 import pandas as pd
 
+from ..core.calibration import WEAK
 from ..core.published import KARPATHY, recall_label, recall_results, skipped_karpathy
+from ..core.query import Plan
 from ..core.search import Hit
 from ..serve.service import Service
 
@@ -15,12 +17,34 @@ TITLE = "COCO CLIP visual search"
 
 
 def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
-    return [(hit.thumbnail, f"{hit.score:.3f} · {hit.caption}") for hit in hits]
+    return [(hit.thumbnail, f"{_strength(hit)} · {hit.caption}") for hit in hits]
+
+
+def _strength(hit: Hit) -> str:
+    """How sure the match is, in words a visitor reads: the calibrated chance where the build has one, else the
+    cosine (which means nothing across models, so it is labelled as a similarity, not a promise)."""
+    if hit.confidence is None:
+        return f"similarity {hit.score:.3f}"
+    return f"{'weak · ' if hit.confidence < WEAK else ''}{hit.confidence:.0%} match"
+
+
+def results_label(hits: list[Hit], plan: Plan) -> str:
+    """The results' heading; when even the best hit of a search is unlikely to be a match, it says so plainly."""
+    if not hits:
+        return "No more results" if plan.page else "No results"
+    first = plan.first_rank
+    span = f"Results {first}–{first + len(hits) - 1}"
+    if plan.page == 0 and hits[0].confidence is not None and hits[0].confidence < WEAK:
+        return (f"Nothing in this collection matches well (best: {hits[0].confidence:.0%} likely). {span} are the "
+                "nearest images, marked weak.")
+    return span
 
 
 def hits_data(hits: list[Hit]) -> list[dict]:
-    """The API's view of a hit: everything but the server-side thumbnail path."""
-    return [{key: value for key, value in hit.to_dict().items() if key not in ("thumbnail", "row")} for hit in hits]
+    """The API's view of a hit: everything but the server-side thumbnail path; `confidence` only where the build
+    could calibrate it."""
+    return [{key: value for key, value in hit.to_dict().items()
+             if key not in ("thumbnail", "row") and not (key == "confidence" and value is None)} for hit in hits]
 
 
 def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
@@ -34,9 +58,16 @@ def details_markdown(hit: dict) -> str:
     split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
     return (
         f"### Image {hit['image_id']}{split}\n"
-        f"Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
+        f"{_confidence_line(hit)}Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )
+
+
+def _confidence_line(hit: dict) -> str:
+    if hit.get("confidence") is None:
+        return ""
+    weak = " (a weak match)" if hit["confidence"] < WEAK else ""
+    return f"**{hit['confidence']:.0%}** likely a match{weak} · "
 
 
 MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
@@ -112,6 +143,21 @@ def _recall_table(name: str, result: dict) -> str:
     return text
 
 
+def _calibration_paragraph(manifest) -> str:
+    calibration = manifest.calibration
+    if calibration is None:
+        return ("\n**Confidence:** this collection has no captions to calibrate on, so results show similarity "
+                "scores only; a score says which image is closer, not whether it matches.")
+    fitted, held = calibration.fitted_on, calibration.held_out
+    ece = f" Held-out expected calibration error: {held['ece']:.3f} over {held['pairs']:,} pairs." if "ece" in held \
+        else ""
+    return (f"\n**Confidence:** each result of a description carries the chance that a person would call it a "
+            f"match, fitted for this model and collection on {fitted.get('captions', 0):,} of its own captions "
+            f"(their top {fitted.get('depth', 0)} hits; a match is the caption's own image or one whose captions "
+            f"say the same).{ece} Below {WEAK:.0%} for the best result, the page says that nothing matches well. "
+            "Picture searches show similarity only: the build has no pairs to calibrate them on.")
+
+
 def about_markdown(service: Service) -> str:
     manifest, source = service.searcher.gallery.manifest, service.source
     model = manifest.model
@@ -141,6 +187,7 @@ def about_markdown(service: Service) -> str:
     if reason := skipped_karpathy(manifest.evaluation):
         lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
                      f"measured for this build ({reason}).")
+    lines.append(_calibration_paragraph(manifest))
     if by_category := manifest.evaluation.get("image_to_image_by_category"):
         lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
                      "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"

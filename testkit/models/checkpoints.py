@@ -68,13 +68,14 @@ def _siglip2_text(tokenizer) -> dict:
                 eos_token_id=tokenizer.eos_token_id, projection_size=PROJECTION_DIM)
 
 
-def _siglip(image_size: int, gemma: bool):
+def _siglip(image_size: int, gemma: bool, languages: tuple[str, ...] = ("en",)):
     """SigLIP (google/siglip-*: SiglipTokenizer) or, with `gemma`, fixed-resolution SigLIP 2
-    (google/siglip2-base-patch16-224 & co.: a "siglip" model with SigLIP 2's Gemma tokenizer and 64-token text)."""
+    (google/siglip2-base-patch16-224 & co.: a "siglip" model with SigLIP 2's Gemma tokenizer and 64-token text),
+    its tokenizer learnt from the captions in `languages`."""
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 
     if gemma:
-        tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN)
+        tokenizer = _gemma_tokenizer(SIGLIP2_TEXT_LEN, languages)
         text = _siglip2_text(tokenizer)
     else:
         tokenizer = _siglip_tokenizer()
@@ -104,8 +105,11 @@ def _siglip2_naflex():
     return Siglip2Model(config), Siglip2Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def _build(kind: str, image_size: int, seed: int):
-    """Random-init (model, processor) for one family; the processor holds tokenizer + image processor."""
+def _build(kind: str, image_size: int, seed: int, languages: tuple[str, ...] = ("en",)):
+    """Random-init (model, processor) for one family; the processor holds tokenizer + image processor. `languages`
+    (the captions the tokenizer is learnt from) is for "siglip2-fixres" only."""
+    if languages != ("en",) and kind != "siglip2-fixres":
+        raise ValueError(f"a {kind!r} tokenizer is English-only; languages={languages} needs 'siglip2-fixres'")
     if image_size % PATCH_SIZE:
         raise ValueError(f"image_size must be a multiple of {PATCH_SIZE}")
     # Init uses the global torch RNG; fork it so callers' random state is left untouched.
@@ -114,7 +118,7 @@ def _build(kind: str, image_size: int, seed: int):
         if kind == "clip":
             model, processor = _clip(image_size)
         elif kind in ("siglip", "siglip2-fixres"):
-            model, processor = _siglip(image_size, gemma=kind == "siglip2-fixres")
+            model, processor = _siglip(image_size, gemma=kind == "siglip2-fixres", languages=languages)
         elif kind == "siglip2":
             model, processor = _siglip2_naflex()
         else:

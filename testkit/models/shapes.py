@@ -25,17 +25,43 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "a {shape} that is {color}",
 )
 
+# The same classes in Russian (Cyrillic), for the bilingual SigLIP: every shape noun is masculine, so each colour
+# adjective has one form and the templates keep the nominative case. Lowercase, as the English captions.
+RU_COLORS: dict[str, str] = {"red": "красный", "green": "зелёный", "blue": "синий", "yellow": "жёлтый",
+                             "purple": "фиолетовый"}
+RU_SHAPES: dict[str, str] = {"circle": "круг", "square": "квадрат", "triangle": "треугольник", "cross": "крест"}
+RU_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{color} {shape}",
+    "на картинке {color} {shape}",
+    "{color} {shape} на однотонном фоне",
+    "это {color} {shape}",
+)
+LANGUAGES: tuple[str, ...] = ("en", "ru")
+
 
 def combos() -> list[tuple[str, str]]:
     """Every (colour, shape) class, in a fixed order."""
     return [(c, s) for c in COLORS for s in SHAPES]
 
 
-def caption_for(color: str, shape: str, seed: int = 0) -> str:
-    """Caption for a colour/shape pair; seed 0 gives the plain "a red circle" form."""
+def caption_for(color: str, shape: str, seed: int = 0, lang: str = "en") -> str:
+    """Caption for a colour/shape pair in `lang` ("en" or "ru"); seed 0 gives the plain form: "a red circle",
+    "красный круг"."""
     if color not in COLORS or shape not in SHAPES:
         raise ValueError(f"unknown colour/shape {color!r}/{shape!r}")
+    if lang == "ru":
+        return RU_CAPTION_TEMPLATES[seed % len(RU_CAPTION_TEMPLATES)].format(color=RU_COLORS[color],
+                                                                             shape=RU_SHAPES[shape])
+    if lang != "en":
+        raise ValueError(f"unknown language {lang!r}; expected one of {LANGUAGES}")
     return CAPTION_TEMPLATES[seed % len(CAPTION_TEMPLATES)].format(color=color, shape=shape)
+
+
+def caption_templates(lang: str = "en") -> tuple[str, ...]:
+    """The caption templates of `lang` ("en" or "ru")."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"unknown language {lang!r}; expected one of {LANGUAGES}")
+    return RU_CAPTION_TEMPLATES if lang == "ru" else CAPTION_TEMPLATES
 
 
 def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:

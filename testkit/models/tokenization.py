@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers.pre_tokenizers import ByteLevel
 
-from .shapes import CAPTION_TEMPLATES, COLORS, SHAPES, combos
+from .shapes import COLORS, RU_COLORS, RU_SHAPES, SHAPES, caption_for, caption_templates, combos
 
 MAX_TEXT_LEN = 16  # CLIP and SigLIP 1 fixtures: max_position_embeddings and tokenizer model_max_length
 SIGLIP2_TEXT_LEN = 64  # Siglip2Processor hard-codes max_length=64 for text, so SigLIP 2 tokenizers match it
@@ -21,18 +21,24 @@ SIGLIP2_TEXT_LEN = 64  # Siglip2Processor hard-codes max_length=64 for text, so 
 _EXTRA_WORDS = "an the image of with and in this is that shape colour color dark light".split()
 
 
-def _vocab_words() -> list[str]:
-    words = set(_EXTRA_WORDS) | set(COLORS) | set(SHAPES)
-    for template in CAPTION_TEMPLATES:
-        words.update(w for w in template.split() if not w.startswith("{"))
+def _vocab_words(languages: tuple[str, ...] = ("en",)) -> list[str]:
+    words = set()
+    for lang in languages:
+        if lang == "en":
+            words |= set(_EXTRA_WORDS) | set(COLORS) | set(SHAPES)
+        else:
+            words |= set(RU_COLORS.values()) | set(RU_SHAPES.values())
+        for template in caption_templates(lang):
+            words.update(w for w in template.split() if not w.startswith("{"))
     return sorted(words)
 
 
-def _caption_corpus() -> list[str]:
-    """Every caption of every colour x shape, plus each vocabulary word alone: what the tiny tokenizers learn from."""
-    sentences = [template.format(color=color, shape=shape)
-                 for color, shape in combos() for template in CAPTION_TEMPLATES]
-    return sentences + _vocab_words()
+def _caption_corpus(languages: tuple[str, ...] = ("en",)) -> list[str]:
+    """Every caption of every colour x shape in `languages`, plus each vocabulary word alone: what the tiny
+    tokenizers learn from."""
+    sentences = [caption_for(color, shape, seed, lang) for lang in languages for color, shape in combos()
+                 for seed in range(len(caption_templates(lang)))]
+    return sentences + _vocab_words(languages)
 
 
 # --------------------------------------------------------------------------- CLIP: byte-level BPE
@@ -98,14 +104,15 @@ def _clip_tokenizer():
 # --------------------------------------------------------------------------- SigLIP and SigLIP 2: sentencepiece
 
 
-def _train_sentencepiece(**options) -> bytes:
+def _train_sentencepiece(languages: tuple[str, ...] = ("en",), **options) -> bytes:
     """A tiny sentencepiece model (serialized ModelProto) trained on the captions in well under a second.
 
     One thread and a fixed corpus: the same bytes in every run, so models built on it are reproducible."""
     import sentencepiece as spm
 
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(_caption_corpus()), model_writer=model, num_threads=1,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_caption_corpus(languages)), model_writer=model,
+                                   num_threads=1,
                                    hard_vocab_limit=False, character_coverage=1.0, minloglevel=2, **options)
     return model.getvalue()
 
@@ -124,18 +131,20 @@ def _siglip_tokenizer():
         return SiglipTokenizer(str(vocab_file), model_max_length=MAX_TEXT_LEN)
 
 
-def _gemma_tokenizer(model_max_length: int = SIGLIP2_TEXT_LEN):
+def _gemma_tokenizer(model_max_length: int = SIGLIP2_TEXT_LEN, languages: tuple[str, ...] = ("en",)):
     """The real GemmaTokenizer, as SigLIP 2 repos (fixed-resolution and NaFlex alike) declare it: a sentencepiece
     BPE model with byte fallback and Gemma's special ids (<pad>=0, <eos>=1, <bos>=2, <unk>=3, <mask>=4), converted
     by transformers into tokenizer.json. The sentencepiece file rides along as `tiny_tokenizer_model`, so that
     `_write_reference_tokenizer_files` can write tokenizer.model beside tokenizer.json as the real repos have it.
-    GemmaTokenizer does not lowercase."""
+    GemmaTokenizer does not lowercase. `languages` ("en", "ru"): the captions it is learnt from; with Russian, every
+    Cyrillic caption word is a token of its own (more room in the vocabulary), not byte fallback."""
     from transformers import GemmaTokenizer
 
     proto = _train_sentencepiece(
-        model_type="bpe", vocab_size=400, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
-        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=["<mask>"], byte_fallback=True,
-        split_digits=True, add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False)
+        languages, model_type="bpe", vocab_size=400 if languages == ("en",) else 600, pad_id=0, eos_id=1, bos_id=2,
+        unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=["<mask>"], byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "tokenizer.model").write_bytes(proto)
         (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
@@ -147,6 +156,37 @@ def _gemma_tokenizer(model_max_length: int = SIGLIP2_TEXT_LEN):
 
 def _siglip2_tokenizer():
     return _gemma_tokenizer(SIGLIP2_TEXT_LEN)
+
+
+# --------------------------------------------------------------------------- SigLIP 2's reference text preprocessing
+
+# Self-contained on purpose (torch and the tokenizer only, nothing else from testkit): the production encoder keeps
+# its own copy, and a test checks that the two agree.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def siglip_reference_ids(tokenizer, texts: list[str], length: int = SIGLIP2_TEXT_LEN):
+    """The input_ids big_vision's SigLIP 2 evaluation feeds the text tower, as a [len(texts), length] LongTensor.
+
+    - lowercase ASCII letters only: tf.strings.lower with its default encoding maps A-Z to a-z and leaves every
+      other character alone ("КРАСНЫЙ" stays uppercase, "É" too); no other normalisation;
+    - the tokenizer's pieces without its special tokens, then EOS appended (no BOS, whatever the tokenizer's
+      add_bos_token / post-processor say); special-token text typed by a user ("<eos>") stays plain text, as
+      sentencepiece reads it, so it can never end a query early;
+    - longer than `length`: the first length - 1 pieces, then EOS;
+    - padded on the right with the pad id (Gemma's 0) to exactly `length`;
+    - the model gets these ids only: no attention mask (the text tower pools the last position, pads included).
+    """
+    import torch
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos is None or pad is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no eos or pad token: not a SigLIP tokenizer")
+    texts = [text.translate(_ASCII_LOWER) for text in texts]
+    pieces = tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                       verbose=False).input_ids if texts else []
+    rows = [ids[: length - 1] + [eos] for ids in pieces]
+    return torch.tensor([row + [pad] * (length - len(row)) for row in rows], dtype=torch.long).reshape(-1, length)
 
 
 def siglip_tokenizer_json(tokenizer) -> str:

@@ -1,4 +1,5 @@
-"""Training the tiny CLIP contrastively on coloured shapes, so tests can assert that search finds the right shapes."""
+"""Training tiny models contrastively on coloured shapes, so tests can assert that search finds the right shapes: the
+English CLIP, and a SigLIP 2-style model that reads English and Russian (one loop for both)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import _build
-from .shapes import CAPTION_TEMPLATES, caption_for, combos, draw_shape, shapes_gallery
+from .checkpoints import _build, _DropDefaultConfigTokenWarning
+from .shapes import caption_for, caption_templates, combos, draw_shape, shapes_gallery
+from .tokenization import _write_reference_tokenizer_files, siglip_reference_ids
 
 logger = logging.getLogger(__name__)
 
-MARKER_FILE = "train_metrics.json"  # written last by train_shapes_clip, so it marks a complete folder
+MARKER_FILE = "train_metrics.json"  # written last by the trainers, so it marks a complete folder
 
 # The recipe (every value here changes the weights; cache.py hashes this module's source with them).
 MAX_STEPS = 1000  # the usual stop is earlier: two perfect evaluations in a row
@@ -28,46 +30,63 @@ LOGIT_SCALE = 30.0  # fixed temperature: clustered classes better than a learned
 LEARNING_RATE, WEIGHT_DECAY, WARMUP_STEPS, GRAD_CLIP = 2e-3, 0.01, 30, 1.0  # AdamW, linear warm-up then cosine
 
 
-def _retrieval_metrics(text_emb, img_emb, labels, per_combo: int) -> dict[str, float]:
-    """Metrics from L2-normalised embeddings of the plain captions (in combos() order) and a gallery."""
+def clip_text_inputs(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """CLIP's text inputs: its tokenizer's own special tokens, padded to the longest, with the attention mask."""
+    return dict(tokenizer(texts, padding=True, truncation=True, return_tensors="pt"))
+
+
+def siglip_text_inputs(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """SigLIP 2's text inputs as big_vision evaluates it: ids only, EOS, right-padded to 64 (siglip_reference_ids)."""
+    return {"input_ids": siglip_reference_ids(tokenizer, texts)}
+
+
+def _retrieval_metrics(text_embs: dict, img_emb, labels, per_combo: int) -> dict[str, float]:
+    """Metrics from L2-normalised embeddings of the plain captions (in combos() order, one tensor per language) and
+    a gallery. English keys are bare ("text_top1"), other languages' carry their code ("text_top1_ru")."""
     classes = combos()
-    order = (text_emb @ img_emb.T).argsort(dim=1, descending=True)
-    top1 = sum(labels[order[i, 0]] == combo for i, combo in enumerate(classes)) / len(classes)
-    topk = sum(all(labels[j] == combo for j in order[i, :per_combo].tolist()) for i, combo in enumerate(classes))
+    metrics = {}
+    for lang, text_emb in text_embs.items():
+        suffix = "" if lang == "en" else f"_{lang}"
+        order = (text_emb @ img_emb.T).argsort(dim=1, descending=True)
+        top1 = sum(labels[order[i, 0]] == combo for i, combo in enumerate(classes)) / len(classes)
+        topk = sum(all(labels[j] == combo for j in order[i, :per_combo].tolist()) for i, combo in enumerate(classes))
+        metrics.update({f"text_top1{suffix}": top1, f"text_topk{suffix}": topk / len(classes)})
     img_sims = img_emb @ img_emb.T
     img_sims.fill_diagonal_(-2.0)  # a query must not retrieve itself
     img_top1 = sum(labels[j] == labels[i] for i, j in enumerate(img_sims.argmax(dim=1).tolist())) / len(labels)
-    return {"text_top1": top1, "text_topk": topk / len(classes), "image_top1": img_top1}
+    return {**metrics, "image_top1": img_top1}
 
 
-def _encode_eval(tokenizer, image_processor, per_combo: int, seed: int):
+def _encode_eval(tokenizer, image_processor, per_combo: int, seed: int, languages, text_inputs):
     gallery = shapes_gallery(per_combo=per_combo, seed=seed)
-    text = tokenizer([caption_for(c, s) for c, s in combos()], padding=True, truncation=True, return_tensors="pt")
+    texts = {lang: text_inputs(tokenizer, [caption_for(c, s, 0, lang) for c, s in combos()]) for lang in languages}
     pixel_values = image_processor([im for *_, im in gallery], return_tensors="pt").pixel_values
-    return dict(text), pixel_values, [(c, s) for c, s, _ in gallery]
+    return texts, pixel_values, [(c, s) for c, s, _ in gallery]
 
 
-def _eval_embeddings(model, text, pixel_values):
+def _eval_embeddings(model, texts: dict, pixel_values):
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        text_emb = model.get_text_features(**text).pooler_output
+        text_embs = {lang: model.get_text_features(**text).pooler_output for lang, text in texts.items()}
         img_emb = model.get_image_features(pixel_values=pixel_values).pooler_output
     model.train(was_training)
-    return torch.nn.functional.normalize(text_emb, dim=-1), torch.nn.functional.normalize(img_emb, dim=-1)
+    normalize = torch.nn.functional.normalize
+    return {lang: normalize(emb, dim=-1) for lang, emb in text_embs.items()}, normalize(img_emb, dim=-1)
 
 
 def shapes_retrieval_metrics(
-    model, tokenizer, image_processor, per_combo: int = 2, seed: int = 1000
+    model, tokenizer, image_processor, per_combo: int = 2, seed: int = 1000, languages=("en",),
+    text_inputs=clip_text_inputs,
 ) -> dict[str, float]:
     """Retrieval on a fresh gallery (per_combo images of every colour x shape).
 
     text_top1: share of "a <colour> <shape>" queries whose best image has that colour and shape;
-    text_topk: share whose top-`per_combo` images are all of that class;
+    text_topk: share whose top-`per_combo` images are all of that class (both per language: "_ru" for Russian);
     image_top1: share of gallery images whose nearest other image has the same class.
     """
-    text, pixel_values, labels = _encode_eval(tokenizer, image_processor, per_combo, seed)
-    return _retrieval_metrics(*_eval_embeddings(model, text, pixel_values), labels, per_combo)
+    texts, pixel_values, labels = _encode_eval(tokenizer, image_processor, per_combo, seed, languages, text_inputs)
+    return _retrieval_metrics(*_eval_embeddings(model, texts, pixel_values), labels, per_combo)
 
 
 def train_shapes_clip(
@@ -86,15 +105,39 @@ def train_shapes_clip(
     Stops early once a held-out gallery is retrieved perfectly at two consecutive evaluations; the final metrics
     (and "converged": whether it stopped that way) are written to `path / MARKER_FILE`.
     """
+    return _train(path, "clip", ("en",), clip_text_inputs, seconds, seed, image_size, max_steps, eval_every)
+
+
+def train_bilingual_siglip(
+    path,
+    seconds: float = 900,
+    seed: int = 0,
+    image_size: int = 32,
+    max_steps: int = MAX_STEPS,
+    eval_every: int = EVAL_EVERY,
+) -> Path:
+    """Train a tiny fixed-resolution SigLIP 2 (model_type "siglip", GemmaTokenizer learnt from English and Russian
+    captions, files as save_tiny_clip(kind="siglip2-fixres") writes them) on the shapes with captions in both
+    languages, text preprocessed by `siglip_reference_ids` (big_vision's SigLIP 2 recipe). The loss is the CLIP
+    recipe's softmax cross-entropy, not SigLIP's sigmoid loss: enough for a test model. Stops early once held-out
+    retrieval is perfect in both languages (text_top1/text_topk and their "_ru" twins, image_top1)."""
+    return _train(path, "siglip2-fixres", ("en", "ru"), siglip_text_inputs, seconds, seed, image_size, max_steps,
+                  eval_every)
+
+
+def _train(path, kind, languages, text_inputs, seconds, seed, image_size, max_steps, eval_every) -> Path:
     from transformers import AutoImageProcessor, AutoTokenizer
 
     start = time.monotonic()
     path = Path(path)
     (path / MARKER_FILE).unlink(missing_ok=True)
-    model, processor = _build("clip", image_size, seed)
+    model, processor = _build(kind, image_size, seed, languages)
     # Save the processor first and preprocess through what was saved, so training sees
     # exactly the inputs that code loading the folder via Auto classes will produce.
     processor.save_pretrained(path)
+    if kind != "clip":  # the real repos' tokenizer files (tokenizer.model beside tokenizer.json), as save_tiny_clip
+        processor.image_processor.save_pretrained(path)
+        _write_reference_tokenizer_files(path, processor.tokenizer)
     tokenizer = AutoTokenizer.from_pretrained(path)
     image_processor = AutoImageProcessor.from_pretrained(path)
 
@@ -105,21 +148,28 @@ def train_shapes_clip(
     torch.set_num_threads(1)
     try:
         steps, loss, converged = _train_loop(
-            model, tokenizer, image_processor, start, seconds, seed, max_steps, eval_every
+            model, tokenizer, image_processor, start, seconds, seed, max_steps, eval_every, languages, text_inputs
         )
     finally:
         torch.set_num_threads(old_threads)
 
     model.eval()
-    metrics = shapes_retrieval_metrics(model, tokenizer, image_processor, per_combo=EVAL_PER_COMBO, seed=EVAL_SEED)
-    model.save_pretrained(path, safe_serialization=True)
+    metrics = shapes_retrieval_metrics(model, tokenizer, image_processor, per_combo=EVAL_PER_COMBO, seed=EVAL_SEED,
+                                       languages=languages, text_inputs=text_inputs)
+    config_logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _DropDefaultConfigTokenWarning()  # SigLIP configs warn about a default config's tokens when saved
+    config_logger.addFilter(quiet)
+    try:
+        model.save_pretrained(path, safe_serialization=True)
+    finally:
+        config_logger.removeFilter(quiet)
     # The classic preprocessor_config.json too, as save_tiny_clip writes it.
     image_processor.save_pretrained(path)
     report = {"steps": steps, "seconds": round(time.monotonic() - start, 2), "loss": round(loss, 4),
               "converged": converged, **metrics}
     if steps < max_steps and not converged:
-        logger.warning("shapes CLIP hit the %.0f s limit after %d steps; retrieval may be weak", seconds, steps)
-    logger.info("shapes CLIP trained: %s", report)
+        logger.warning("shapes %s hit the %.0f s limit after %d steps; retrieval may be weak", kind, seconds, steps)
+    logger.info("shapes %s trained: %s", kind, report)
     (path / MARKER_FILE).write_text(json.dumps(report, indent=2))
     return path
 
@@ -130,15 +180,18 @@ def _learning_rate_factor(step: int, max_steps: int) -> float:
 
 
 def _train_loop(
-    model, tokenizer, image_processor, start, seconds, seed, max_steps, eval_every
+    model, tokenizer, image_processor, start, seconds, seed, max_steps, eval_every, languages, text_inputs
 ) -> tuple[int, float, bool]:
-    """Run the optimisation; returns (steps, last loss, stopped early because retrieval was perfect)."""
+    """Run the optimisation; returns (steps, last loss, stopped early because retrieval was perfect).
+
+    Each sample's caption is drawn uniformly from every template of every language in `languages`; `text_inputs`
+    turns texts into the text tower's inputs (the same function evaluates)."""
     classes = combos()
-    n_templates = len(CAPTION_TEMPLATES)
-    captions = [caption_for(c, s, t) for c, s in classes for t in range(n_templates)]
-    enc = tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
-    all_ids = enc.input_ids.view(len(classes), n_templates, -1)
-    all_mask = enc.attention_mask.view(len(classes), n_templates, -1)
+    per_class = [(lang, t) for lang in languages for t in range(len(caption_templates(lang)))]
+    n_templates = len(per_class)
+    captions = [caption_for(c, s, t, lang) for c, s in classes for lang, t in per_class]
+    all_text = {name: value.view(len(classes), n_templates, -1)
+                for name, value in text_inputs(tokenizer, captions).items()}
 
     # A pool of distinct images per class, drawn and preprocessed once: doing it every step would cost as much as
     # the model. Its seeds (POOL_SEED+) keep it apart from the evaluation gallery (EVAL_SEED+) and the tests'.
@@ -151,7 +204,8 @@ def _train_loop(
             for c, s in classes
         ]
     )  # [class, k, 3, H, W]
-    eval_text, eval_pixels, eval_labels = _encode_eval(tokenizer, image_processor, EVAL_PER_COMBO, EVAL_SEED)
+    eval_text, eval_pixels, eval_labels = _encode_eval(tokenizer, image_processor, EVAL_PER_COMBO, EVAL_SEED,
+                                                       languages, text_inputs)
 
     # The loss is CLIP's symmetric cross-entropy over image->text and text->image logits; the target spreads over
     # same-class pairs so a class's second sample is not pushed away as a negative (it also pulls same-class images
@@ -166,6 +220,9 @@ def _train_loop(
         torch.manual_seed(seed)
         model.logit_scale.data.fill_(math.log(LOGIT_SCALE))
         model.logit_scale.requires_grad_(False)
+        bias = getattr(model, "logit_bias", None)  # SigLIP's: a constant shift, which softmax cross-entropy ignores
+        if bias is not None:
+            bias.requires_grad_(False)
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
@@ -173,7 +230,7 @@ def _train_loop(
         while steps < max_steps and time.monotonic() - start < seconds:
             pick = torch.tensor([rng.randrange(POOL_PER_CLASS) for _ in cls])
             tmpl = torch.tensor([rng.randrange(n_templates) for _ in cls])
-            out = model(input_ids=all_ids[cls, tmpl], attention_mask=all_mask[cls, tmpl], pixel_values=pool[cls, pick])
+            out = model(**{name: value[cls, tmpl] for name, value in all_text.items()}, pixel_values=pool[cls, pick])
             logits = out.logits_per_image
             batch_loss = 0.5 * (
                 torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)
@@ -194,4 +251,6 @@ def _train_loop(
                 if perfect >= 2:
                     break
         model.logit_scale.requires_grad_(True)
+        if bias is not None:
+            bias.requires_grad_(True)
     return steps, loss, perfect >= 2
