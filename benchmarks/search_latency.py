@@ -70,29 +70,40 @@ PAGE_JS = r"""
   performance.setResourceTimingBufferSize(1000000);  // the default 250 entries fill up within a few searches
   const mark = (what, extra) => marks.push({t: performance.now(), what, ...(extra || {})});
   // Gradio's queue answers on a server-sent-event stream read with fetch (GET .../queue/data): read a tee of it.
+  // The thumbnails of an answer: the URLs of its files (Gradio FileData carries a path; a hit's COCO url does not).
+  const fileUrls = (outputs) => {
+    const urls = [];
+    const walk = (v) => {
+      if (Array.isArray(v)) v.forEach(walk);
+      else if (v && typeof v === 'object') {
+        if (typeof v.url === 'string' && typeof v.path === 'string') urls.push(v.url);
+        Object.values(v).forEach(walk);
+      }
+    };
+    walk(outputs);
+    return urls;
+  };
+  const answered = (t, urls, bytes) => {
+    bench.completed.push({t, urls, bytes});
+    if (bench.onAnswer) bench.onAnswer();
+  };
   const onEvent = (text) => {
     let msg = '?';
-    const urls = [];
+    let urls = [];
     try {
       const data = JSON.parse(text);
       msg = data.msg;
-      if (msg === 'process_completed' && data.output && data.output.data) {
-        const walk = (v) => {
-          if (Array.isArray(v)) v.forEach(walk);
-          else if (v && typeof v === 'object') {
-            if (typeof v.url === 'string') urls.push(v.url);
-            Object.values(v).forEach(walk);
-          }
-        };
-        walk(data.output.data[0]);
-      }
+      if (msg === 'process_completed' && data.output && data.output.data) urls = fileUrls(data.output.data);
     } catch (err) {}
     const t = performance.now();
     marks.push({t, what: 'sse:' + msg, bytes: text.length});
-    if (msg === 'process_completed') {
-      bench.completed.push({t, urls, bytes: text.length});
-      if (bench.onAnswer) bench.onAnswer();
-    }
+    if (msg === 'process_completed') answered(t, urls, text.length);
+  };
+  // An event outside the queue (queue=False) is one POST .../run/<name> answered with {"data": [...]}.
+  const onRunAnswer = (text) => {
+    const t = performance.now();
+    marks.push({t, what: 'run:answer', bytes: text.length});
+    try { answered(t, fileUrls(JSON.parse(text).data), text.length); } catch (err) {}
   };
   const readStream = async (body) => {
     const reader = body.getReader();
@@ -116,6 +127,12 @@ PAGE_JS = r"""
     const url = typeof input === 'string' ? input : (input && input.url) || String(input);
     mark('fetch', {url});
     const answer = origFetch.apply(this, arguments);
+    if (url.includes('/run/')) {
+      return answer.then((response) => {
+        response.clone().text().then(onRunAnswer).catch(() => null);
+        return response;
+      });
+    }
     if (!url.includes('/queue/data')) return answer;
     return answer.then((response) => {
       if (!response.body) return response;

@@ -95,7 +95,7 @@ def test_text_search_details_and_more_like_this(open_page, app_server):
     first_caption = captions(page).first.inner_text().split(" · ", 1)[1]
     more.click()
     # The picked image is its own nearest neighbour: the refreshed grid starts with it at similarity 1.000.
-    expect(captions(page).first).to_have_text(f"1.000 · {first_caption}", timeout=WAIT)
+    expect(captions(page).first).to_have_text(f"similarity 1.000 · {first_caption}", timeout=WAIT)
     wait_for_results(page)
     page.locator("#results .thumbnail-item").first.click()
     expect(details).to_contain_text(f"Image {image_id}", timeout=WAIT)

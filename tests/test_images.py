@@ -101,3 +101,42 @@ def test_tiny_huge_and_extreme_aspect_images_decode(size):
 def test_jpeg_draft_decodes_big_photos_at_a_reduced_scale():
     image = open_image(_bytes(Image.new("RGB", (4000, 3000), "green"), "JPEG"), draft_size=224)
     assert image.size == (500, 375) and image.info["original_size"] == (4000, 3000)
+
+
+def _photo_like(seed: int, size=(1280, 960)) -> bytes:
+    """A camera-sized JPEG with what photos have: smooth light, texture, hard edges and fine detail."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
+    light = np.stack([np.sin(x / rng.uniform(90, 400) + c) * 60 + np.cos(y / rng.uniform(90, 400)) * 50 + 128
+                      for c in rng.uniform(0, 6, 3)], axis=-1)
+    noise = rng.normal(0, 18, light.shape)
+    picture = Image.fromarray(np.clip(light + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1))
+    draw = ImageDraw.Draw(picture)
+    for _ in range(12):
+        x0, y0 = rng.integers(0, size[0] - 200), rng.integers(0, size[1] - 200)
+        box = [x0, y0, x0 + rng.integers(40, 400), y0 + rng.integers(40, 400)]
+        fill = tuple(int(v) for v in rng.integers(0, 255, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill, outline=(0, 0, 0), width=3)
+    return _bytes(picture, "JPEG")
+
+
+def test_draft_decoding_keeps_the_vectors_of_photo_like_pictures(tmp_path):
+    """The builder and the app decode JPEGs at a reduced DCT scale (still >= the model's input): on photo-like
+    pictures the default model family's vectors (SigLIP 2 fixed resolution at 256 px, its image processor) from
+    draft and full decoding agree at cosine >= 0.99."""
+    from clipsearch.core.encoder import Encoder
+    from testkit.models import save_tiny_clip
+
+    encoder = Encoder.load(str(save_tiny_clip(tmp_path / "siglip2", "siglip2-fixres", image_size=256)), None, "cpu")
+    assert encoder.info.image_size == 256
+    photos = [_photo_like(seed) for seed in range(6)]
+    draft = [open_image(photo, draft_size=encoder.info.image_size) for photo in photos]
+    full = [open_image(photo) for photo in photos]
+    assert all(d.size[0] <= f.size[0] // 2 and min(d.size) >= 256 for d, f in zip(draft, full))  # 1/2 or 1/4 scale
+    cosines = (encoder.encode_images(draft) * encoder.encode_images(full)).sum(axis=1)
+    assert cosines.min() >= 0.99, cosines
+    pixels = [encoder.preprocess([image])["pixel_values"].flatten().numpy() for image in draft + full]
+    pixel_cosines = [float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(pixels[:6], pixels[6:])]
+    assert min(pixel_cosines) >= 0.99, pixel_cosines

@@ -11,17 +11,9 @@ import gradio
 import yaml
 
 from testkit import ROOT
+from testkit.deploy import load_deploy
 
-
-def _load_deploy():
-    """spaces/deploy.py, loaded from its path: spaces/ itself is not a package (see the last test)."""
-    spec = importlib.util.spec_from_file_location("deploy", ROOT / "spaces" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy = _load_deploy()
+deploy = load_deploy()
 
 
 def test_card_front_matter_is_complete_and_pinned():

@@ -3,7 +3,6 @@ default holds), and an existing repo's visibility is never changed, by --push an
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,21 +10,14 @@ from huggingface_hub import HfApi
 
 from builder.publish import push
 from clipsearch.core.manifest import Manifest
-from testkit import HUB_TOKEN, ROOT
+from testkit import HUB_TOKEN
+from testkit.deploy import load_deploy
 from testkit.helpers import run_build
 
 ORG = "acme"  # an organisation whose new repos are private unless the create request says otherwise
 
 
-def _load_deploy():
-    """spaces/deploy.py by path: spaces/ is never an importable package (see test_spaces)."""
-    spec = importlib.util.spec_from_file_location("spaces_deploy", ROOT / "spaces" / "deploy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-deploy = _load_deploy()
+deploy = load_deploy()
 
 
 @pytest.fixture(scope="module")

@@ -281,7 +281,9 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
                                         HTTPException: busy_handler(queue_size)}
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails)]
-    kwargs = {**session_capacity(), **kwargs}  # the caller's own cap wins
+    # No run history: Gradio would rewrite up to 100 past runs in the visitor's localStorage several times per click
+    # (slower with every search), and a visitor's queries stay out of the browser's storage.
+    kwargs = {"run_history": False, **session_capacity(), **kwargs}  # the caller's own cap wins
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo.launch(
         theme=gr.themes.Soft(), css=CSS, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],

@@ -188,6 +188,12 @@ def about_markdown(service: Service) -> str:
         lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
                      f"measured for this build ({reason}).")
     lines.append(_calibration_paragraph(manifest))
+    if service.searcher.encoder.info.multilingual:
+        lines.append("\n**Languages:** descriptions work in any language the model was trained on; text reaches it "
+                     "as typed (lowercased in ASCII only, as in its reference evaluation). Its published multilingual "
+                     "retrieval (Crossmodal-3600, 36 languages) is in the SigLIP 2 paper, "
+                     "[arXiv:2502.14786](https://arxiv.org/abs/2502.14786) (not quoted here: no copy of its tables "
+                     "could be checked); COCO recall above is English.")
     if by_category := manifest.evaluation.get("image_to_image_by_category"):
         lines.append(f"\n**Image → image, relevance = shares a COCO category** ({by_category['images']:,} images)\n\n"
                      "| P@1 | P@5 | P@10 | mAP |\n|---|---|---|---|\n"
