@@ -169,7 +169,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     report = Report.start("build_speed", "Build speed: the builder against a naive loop")
     model = random_model(DEFAULT_MODEL, args.cache)
-    body = ("The default model's random-weight stand-in (same compute as the real B/32). Figures of one run; "
+    body = ("The default model's random-weight stand-in (same compute as the real model). Figures of one run; "
             "compare within a table.\n\n" + throughput(args, model) + "\n")
     if args.coco:
         body += "\n" + end_to_end(args, model) + "\n"
