@@ -25,7 +25,12 @@ def _strength(hit: Hit) -> str:
     cosine (which means nothing across models, so it is labelled as a similarity, not a promise)."""
     if hit.confidence is None:
         return f"similarity {hit.score:.3f}"
-    return f"{'weak · ' if hit.confidence < WEAK else ''}{hit.confidence:.0%} match"
+    return f"{'weak · ' if hit.confidence < WEAK else ''}{_percent(hit.confidence)} match"
+
+
+def _percent(probability: float) -> str:
+    """A chance as a visitor reads it: "<1%" rather than a "0%" that claims a certainty nobody has."""
+    return "<1%" if probability < 0.005 else f"{probability:.0%}"
 
 
 def results_label(hits: list[Hit], plan: Plan) -> str:
@@ -35,8 +40,8 @@ def results_label(hits: list[Hit], plan: Plan) -> str:
     first = plan.first_rank
     span = f"Results {first}–{first + len(hits) - 1}"
     if plan.page == 0 and hits[0].confidence is not None and hits[0].confidence < WEAK:
-        return (f"Nothing in this collection matches well (best: {hits[0].confidence:.0%} likely). {span} are the "
-                "nearest images, marked weak.")
+        return (f"Nothing in this collection matches well (best: {_percent(hits[0].confidence)} likely). {span} are "
+                "the nearest images, marked weak.")
     return span
 
 
@@ -67,7 +72,7 @@ def _confidence_line(hit: dict) -> str:
     if hit.get("confidence") is None:
         return ""
     weak = " (a weak match)" if hit["confidence"] < WEAK else ""
-    return f"**{hit['confidence']:.0%}** likely a match{weak} · "
+    return f"**{_percent(hit['confidence'])}** likely a match{weak} · "
 
 
 MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
