@@ -143,3 +143,40 @@ def test_the_api_returns_confidence_and_lets_the_client_cut(client, app_server):
     _, sure = client.predict(*search_data(app_server[0], text="a red circle", k=10, min_confidence=0.5),
                              api_name="/search")
     assert [h["image_id"] for h in sure] == [h["image_id"] for h in every if h["confidence"] >= 0.5]
+
+
+def test_in_a_browser_an_absent_thing_is_told_plainly_and_a_present_one_is_not(built, tmp_path, monkeypatch):
+    """What a visitor sees: the sentence above the grid and the weak marks, in Chromium, on the world without red."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from clipsearch.serve.service import Settings, start
+    from clipsearch.web.ui import build_ui, launch
+    from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, SCREENSHOTS, WAIT
+
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "cache"))
+    service = start(Settings(index_dir=str(built["no red", "shapes"]), index_repo="unused/unused",
+                             index_revision=None, endpoint=None, token=None))
+    demo = build_ui(service)
+    launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport=DESKTOP)
+            page.goto(demo.local_url, wait_until="domcontentloaded")
+            results = page.locator("#results")
+            for query, honest in (("a red circle", True), ("a blue square", False)):
+                page.get_by_label("Describe the image").fill(query)
+                page.get_by_role("button", name="Search", exact=True).click()
+                expect(results.locator(".caption-label").first).to_contain_text("match", timeout=WAIT)
+                sentence = results.get_by_text("Nothing in this collection matches well")
+                if honest:
+                    expect(sentence).to_be_visible(timeout=WAIT)
+                    expect(results.locator(".caption-label").first).to_contain_text("weak ·")
+                    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(SCREENSHOTS / "no-good-match.png"))
+                else:
+                    expect(sentence).to_have_count(0, timeout=WAIT)
+                    expect(results.locator(".caption-label").first).not_to_contain_text("weak")
+            browser.close()
+    finally:
+        demo.close()
