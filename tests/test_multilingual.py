@@ -210,3 +210,20 @@ def test_a_query_with_nothing_in_it_is_refused_with_a_sentence(blank):
     with pytest.raises(QueryError) as refused:
         clean_text(blank)
     assert_sentence(refused.value)
+
+
+def test_the_page_invites_any_language_only_for_a_multilingual_model(searcher, shapes_artifacts):
+    """The SigLIP 2-style model's Gemma tokenizer makes its build multilingual (recorded in the manifest); the English
+    shapes CLIP's build is not, and its page makes no such promise."""
+    from types import SimpleNamespace
+
+    from clipsearch.core.gallery import Gallery
+    from clipsearch.web.views import about_markdown
+
+    assert searcher.encoder.info.multilingual and searcher.gallery.manifest.model["multilingual"] is True
+    english = Gallery.open(shapes_artifacts).manifest
+    assert english.model["multilingual"] is False
+    for manifest, promised in ((searcher.gallery.manifest, True), (english, False)):
+        service = SimpleNamespace(searcher=SimpleNamespace(gallery=SimpleNamespace(manifest=manifest), has_text=True),
+                                  source=SimpleNamespace(repo_id=None, folder="here", notice=None))
+        assert ("**Languages:** descriptions work in any language" in about_markdown(service)) is promised

@@ -193,7 +193,7 @@ def about_markdown(service: Service) -> str:
         lines.append(f"\n**Recall on the Karpathy 5k test split** (the split published COCO figures use): not "
                      f"measured for this build ({reason}).")
     lines.append(_calibration_paragraph(manifest))
-    if service.searcher.encoder.info.multilingual:
+    if model.get("multilingual"):  # recorded by the builder from the model's tokenizer
         lines.append("\n**Languages:** descriptions work in any language the model was trained on; text reaches it "
                      "as typed (lowercased in ASCII only, as in its reference evaluation). Its published multilingual "
                      "retrieval (Crossmodal-3600, 36 languages) is in the SigLIP 2 paper, "
