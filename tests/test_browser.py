@@ -228,6 +228,10 @@ def test_phone_layout(open_page):
     button.click()
     wait_for_results(page)
     assert_no_horizontal_overflow(page)
+    # A visitor who searched sees the first results without scrolling: the examples scroll sideways in one row.
+    page.evaluate("window.scrollTo(0, 0)")
+    first = page.locator("#results .thumbnail-item").first.bounding_box()
+    assert first and first["y"] + first["height"] <= PHONE["height"], f"first result below the first screen: {first}"
     shot(page, "7-phone-results")
 
 

@@ -48,6 +48,11 @@ CSS = """
 #details {min-height: 2rem;}
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
+/* On a phone the examples scroll sideways in one row instead of stacking six rows above the results. */
+@media (max-width: 640px) {
+  #text-examples .gallery { flex-wrap: nowrap; overflow-x: auto; }
+  #text-examples .gallery-item { flex: 0 0 auto; }
+}
 """
 
 
@@ -93,7 +98,8 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                 ui.text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
             ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
-            gr.Examples(examples, inputs=ui.query, label="Try, in any language" if multilingual else "Try")
+            gr.Examples(examples, inputs=ui.query, label="Try, in any language" if multilingual else "Try",
+                        elem_id="text-examples")
         with gr.Tab("Image → Image", id="image") as ui.image_tab:
             with gr.Row():
                 ui.picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
