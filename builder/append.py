@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from clipsearch.core.encoder import DEFAULT_MODEL, Encoder
 from clipsearch.core.manifest import (
@@ -41,7 +42,6 @@ log = logging.getLogger("builder")
 def fetch_base(repo: str, out: Path) -> None:
     """Start from a published build: download exactly the files its manifest lists (pinned to one commit) into --out,
     the manifest last, so an interrupted download never looks like a finished build."""
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     repo_id, revision = parse_repo(repo)
     commit = HfApi().dataset_info(repo_id, revision=revision).sha

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from clipsearch.core.manifest import SourceInfo
 
@@ -152,7 +154,6 @@ class HubCocoSource(Source):
         self._shards.append(_Shard(split=split, path=path, metadata=metadata))
 
     def _footer(self, path: str):
-        import pyarrow.parquet as pq
 
         try:
             with self._images.open_file(path) as handle:
@@ -192,7 +193,6 @@ class HubCocoSource(Source):
 
     def _read(self, shard: int, how, what: str, handle=None):
         """how(pq.ParquetFile) on a shard (a file object opened for this call, or `handle`), errors as sentences."""
-        import pyarrow.parquet as pq
 
         path = self._shards[shard].path
         try:
@@ -255,7 +255,6 @@ class HubCocoSource(Source):
     def fetch(self, indices: list[int] | None = None, progress: bool = True) -> None:
         """Bring the bytes of these records' images close: whole shards into the Hub cache, or their row groups'
         image columns into memory (a trial); one progress bar in bytes, with its ETA."""
-        from tqdm import tqdm
 
         plan = self._plan(indices)
         whole = [(self._images, self._shards[s].path) for s, p in plan.items() if p[0] == "whole"]
@@ -290,7 +289,6 @@ class HubCocoSource(Source):
 
     def _on_demand(self, shard: int, group: int) -> pa.Array:
         """A row group read in this process (from the local shard, else by range), kept in a small LRU cache."""
-        import pyarrow.parquet as pq
 
         if self._pid != os.getpid():
             self._per_process()
@@ -314,7 +312,6 @@ class _Progress:
     """A tqdm bar for long listings only (the real COCO: ~1,200 row groups); silent when logging is quiet."""
 
     def __init__(self, total: int, desc: str, unit: str):
-        from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=2,
                         disable=total < 50 or not log.isEnabledFor(logging.INFO))

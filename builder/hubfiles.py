@@ -16,6 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.repocard import metadata_load
+from tqdm import tqdm
+
 from .errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -83,8 +88,6 @@ class Repo:
                 raise SourceError(f"{flag} {repo_id}: could not be loaded (a file, not a dataset folder).")
             files = {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
             return cls(repo_id=str(root.resolve()), flag=flag, local=root.resolve(), files=files)
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
         try:
             api = HfApi()
@@ -126,10 +129,11 @@ class Repo:
                 next((c for c in configs if c.get("config_name") == "default"), configs[0])
             data_files = config.get("data_files")
             if data_files is not None:
+                # lazy: datasets takes ~1.3 s to import, and only a Hub source's file listing needs it
                 from datasets.data_files import sanitize_patterns
 
                 return {split: list(p) for split, p in sanitize_patterns(data_files).items()}
-        from datasets.data_files import _get_data_files_patterns
+        from datasets.data_files import _get_data_files_patterns  # lazy: as above
 
         def resolve(pattern: str) -> list[str]:
             found = self._match([pattern])
@@ -153,7 +157,6 @@ class Repo:
     def _card(self) -> dict:
         if "README.md" not in self.files:
             return {}
-        from huggingface_hub.repocard import metadata_load
 
         try:
             return metadata_load(self.path("README.md")) or {}
@@ -167,7 +170,6 @@ class Repo:
         """The local file for `path` when it needs no download (a folder, or already in the Hub cache)."""
         if self.local is not None:
             return str(self.local / path)
-        from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(self.repo_id, path, revision=self.revision, repo_type="dataset")
         return found if isinstance(found, str) else None
@@ -177,8 +179,6 @@ class Repo:
         found = self.cached(path)
         if found is not None:
             return found
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError
 
         try:
             return hf_hub_download(self.repo_id, path, repo_type="dataset", revision=self.revision,
@@ -194,7 +194,6 @@ class Repo:
         local = self.cached(path)
         if local is not None:
             return open(local, "rb")  # noqa: SIM115 - the caller closes it
-        from huggingface_hub import HfFileSystem
 
         return HfFileSystem().open(f"datasets/{self.repo_id}/{path}", "rb", revision=self.revision,
                                    cache_type="none", size=self.files[path])
@@ -203,7 +202,6 @@ class Repo:
 def download_files(items: list[tuple[Repo, str]], *, progress: bool, desc: str = "downloading") -> dict[str, str]:
     """Download whole files (those not cached yet) in parallel, with one bar in bytes and its ETA.
     Returns {path in repo: local path}."""
-    from tqdm import tqdm
 
     todo = [(repo, path) for repo, path in items if repo.cached(path) is None]
     done = {path: repo.cached(path) for repo, path in items if repo.cached(path) is not None}

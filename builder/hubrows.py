@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import SourceError
 from .sources import Record
@@ -16,7 +17,7 @@ CATEGORY_FIELDS = ("category_name", "category")
 def find_layout(metadata, repo_id: str) -> dict:
     """Which columns to read from a shard (pyarrow FileMetaData): ids, names, sizes, captions, urls, categories,
     and the image (its column chunk number, for sizes from the footer)."""
-    import datasets
+    import datasets  # lazy: datasets takes ~1.3 s to import; only a Hub COCO source reads its schema
 
     schema = metadata.schema.to_arrow_schema()
     try:
@@ -66,7 +67,6 @@ def make_record(value: dict, layout: dict, split: str, locator: int, captions: d
 
 def caption_lookup(repo, paths: list[str]) -> dict[int, dict]:
     """{image id: {"captions", "url"}} from the captions repo's files of one split (read whole, they are small)."""
-    import pyarrow.parquet as pq
 
     lookup: dict[int, dict] = {}
     for path in paths:

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
 from clipsearch.core.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,6 @@ def load_split(location: str | None = None) -> KarpathySplit:
 
 
 def read_split(path: Path, source: dict) -> KarpathySplit:
-    import pyarrow.parquet as pq
 
     if not Path(path).is_file():
         raise KarpathyUnavailable(f"{path} does not exist")
@@ -122,7 +124,6 @@ def _caption(sentence) -> str:
 def _download(source: dict) -> Path:
     """The pinned file from the Hub cache, else one quick metadata request (no retries: without a network this
     costs a second, not the client's half-minute of back-off), then the download."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     repo, revision, filename = source["repo"], source.get("revision"), source["file"]
     kwargs = {"repo_type": "dataset", "revision": revision}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token, hf_hub_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from clipsearch.core.errors import first_line
@@ -181,7 +181,6 @@ def dataset_card(manifest: Manifest, repo_id: str, tag: str, parent: str | None)
 
 def _previous_build(api: HfApi, repo_id: str, commit: str) -> set[str]:
     """The files the repo's current build wrote: its manifest and what that manifest lists."""
-    from huggingface_hub import hf_hub_download
 
     folder = Path(hf_hub_download(repo_id, MANIFEST, repo_type="dataset", revision=commit, endpoint=api.endpoint,
                                   token=api.token)).parent
@@ -192,7 +191,6 @@ def _previous_build(api: HfApi, repo_id: str, commit: str) -> set[str]:
 
 
 def _card_is_ours(api: HfApi, repo_id: str, commit: str) -> bool:
-    from huggingface_hub import hf_hub_download
 
     card = Path(hf_hub_download(repo_id, CARD, repo_type="dataset", revision=commit, endpoint=api.endpoint,
                                 token=api.token)).read_text(encoding="utf-8", errors="replace")

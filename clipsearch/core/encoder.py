@@ -6,6 +6,7 @@ ResNet, ... through the Auto classes) embed images only, for galleries where vis
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import string
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from .errors import EncoderError, first_line
 from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, choose_precision, convert
@@ -103,7 +105,6 @@ class Encoder:
         otherwise the next one is tried, then fp32, and the log says why. Given `batch` where auto has a real
         choice (AMX), the faster on passes of `batch` images is kept (the app passes 1: one query at a time).
         `encoder.precision` tells what was kept."""
-        from transformers import AutoModel
 
         folder = Path(folder).expanduser()
         name = model_id or str(folder)  # as the user named it, in every sentence
@@ -186,7 +187,6 @@ class Encoder:
 
 def _model(folder: Path, name: str):
     """(config, model, paired) of a model folder: paired text and image towers, or an image-only backbone."""
-    from transformers import AutoConfig, AutoModel
 
     try:
         config = AutoConfig.from_pretrained(folder)
@@ -213,7 +213,6 @@ def _model(folder: Path, name: str):
 
 def _processors(folder: Path, name: str, paired: bool):
     """(image processor, tokenizer or None) of a model folder."""
-    from transformers import AutoImageProcessor, AutoTokenizer
 
     try:
         # The PIL backend everywhere: torchvision's resize differs slightly, and index vectors and query vectors
@@ -346,7 +345,6 @@ def _jsonable(value):
 
 def _tokenizer_problem(model_id: str, folder: Path, error: BaseException) -> str:
     """One sentence for a tokenizer that cannot be built, naming the missing package when that is the cause."""
-    import json
 
     try:
         declared = json.loads((folder / "tokenizer_config.json").read_text()).get("tokenizer_class")

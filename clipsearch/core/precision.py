@@ -6,6 +6,8 @@ the encoder applies the decision (Encoder.use_precision, which converts its mode
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import time
 import warnings
@@ -204,11 +206,9 @@ def calibration_images(size: int) -> list[Image.Image]:
 
 def _release_freed_memory() -> None:
     """Hand the replaced fp32 weights back to the OS (glibc keeps freed heap otherwise): resident memory counts."""
-    import gc
 
     gc.collect()  # replaced modules can sit in reference cycles
     try:
-        import ctypes
 
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

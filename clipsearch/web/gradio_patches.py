@@ -8,6 +8,11 @@ import os
 import re
 
 import gradio as gr
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse
+from gradio import state_holder
+from gradio.blocks import BlocksConfig
+from starlette.exceptions import HTTPException
 
 from ..core.gallery import LOCAL, PLACEHOLDER, ThumbnailStore
 
@@ -128,9 +133,6 @@ class _NoComponents:
 def lazy_session_configs() -> None:
     """Install _LazyConfigValues in Gradio's SessionState (once per process); skipped, with a warning, where
     SessionState or its config no longer look as this was written against."""
-    from gradio import state_holder
-    from gradio.blocks import BlocksConfig
-
     original = state_holder.SessionState.__init__
     if getattr(original, "lazy_configs", False):
         return
@@ -247,9 +249,6 @@ def busy_handler(queue_size: int):
     """An exception handler that answers Gradio's full queue (HTTP 503) with Retry-After and a sentence saying the
     search is busy (gradio_client raises QueueError, the browser says "busy, try again"); everything else as FastAPI
     would. Matched on Gradio's detail text: where that changes, callers get Gradio's own answer."""
-    from fastapi.exception_handlers import http_exception_handler
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
 
     async def busy(request, error: HTTPException):
         if error.status_code == 503 and str(error.detail).startswith("Queue is full"):  # Gradio's queue, full

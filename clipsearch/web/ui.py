@@ -6,6 +6,8 @@ import functools
 from types import SimpleNamespace
 
 import gradio as gr
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from ..core.query import MAX_K
 from ..serve.service import Service
@@ -279,8 +281,6 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
     When `queue_size` requests are already waiting, the next one is turned away at once (HTTP 503 with Retry-After
     and a sentence saying the search is busy; gradio_client raises QueueError, the browser says "busy, try again")
     instead of waiting without end."""
-    from starlette.exceptions import HTTPException
-    from starlette.middleware import Middleware
 
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
