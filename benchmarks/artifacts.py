@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.common import OWNED, fresh_folder
+from benchmarks.common import fresh_folder
 from benchmarks.models import DEFAULT_MODEL, random_model
 
 COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000
@@ -180,7 +180,7 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
     built, index_info = build_index(packed.vectors, factory, params)
     faiss.write_index(built, str(out / INDEX))
     shutil.rmtree(work)
-    names = sorted(p.name for p in out.iterdir() if p.is_file() and p.name not in (MANIFEST, OWNED))
+    names = sorted([INDEX, *packed.files])  # exactly what was written here, as builder.finish lists them
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=info.to_dict(), dim=info.dim, count=count, index=index_info,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=THUMB_SIDE), sources=source.infos, skipped=[],
