@@ -138,8 +138,8 @@ class _DropDefaultConfigTokenWarning(logging.Filter):
         return "integer within the vocabulary" not in record.getMessage()
 
 
-def _save(path: Path, model, processor) -> None:
-    path.mkdir(parents=True, exist_ok=True)
+def save_model(model, path: Path) -> None:
+    """model.save_pretrained (safetensors) without transformers' warning about a default config's tokens."""
     config_logger = logging.getLogger("transformers.configuration_utils")
     quiet = _DropDefaultConfigTokenWarning()
     config_logger.addFilter(quiet)
@@ -147,6 +147,11 @@ def _save(path: Path, model, processor) -> None:
         model.save_pretrained(path, safe_serialization=True)
     finally:
         config_logger.removeFilter(quiet)
+
+
+def _save(path: Path, model, processor) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_model(model, path)
     processor.save_pretrained(path)
     # transformers 5 nests the image processor inside processor_config.json; also write the
     # classic preprocessor_config.json for loaders that only look there.

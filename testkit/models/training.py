@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import _build, _DropDefaultConfigTokenWarning
+from .checkpoints import _build, save_model
 from .shapes import caption_for, caption_templates, combos, draw_shape, shapes_gallery
 from .tokenization import _write_reference_tokenizer_files, siglip_reference_ids
 
@@ -156,13 +156,7 @@ def _train(path, kind, languages, text_inputs, seconds, seed, image_size, max_st
     model.eval()
     metrics = shapes_retrieval_metrics(model, tokenizer, image_processor, per_combo=EVAL_PER_COMBO, seed=EVAL_SEED,
                                        languages=languages, text_inputs=text_inputs)
-    config_logger = logging.getLogger("transformers.configuration_utils")
-    quiet = _DropDefaultConfigTokenWarning()  # SigLIP configs warn about a default config's tokens when saved
-    config_logger.addFilter(quiet)
-    try:
-        model.save_pretrained(path, safe_serialization=True)
-    finally:
-        config_logger.removeFilter(quiet)
+    save_model(model, path)
     # The classic preprocessor_config.json too, as save_tiny_clip writes it.
     image_processor.save_pretrained(path)
     report = {"steps": steps, "seconds": round(time.monotonic() - start, 2), "loss": round(loss, 4),
