@@ -4,15 +4,23 @@ import logging
 import sys
 
 from clipsearch.core.errors import ArtifactError, EncoderError
-from clipsearch.serve.service import Settings, start
-from clipsearch.web.ui import build_ui, launch
+from clipsearch.serve import prefetch
+from clipsearch.serve.settings import Settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def main() -> None:
     try:
-        service = start(Settings.from_env())
+        settings = Settings.from_env()
+    except EncoderError as error:
+        sys.exit(f"error: {error}")
+    prefetch.begin(settings)  # the downloads run while the next two imports load torch, transformers and Gradio
+    from clipsearch.serve.service import start  # lazy: ~5 s of torch and transformers, overlapping the downloads
+    from clipsearch.web.ui import build_ui, launch  # lazy: ~3 s of Gradio, likewise
+
+    try:
+        service = start(settings)
     except (ArtifactError, EncoderError) as error:
         logging.getLogger("app").error("cannot start: %s", error)
         sys.exit(f"error: {error}")

@@ -25,7 +25,7 @@ from clipsearch.core.manifest import (
     Manifest,
     verify_files,
 )
-from clipsearch.hub.models import load_encoder
+from clipsearch.hub.encoders import load_encoder
 
 from .embed import embed_shards, shard_ranges
 from .errors import BuildError

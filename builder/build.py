@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from clipsearch.core.encoder import DEFAULT_MODEL, EncoderError
-from clipsearch.core.manifest import DEFAULT_INDEX_REPO, ArtifactError, Manifest
-from clipsearch.core.precision import BUILD_MIN_COSINE, PRECISIONS
+from clipsearch.core.manifest import DEFAULT_INDEX_REPO, PRECISIONS, ArtifactError, Manifest
+from clipsearch.core.precision import BUILD_MIN_COSINE
 from clipsearch.core.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
 from .distributed import Ranks

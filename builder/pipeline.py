@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.precision import BUILD_MIN_COSINE
-from clipsearch.hub.models import load_encoder
+from clipsearch.hub.encoders import load_encoder
 
 from .append import run_append
 from .distributed import Job

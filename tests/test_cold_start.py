@@ -246,3 +246,58 @@ def test_a_hub_that_ignores_the_range_header_is_not_read_whole(hub, published, p
         assert gallery.thumbnails.path(row).name == PLACEHOLDER
     assert "not 206" in caplog.text
     assert not (gallery.thumbnails.cache_dir / f"{row}.jpg").exists()
+
+
+def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_nothing(hub, packed_artifacts,
+                                                                                       tmp_path, monkeypatch):
+    """app.py starts the downloads before importing torch and Gradio (clipsearch.serve.prefetch): every file the
+    start needs arrives once, the model's as soon as the manifest names it, and start() then fetches nothing more."""
+    import dataclasses
+    import shutil
+
+    from clipsearch.core.manifest import write_manifest
+    from clipsearch.serve import prefetch
+    from clipsearch.serve.service import start
+    from clipsearch.serve.settings import Settings
+
+    model_repo = "tester/tiny-clip"
+    manifest = Manifest.read(packed_artifacts)
+    model_files = {p.name: p.read_bytes() for p in Path(manifest.model["model_id"]).iterdir() if p.is_file()}
+    sha = hub.put_files(model_repo, model_files, "model", "Initial commit")
+    served = tmp_path / "artifacts"
+    shutil.copytree(packed_artifacts, served)
+    write_manifest(served, dataclasses.replace(manifest, model={**manifest.model, "model_id": model_repo,
+                                                                "revision": sha}))
+    push(served, Manifest.read(served), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
+    settings = Settings.from_env({"INDEX_REPO": REPO, "HF_ENDPOINT": hub.url})
+    hub.bytes_served.clear()
+
+    threads = prefetch.begin(settings)
+    while any(thread.is_alive() for thread in threads):  # the model's thread joins the list once the manifest is in
+        for thread in list(threads):
+            thread.join(60)
+    assert [thread.name for thread in threads] == ["prefetch-artifacts", "prefetch-model"]
+    artifacts = {name: entry.size for name, entry in Manifest.read(served).files.items()}
+    assert {k: v for k, v in hub.downloaded(REPO).items() if k != MANIFEST} == artifacts  # each file once, whole
+    fetched = hub.downloaded(model_repo)
+    assert "config.json" in fetched and any(name.endswith(".safetensors") for name in fetched)
+    assert all(fetched[name] == len(model_files[name]) for name in fetched)
+
+    before = dict(hub.bytes_served)
+    service = start(settings)
+    assert dict(hub.bytes_served) == before  # start() found every file in the cache
+    assert service.searcher.gallery.manifest.model["model_id"] == model_repo
+    assert len(service.searcher.search_text("a red circle", 3)) == 3
+
+
+def test_the_prefetch_leaves_failures_to_start_and_skips_local_folders(hub, tmp_path, monkeypatch):
+    from clipsearch.serve import prefetch
+    from clipsearch.serve.settings import Settings
+
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
+    assert prefetch.begin(Settings.from_env({"INDEX_DIR": str(tmp_path)})) == []
+    threads = prefetch.begin(Settings.from_env({"INDEX_REPO": "tester/missing", "HF_ENDPOINT": hub.url}))
+    for thread in threads:
+        thread.join(30)
+    assert [t.name for t in threads] == ["prefetch-artifacts"] and not threads[0].is_alive()  # no model: no manifest

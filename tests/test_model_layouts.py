@@ -120,7 +120,7 @@ def _check_vectors(encoder, folder: Path, lowercase: bool = False) -> None:
 
 
 def _load(repo: str, revision: str | None = None):
-    from clipsearch.hub.models import load_encoder
+    from clipsearch.hub.encoders import load_encoder
 
     return load_encoder(repo, revision, device="cpu")
 

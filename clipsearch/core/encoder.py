@@ -18,7 +18,8 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from .errors import EncoderError, first_line
-from .precision import MIN_CALIBRATION_COSINE, PRECISIONS, calibration_images, choose_precision, convert
+from .manifest import PRECISIONS
+from .precision import MIN_CALIBRATION_COSINE, calibration_images, choose_precision, convert
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ THUMBS_PATTERN = "thumbs-{:05d}.bin"
 # default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
 TAG_PREFIX = "build-"
+# What --precision and CLIPSEARCH_PRECISION accept (clipsearch.core.precision says what each one means).
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 _STAMPS_LOCK = threading.Lock()  # verified.json is shared by the start-up and the background pack fetcher
 
 

@@ -20,11 +20,12 @@ from .errors import first_line
 
 log = logging.getLogger(__name__)
 
-# Inference precisions on CPU. fp32 is the reference (the builder's default: index vectors are made with it);
-# bf16 weights are fast only where the CPU has bf16 instructions; int8 is torch's dynamic quantisation of every
-# nn.Linear (weights int8 per output channel, activations quantised per call; the token table kept in fp16), fast on
-# any x86 with AVX2, best with AVX512-VNNI. "auto" tries them in the order auto_precisions() gives for the host.
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# Inference precisions on CPU (their names: manifest.PRECISIONS). fp32 is the reference (the builder's default: index
+# vectors are made with it); bf16 weights are fast only where the CPU has bf16 instructions; int8 is torch's dynamic
+# quantisation of every nn.Linear (weights int8 per output channel, activations quantised per call; the token table
+# kept in fp16), fast on any x86 with AVX2, best with AVX512-VNNI. "auto" tries them in the order auto_precisions()
+# gives for the host.
+
 # A fast path is kept only if it agrees with fp32 at least this well on the calibration batch (cosine, worst row).
 MIN_CALIBRATION_COSINE = 0.99
 # The builder's stricter gate: index vectors outlive the query path, so a fast path must agree with fp32 tenfold closer.

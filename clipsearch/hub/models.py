@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -17,7 +16,6 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 
-from ..core.encoder import Encoder
 from ..core.errors import EncoderError, first_line
 from .errors import hub_unreachable
 
@@ -40,14 +38,6 @@ PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")  
 # safetensors_conversion.py looks for; only this author is trusted, as there).
 CONVERSION_BOT = "SFconvertbot"
 CONVERSION_TITLE = "Adding `safetensors` variant of this model"
-
-
-def load_encoder(model_id: str, revision: str | None = None, device: str | torch.device = "auto",
-                 **options) -> Encoder:
-    """The encoder of a Hub model id (its files fetched first, see resolve_model) or of a local model folder;
-    `options` go to Encoder.load (precision, min_cosine, batch)."""
-    folder, resolved = resolve_model(model_id, revision)
-    return Encoder.load(folder, resolved, device, model_id=model_id, **options)
 
 
 def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str | None]:

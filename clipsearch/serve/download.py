@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,8 @@ def latest_tag(api: HfApi, repo_id: str) -> str | None:
 
 
 def download(repo_id: str, revision: str | None, *, endpoint: str | None = None, token: str | None = None,
-             cache_dir: Path | None = None, lazy: bool = False, stamp_dir: Path | None = None) -> IndexSource:
+             cache_dir: Path | None = None, lazy: bool = False, stamp_dir: Path | None = None,
+             on_manifest: Callable[[Manifest], None] | None = None) -> IndexSource:
     """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache: the manifest,
     then exactly the files it lists, all at one commit (whatever else the repo holds is not downloaded).
 
@@ -78,7 +80,9 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
     unless the index stores the vectors itself (then it is never fetched); the thumbnail packs are left to
     `source.remote`, which fetches them in the background once the app serves (range requests meanwhile). When all
     that is missing totals at most EAGER_BYTES, everything is fetched now. Each file is hashed as soon as it is down,
-    while the others still download, and stamped verified in `stamp_dir`, so opening it does not read it again."""
+    while the others still download, and stamped verified in `stamp_dir`, so opening it does not read it again.
+    `on_manifest` is called with the manifest before the other files are fetched (the prefetch starts the model's
+    download there)."""
     api = HfApi(endpoint=endpoint, token=token)
     newest = latest_tag(api, repo_id)
     ref = revision or newest or "main"
@@ -96,6 +100,8 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
                             "python -m builder.build --push, or set INDEX_REVISION to a build tag.") from None
     folder = listed.parent
     manifest = Manifest.read(folder)
+    if on_manifest:
+        on_manifest(manifest)
     now, later = sorted(manifest.files), []
     if lazy:
         missing = [name for name in now if not (folder / name).exists()]

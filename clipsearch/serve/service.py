@@ -12,47 +12,14 @@ import torch
 
 from ..core.batcher import ModelThread
 from ..core.encoder import Encoder
-from ..core.errors import EncoderError
 from ..core.gallery import Gallery
-from ..core.manifest import DEFAULT_INDEX_REPO
-from ..core.precision import PRECISIONS
 from ..core.search import Searcher
 from ..hub.models import resolve_model
 from .download import IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
+from .settings import Settings
 from .starter import build_starter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Environment variables, so Space variables and secrets work unchanged (see README)."""
-
-    index_dir: str | None
-    index_repo: str
-    index_revision: str | None
-    endpoint: str | None
-    token: str | None
-    precision: str = "auto"
-    # INDEX_REPO left unset: only then may a missing repo be replaced by a starter index (see clipsearch.serve.starter)
-    default_repo: bool = False
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        precision = env.get("CLIPSEARCH_PRECISION") or "auto"
-        if precision not in PRECISIONS:
-            raise EncoderError(f"CLIPSEARCH_PRECISION={precision!r}: choose one of {', '.join(PRECISIONS)} "
-                               "(auto: the fastest path that agrees with fp32 on this CPU).")
-        return cls(
-            index_dir=env.get("INDEX_DIR") or None,
-            index_repo=env.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
-            index_revision=env.get("INDEX_REVISION") or None,
-            endpoint=env.get("HF_ENDPOINT") or None,
-            token=env.get("HF_TOKEN") or None,
-            precision=precision,
-            default_repo=not env.get("INDEX_REPO"),
-        )
 
 
 @dataclass
