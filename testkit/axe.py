@@ -41,6 +41,10 @@ class Audit:
     def blocking(self) -> tuple[Violation, ...]:
         return tuple(v for impact in BLOCKING for v in self.by_impact.get(impact, ()))
 
+    @property
+    def rules(self) -> set[str]:
+        return {v.rule for found in self.by_impact.values() for v in found}
+
     def counts(self) -> dict[str, int]:
         """Elements at fault per rule, e.g. {"color-contrast (serious)": 6}."""
         return {f"{v.rule} ({v.impact})": len(v.targets) for impact in IMPACTS for v in self.by_impact.get(impact, ())}
@@ -52,8 +56,16 @@ class Audit:
         return "\n".join([f"{self.where}: {len(found)} axe rule(s) broken", *map(str, found)])
 
 
+def settle(page: Page) -> None:
+    """Wait until the page is drawn as a visitor sees it: no component still "Loading...", and two frames painted,
+    so the page script that corrects Gradio's markup (gradio_patches.ACCESSIBLE_MARKUP) has run on the last change."""
+    page.locator("p.loading").first.wait_for(state="detached")
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
 def audit(page: Page, where: str, context: str | None = None) -> Audit:
-    """Run axe-core on the page as it is now (or on the part `context` selects) against TAGS."""
+    """Run axe-core on the page once settled (or on the part `context` selects) against TAGS."""
+    settle(page)
     options = {"runOnly": {"type": "tag", "values": list(TAGS)}, "resultTypes": ["violations"]}
     response = AXE.run(page, context=context, options=options).response
     by_impact: dict[str, list[Violation]] = {}
