@@ -118,3 +118,46 @@ def client(app_server):
     from gradio_client import Client
 
     return Client(app_server[0], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium under Playwright (one per test module), for the browser and accessibility tests."""
+    from playwright.sync_api import sync_playwright
+
+    from testkit.browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install -y chromium` (Debian's Chromium; "
+                    "do not use `playwright install`)", pytrace=False)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, app_server):
+    """Open the app in a fresh context at a given viewport; uncaught page errors fail the test."""
+    from playwright.sync_api import expect
+
+    from testkit.browser import WAIT
+
+    url, _ = app_server
+    contexts, errors = [], []
+
+    def opener(viewport: dict):
+        context = browser.new_context(viewport=viewport)
+        context.set_default_timeout(WAIT)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(url + "/", wait_until="domcontentloaded")
+        expect(page.get_by_label("Describe the image")).to_be_visible(timeout=WAIT)
+        return page
+
+    yield opener
+    for context in contexts:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"

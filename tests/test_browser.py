@@ -8,47 +8,12 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
+from testkit.browser import DESKTOP, PHONE, WAIT, shot, wait_for_results
 
 TITLE = "COCO CLIP visual search"
 TABS = ["Text → Image", "Image → Image", "Map", "About"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Browser:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `apt-get install -y chromium` (Debian's Chromium; "
-                    "do not use `playwright install`)", pytrace=False)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def open_page(browser, app_server):
-    """Open the app in a fresh context at a given viewport; uncaught page errors fail the test."""
-    url, _ = app_server
-    contexts, errors = [], []
-
-    def opener(viewport: dict) -> Page:
-        context = browser.new_context(viewport=viewport)
-        context.set_default_timeout(WAIT)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(url + "/", wait_until="domcontentloaded")
-        expect(page.get_by_label("Describe the image")).to_be_visible(timeout=WAIT)
-        return page
-
-    yield opener
-    for context in contexts:
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def captions(page: Page):

@@ -26,6 +26,7 @@ PATCHES = (
     "busy_handler (the queue-full HTTPException's 'Queue is full' detail)",
     "SESSION_CAPACITY (Blocks.launch's state_session_capacity)",
     "GRADIO_ANALYTICS_CACHE_FREQUENCY",
+    "ACCESSIBLE_MARKUP (Gallery's thumbnails, Dataset's example buttons, Empty's placeholder, Vega's brush marks)",
 )
 
 
@@ -183,6 +184,49 @@ class QuerySlider(gr.Slider):
     def get_block_name(self) -> str:
         return "slider"
 
+
+
+# --- accessibility: Gradio's markup, named and de-duplicated in the page (docs/decisions/0032) ---
+# Gradio 6.31 has no parameter for any of these, so a script run at page load (launch's `js`) corrects the markup
+# as Svelte renders it, once per animation frame at most, and only where it is still wrong:
+# - a results thumbnail's <img> has the caption as alt text while the same caption is printed under it (axe:
+#   image-redundant-alt: a screen reader says it twice), and its button is named only "Thumbnail 1 of 5". The
+#   picture becomes decorative (alt="") and the button is named by what it shows: "Result 1 of 5: <caption>";
+# - the image tab's example pictures are buttons holding an image with empty alt: no name at all (axe:
+#   button-name, critical). They are named "Example picture 1 of 6";
+# - an empty component's placeholder (the results before a search) is a <div> with aria-label="Empty value" but no
+#   role, where ARIA forbids a label (axe: aria-prohibited-attr); it holds an icon, so it gets role="img";
+# - Vega's brush rectangle on the map is an unnamed graphics-symbol that carries nothing (axe: svg-img-alt); it is
+#   hidden from assistive technology, as the plot's other, named marks are not.
+ACCESSIBLE_MARKUP = """() => {
+  const set = (element, name, value) => {
+    if (element.getAttribute(name) !== value) element.setAttribute(name, value);
+  };
+  const fix = () => {
+    document.querySelectorAll('#results .thumbnail-item').forEach((button, i, all) => {
+      const caption = button.querySelector('.caption-label');
+      const image = button.querySelector('img');
+      if (!caption || !image) return;
+      set(image, 'alt', '');
+      set(button, 'aria-label', `Result ${i + 1} of ${all.length}: ${caption.textContent.trim()}`);
+    });
+    document.querySelectorAll('.gallery').forEach((examples) => {
+      const pictures = [...examples.querySelectorAll(':scope > button.gallery-item')]
+        .filter((button) => !button.textContent.trim() && button.querySelector('img'));
+      pictures.forEach((button, i) => set(button, 'aria-label', `Example picture ${i + 1} of ${pictures.length}`));
+    });
+    document.querySelectorAll('div.empty[aria-label]:not([role])').forEach((empty) => set(empty, 'role', 'img'));
+    document.querySelectorAll('svg g[role="graphics-symbol"][class*="brush"]:not([aria-label])')
+      .forEach((mark) => set(mark, 'aria-hidden', 'true'));
+  };
+  let queued = false;
+  new MutationObserver(() => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; fix(); });
+  }).observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ['alt', 'aria-label']});
+  fix();
+}"""
 
 
 # --- thumbnails: Gradio's file route, answered here with caching headers ---

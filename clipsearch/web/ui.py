@@ -13,6 +13,7 @@ from ..core.query import MAX_K
 from ..serve.service import Service
 from .forms import Form, PageView, Refine
 from .gradio_patches import (
+    ACCESSIBLE_MARKUP,
     QueryImage,
     QueryNumber,
     QuerySlider,
@@ -22,6 +23,7 @@ from .gradio_patches import (
     session_capacity,
 )
 from .handlers import Handlers
+from .theme import CSS, THEME
 from .views import HIGHLIGHT, TITLE, EmbeddingMap, about_markdown
 
 EXAMPLE_QUERIES = [
@@ -44,18 +46,6 @@ EXAMPLE_QUERIES_ANY_LANGUAGE = [
 # Requests handled at once per endpoint. Threads mostly wait on the shared encoder batchers, so this is how many
 # queries can join one forward pass; the CPU itself only ever runs one encoder pass per modality at a time.
 CONCURRENCY = 16
-CSS = """
-#results .caption-label {font-size: 0.8rem;}
-#results .grid-wrap {min-height: 0; max-height: none;}  /* Gradio reserves 450px even for one row of results */
-#details {min-height: 2rem;}
-footer {display: none !important;}
-@media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
-/* On a phone the examples scroll sideways in one row instead of stacking six rows above the results. */
-@media (max-width: 640px) {
-  #text-examples .gallery { flex-wrap: nowrap; overflow-x: auto; }
-  #text-examples .gallery-item { flex: 0 0 auto; }
-}
-"""
 
 
 def build_ui(service: Service) -> gr.Blocks:
@@ -292,6 +282,6 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
     kwargs = {"run_history": False, **session_capacity(), **kwargs}  # the caller's own cap wins
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo.launch(
-        theme=gr.themes.Soft(), css=CSS, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],
+        theme=THEME, css=CSS, js=ACCESSIBLE_MARKUP, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],
         max_file_size="25mb", show_error=True, app_kwargs=app_kwargs, **kwargs,
     )

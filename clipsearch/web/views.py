@@ -62,7 +62,7 @@ def details_markdown(hit: dict) -> str:
     link = f" · [Open the original image]({hit['url']})" if hit.get("url") else ""
     split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
     return (
-        f"### Image {hit['image_id']}{split}\n"
+        f"## Image {hit['image_id']}{split}\n"
         f"{_confidence_line(hit)}Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )

@@ -1,0 +1,47 @@
+"""The page's look in one place: Gradio's Soft theme with WCAG AA contrast, the layout CSS and a visible focus ring."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+# Soft draws field labels and the Search button in indigo-500 (#6366f1): 3.6:1 on the labels' indigo-100 and 4.5:1
+# under white button text, and grey-400 secondary text (the slider's 50) at 2.5:1, all below WCAG AA's 4.5:1 for
+# text this size (axe's color-contrast, docs/decisions/0032). One shade darker each keeps the look and passes.
+THEME = gr.themes.Soft().set(
+    block_label_text_color="*primary_700",  # 6.4:1 on primary_100
+    block_title_text_color="*primary_700",
+    button_primary_background_fill="*primary_600",  # white text 6.3:1
+    button_primary_background_fill_hover="*primary_700",  # Soft lightens on hover (primary_400); darken instead
+    button_primary_border_color="*primary_600",
+    button_primary_border_color_hover="*primary_700",
+    body_text_color_subdued="*neutral_500",  # 4.8:1 on white
+)
+
+CSS = """
+#results .caption-label {font-size: 0.8rem;}
+#results .grid-wrap {min-height: 0; max-height: none;}  /* Gradio reserves 450px even for one row of results */
+#details {min-height: 2rem;}
+footer {display: none !important;}
+@media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
+/* On a phone the examples scroll sideways in one row instead of stacking six rows above the results. */
+@media (max-width: 640px) {
+  #text-examples .gallery { flex-wrap: nowrap; overflow-x: auto; }
+  #text-examples .gallery-item { flex: 0 0 auto; }
+}
+/* Keyboard users see where they are: one ring on whatever has keyboard focus (Gradio removes the outline on
+   several controls, the results' thumbnails among them). */
+.gradio-container :focus-visible { outline: 3px solid var(--color-accent, #4f46e5) !important; outline-offset: 2px; }
+/* Code in the About tab: Prism's light colours for strings, comments, functions and punctuation are 2-4:1 on the
+   code background; the same hues, darker, reach 4.8:1 or more. (Dark mode keeps Gradio's own colours.) */
+body:not(.dark) .md .token.string, body:not(.dark) .md .token.char, body:not(.dark) .md .token.builtin,
+body:not(.dark) .md .token.inserted, body:not(.dark) .md .token.selector,
+body:not(.dark) .md .token.attr-name {color: #3d6b00;}
+body:not(.dark) .md .token.comment, body:not(.dark) .md .token.prolog, body:not(.dark) .md .token.cdata,
+body:not(.dark) .md .token.doctype {color: #5a6774;}
+body:not(.dark) .md .token.punctuation {color: #6b6b6b;}
+body:not(.dark) .md .token.function, body:not(.dark) .md .token.class-name {color: #b3204a;}
+body:not(.dark) .md .token.regex, body:not(.dark) .md .token.important,
+body:not(.dark) .md .token.variable {color: #9a5200;}
+body:not(.dark) .md .token.atrule, body:not(.dark) .md .token.attr-value,
+body:not(.dark) .md .token.keyword {color: #006c9e;}
+"""
