@@ -9,6 +9,7 @@ from collections import OrderedDict
 import gradio as gr
 
 from ..core.errors import ImageError, QueryError
+from ..core.objects import parse_box
 from ..core.query import Paging, Plan, Query, check_k
 from ..core.search import Hit, Searcher
 from .forms import PageView, Refine
@@ -32,6 +33,10 @@ class DecodedImages:
     def pop(self, key: str):
         with self._lock:
             return self._items.pop(key, None)
+
+    def peek(self, key: str):
+        with self._lock:
+            return self._items.get(key)
 
 
 class Handlers:
@@ -64,6 +69,22 @@ class Handlers:
                 raise QueryError("Pick a result first, then ask for more like it.")
         return [_check(known), _check(lambda: check_k(k))]
 
+    def validate_objects(self, text, k):
+        return [_check(lambda: self.searcher.text_query(text)), _check(lambda: check_k(k))]
+
+    def validate_region(self, image, box, k):
+        """The picture decoded (at full size: a small region keeps its pixels) and the box checked against it."""
+        def usable():
+            if not image:
+                raise QueryError("Please upload, paste or take a picture first.")
+            self.decoded.put(f"region:{image}", self.searcher.load_region_image(image))
+
+        def inside():
+            picture = self.decoded.peek(f"region:{image}")
+            if picture is not None:
+                parse_box(box, *picture.info.get("original_size", picture.size))
+        return [_check(usable), _check(inside), _check(lambda: check_k(k))]
+
     # --- named API endpoints (concurrent calls share encoder passes in the micro-batchers) -------------------------
     def search_text(self, text: str, k: int):
         """Find the COCO images that best match a description.
@@ -82,6 +103,26 @@ class Handlers:
             k: how many results, 1 to 50.
         """
         return _outputs(lambda: self.searcher.search_image(self.decoded.pop(image) or image, k))
+
+    def search_objects(self, text: str, k: int):
+        """Find things in the COCO images (instance boxes, e.g. the umbrella rather than the street) that best match
+        a description; each hit adds the thing's `box` [x0, y0, x1, y1] in its image's pixels and its `category`.
+
+        Args:
+            text: the thing, in plain words, e.g. "a red umbrella".
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_objects(text, k))
+
+    def search_region(self, image: str, box: str, k: int):
+        """Find the things most like a region of a picture (whole images when the index has no object index).
+
+        Args:
+            image: the picture.
+            box: the region as a JSON list [x0, y0, x1, y1] in the picture's pixels, e.g. "[40, 30, 200, 180]".
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_region(self.decoded.pop(f"region:{image}") or image, box, k))
 
     def search_similar(self, image_id: int, k: int):
         """More like this: the images most similar to one already in the gallery, by its COCO image id.

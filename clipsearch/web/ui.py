@@ -221,6 +221,8 @@ def _api_endpoints(ui, on: Handlers) -> None:
         api_match_all = gr.Checkbox(label="match_all")
         api_page = gr.Number(value=0, precision=0, label="page")
         api_more_like, api_less_like = gr.JSON(label="more_like"), gr.JSON(label="less_like")
+        api_objects, api_region = gr.Button(), gr.Button()
+        api_box = gr.Textbox(label="box")
     api_text.click(**_endpoint(on.search_text, "search_text"), inputs=[ui.query, ui.text_k], outputs=results,
                    validator=on.validate_text, concurrency_limit=CONCURRENCY, concurrency_id="text")
     api_image.click(**_endpoint(on.search_image, "search_image"), inputs=[ui.picture, ui.image_k], outputs=results,
@@ -233,6 +235,12 @@ def _api_endpoints(ui, on: Handlers) -> None:
                     less_like=api_less_like, k=ui.text_k, page=api_page, min_confidence=refine["min_confidence"])
     api_search.click(**_endpoint(on.search_composed, "search"), inputs_kwargs=composed, outputs=results,
                      concurrency_limit=CONCURRENCY, concurrency_id="ui")
+    api_objects.click(**_endpoint(on.search_objects, "search_objects"), inputs=[ui.query, ui.text_k],
+                      outputs=results, validator=on.validate_objects, concurrency_limit=CONCURRENCY,
+                      concurrency_id="text")
+    api_region.click(**_endpoint(on.search_region, "search_region"), inputs=[ui.picture, api_box, ui.image_k],
+                     outputs=results, validator=on.validate_region, concurrency_limit=CONCURRENCY,
+                     concurrency_id="image")
     ui.more_like_this.click(
         **_endpoint(on.search_similar, "search_similar"), inputs=[ui.selected, ui.similar_k], outputs=results,
         validator=on.validate_similar, concurrency_limit=CONCURRENCY, show_progress="minimal",

@@ -1,0 +1,232 @@
+"""The object index on a world of scenes with true boxes: built, searched by text and by region, appended, served."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.errors import ArtifactError, QueryError
+from clipsearch.core.gallery import Gallery
+from clipsearch.core.manifest import OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, Manifest, sha256_file
+from clipsearch.core.objects import context_box, crop_with_context, parse_box
+from clipsearch.core.search import Hit, ObjectHit, Searcher
+from clipsearch.serve.download import IndexSource
+from clipsearch.serve.service import attach_objects
+from testkit.galleries import iou, write_scene_coco
+from testkit.helpers import run_build
+
+SPLITS = {"train2017": 30, "val2017": 10}
+PER_SCENE = 3
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
+    root = tmp_path_factory.mktemp("scenes") / "coco"
+    return root, write_scene_coco(root, SPLITS, per_scene=PER_SCENE)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, scenes, shapes_model) -> Path:
+    out = tmp_path_factory.mktemp("objects") / "artifacts"
+    assert run_build("--coco-dir", scenes[0], "--model", shapes_model, "--out", out, "--batch-size", "8") == 0
+    return out
+
+
+def _searcher(folder: Path) -> Searcher:
+    gallery = Gallery.open(folder)
+    model = gallery.manifest.model
+    searcher = Searcher(gallery, Encoder.load(model["model_id"], model["revision"], "cpu"))
+    attach_objects(searcher, IndexSource(folder=folder, repo_id=None, revision=None, ref=None), folder / ".stamps")
+    return searcher
+
+
+@pytest.fixture(scope="module")
+def searcher(built) -> Searcher:
+    return _searcher(built)
+
+
+def _categories(truth: dict) -> list[str]:
+    return sorted({category for image in truth.values() for category, _ in image["objects"]})
+
+
+def test_a_coco_build_indexes_every_box_large_enough_with_its_image_box_and_category(built, scenes):
+    manifest = Manifest.read(built)
+    objects = manifest.objects
+    scene_count = sum(SPLITS.values())
+    # every scene has three shapes (boxes of 36-60 px) and one 11-px dot below the 32-px cut-off
+    assert (objects.boxes_total, objects.boxes_kept, objects.count) == (4 * scene_count, 3 * scene_count,
+                                                                       3 * scene_count)
+    assert objects.min_side == 32 and objects.context == 0.25
+    for name in (OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS):
+        assert manifest.files[name].sha256 == sha256_file(built / name)
+    rows = pq.read_table(built / OBJECTS_META).to_pylist()
+    image_ids = pq.read_table(built / "metadata.parquet", columns=["image_id"]).column("image_id").to_pylist()
+    for row in rows:
+        assert image_ids[row["image_row"]] == row["image_id"]  # row -> its image's gallery row
+        truth = scenes[1][row["image_id"]]["objects"]
+        assert max(iou([row["x0"], row["y0"], row["x1"], row["y1"]], box) for category, box in truth
+                   if category == row["category"]) > 0.99
+    assert {row["image_id"] for row in rows} == set(scenes[1])
+
+
+def test_object_search_finds_the_thing_with_its_box_far_more_often_than_whole_images_find_it(searcher, scenes):
+    truth = scenes[1]
+    found_objects = found_images = asked = 0
+    for category in _categories(truth):
+        hits = searcher.search_objects(f"a {category}", 5)
+        assert all(isinstance(hit, ObjectHit) for hit in hits) and len(hits) == 5
+        found_objects += sum(hit.category == category and any(
+            c == category and iou(hit.box, box) >= 0.5 for c, box in truth[hit.image_id]["objects"]) for hit in hits)
+        found_images += sum(any(c == category for c, _ in truth[hit.image_id]["objects"])
+                            for hit in searcher.search_text(f"a {category}", 5))
+        asked += 5
+    objects, images = found_objects / asked, found_images / asked
+    assert objects >= 0.75 and objects >= images + 0.3, (objects, images)
+    evaluation = searcher.gallery.manifest.objects.evaluation
+    assert evaluation["objects_precision_at_5"] >= evaluation["images_precision_at_5"] + 0.3
+
+
+def test_an_object_hit_carries_its_box_on_a_thumbnail_and_in_its_images_pixels(searcher):
+    hit = searcher.search_objects("a red circle", 1)[0]
+    assert hit.thumbnail.endswith(f"-object-{hit.object_row}.jpg")
+    with Image.open(hit.thumbnail) as boxed, Image.open(searcher.gallery.thumbnails.path(hit.row)) as plain:
+        assert boxed.size == plain.size
+        scale = boxed.width / hit.width
+        x, y = int((hit.box[0] + hit.box[2]) / 2 * scale), int(hit.box[1] * scale) + 1  # the box's top edge
+        red, green, blue = boxed.convert("RGB").getpixel((x, y))
+        assert red > 150 and green > 120 and blue < 120, (red, green, blue)  # yellow, not the light background
+    assert 0 <= hit.box[0] < hit.box[2] <= hit.width and 0 <= hit.box[1] < hit.box[3] <= hit.height
+
+
+def test_region_search_finds_the_regions_shape(searcher, scenes):
+    root, truth = scenes
+    right = tried = 0
+    for image in list(truth.values())[::4]:
+        path = root / image["split"] / image["file_name"]
+        for category, box in image["objects"]:
+            hits = searcher.search_region(str(path), json.dumps(box), 3)
+            right += hits[0].category == category
+            tried += 1
+    assert right / tried >= 0.8, (right, tried)
+
+
+def test_without_an_object_index_region_search_searches_whole_images(built, tmp_path, scenes, shapes_model):
+    out = tmp_path / "images-only"
+    assert run_build("--coco-dir", scenes[0], "--model", shapes_model, "--out", out, "--batch-size", "8",
+                     "--objects", "none", "--eval", "none") == 0
+    assert Manifest.read(out).objects is None
+    assert not any((out / name).exists() for name in (OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS))
+    searcher = _searcher(out)
+    with pytest.raises(QueryError, match="no object index .*--objects none.*/search_text"):
+        searcher.search_objects("a red circle", 5)
+    image = next(iter(scenes[1].values()))
+    category, box = image["objects"][0]
+    hits = searcher.search_region(str(scenes[0] / image["split"] / image["file_name"]), box, 5)
+    assert hits and all(type(hit) is Hit for hit in hits)
+    assert any(c == category for hit in hits for c, _ in scenes[1][hit.image_id]["objects"])
+
+
+def test_append_extends_the_object_index(tmp_path, scenes, shapes_model, built):
+    out = tmp_path / "grown"
+    common = ("--coco-dir", scenes[0], "--model", shapes_model, "--out", out, "--batch-size", "8", "--eval", "none")
+    assert run_build(*common, "--splits", "train2017") == 0
+    assert Manifest.read(out).objects.count == 3 * SPLITS["train2017"]
+    assert run_build(*common, "--splits", "train2017,val2017", "--append") == 0
+    manifest = Manifest.read(out)
+    assert manifest.objects.count == 3 * sum(SPLITS.values()) and manifest.objects.boxes_total == 4 * sum(
+        SPLITS.values())
+    searcher = _searcher(out)  # opening verifies every listed file's sha256, the appended object files too
+    rows = pq.read_table(out / OBJECTS_META).to_pylist()
+    image_ids = pq.read_table(out / "metadata.parquet", columns=["image_id"]).column("image_id").to_pylist()
+    assert all(image_ids[row["image_row"]] == row["image_id"] for row in rows)
+    new = [image_id for image_id, image in scenes[1].items() if image["split"] == "val2017"]
+    category, box = scenes[1][new[0]]["objects"][0]
+    found = searcher.search_region(str(scenes[0] / "val2017" / scenes[1][new[0]]["file_name"]), box, 1)[0]
+    assert found.image_id == new[0] and iou(found.box, box) > 0.99  # the appended box is found by its own crop
+
+
+def test_a_tampered_object_index_is_refused_on_load(built, tmp_path):
+    copy = Path(shutil.copytree(built, tmp_path / "copy", ignore=shutil.ignore_patterns(".*")))
+    data = bytearray((copy / OBJECTS_META).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / OBJECTS_META).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="objects.parquet .*does not match the sha256"):
+        Gallery.open(copy)
+
+
+@pytest.mark.parametrize("box, message", [
+    ("", "Please give a box"),
+    (None, "Please give a box"),
+    ("[1, 2", "JSON list of four numbers"),
+    ("[1, 2, 3]", "JSON list of four numbers"),
+    ('["a", 2, 3, 4]', "JSON list of four numbers"),
+    ("[1, 2, NaN, 4]", "JSON list of four numbers"),
+    ("[50, 10, 20, 40]", "empty or inverted"),
+    ("[10, 10, 10, 40]", "empty or inverted"),
+    ("[-5, 10, 40, 40]", "outside the picture, which is 192x192"),
+    ("[10, 10, 40, 400]", "outside the picture, which is 192x192"),
+])
+def test_a_bad_box_gets_a_sentence(box, message):
+    with pytest.raises(QueryError, match=message) as caught:
+        parse_box(box, 192, 192)
+    assert str(caught.value).endswith(".") and "\n" not in str(caught.value)
+
+
+def test_a_crop_has_its_context_clamped_to_the_picture_and_is_the_same_from_a_smaller_decode():
+    assert context_box((10, 20, 50, 40), 200, 100, 0.25) == (0, 15, 60, 45)
+    assert context_box((150, 80, 200, 100), 200, 100, 0.5) == (125, 70, 200, 100)
+    picture = Image.radial_gradient("L").convert("RGB").resize((256, 256))
+    half = picture.resize((128, 128))
+    full_crop = crop_with_context(picture, (64, 64, 128, 160), 0.1)
+    half_crop = crop_with_context(half, (64, 64, 128, 160), 0.1, original_size=(256, 256))
+    assert abs(half_crop.width * 2 - full_crop.width) <= 2 and abs(half_crop.height * 2 - full_crop.height) <= 2
+
+
+@pytest.fixture(scope="module")
+def served(built, tmp_path_factory):
+    from clipsearch.serve.service import Settings, start
+    from clipsearch.web.ui import build_ui, launch
+
+    os.environ["CLIPSEARCH_CACHE"] = str(tmp_path_factory.mktemp("objects-app-cache"))
+    service = start(Settings(index_dir=str(built), index_repo="unused/unused", index_revision=None, endpoint=None,
+                             token=None))
+    demo = build_ui(service)
+    launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    yield Client(demo.local_url, verbose=False)
+    demo.close()
+
+
+def test_both_endpoints_answer_a_gradio_client(served, scenes):
+    root, truth = scenes
+    _, hits = served.predict("a blue square", 3, api_name="/search_objects")
+    assert len(hits) == 3 and hits[0]["category"] == "blue square"
+    assert set(hits[0]) >= {"image_id", "box", "category", "score"} and len(hits[0]["box"]) == 4
+    assert any(iou(hits[0]["box"], box) >= 0.5 for _, box in truth[hits[0]["image_id"]]["objects"])
+    image_id, image = next(iter(truth.items()))
+    category, box = image["objects"][1]
+    gallery, hits = served.predict(handle_file(str(root / image["split"] / image["file_name"])), json.dumps(box), 2,
+                                   api_name="/search_region")
+    assert len(gallery) == 2 and hits[0]["category"] == category
+
+
+@pytest.mark.parametrize("box, message", [
+    ("[1, 2", "JSON list of four numbers"),
+    ("[100, 10, 20, 40]", "empty or inverted"),
+    ("[0, 0, 500, 40]", "outside the picture"),
+])
+def test_a_bad_box_sent_to_the_endpoint_gets_a_sentence(served, scenes, box, message):
+    root, truth = scenes
+    image = next(iter(truth.values()))
+    with pytest.raises(Exception, match=message):
+        served.predict(handle_file(str(root / image["split"] / image["file_name"])), box, 2,
+                       api_name="/search_region")
+    _, hits = served.predict("a red circle", 1, api_name="/search_objects")  # and it keeps serving
+    assert hits[0]["category"] == "red circle"
