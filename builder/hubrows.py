@@ -42,7 +42,8 @@ def find_layout(metadata, repo_id: str) -> dict:
         if name in names:
             kind = schema.field(name).type
             if pa.types.is_struct(kind):
-                columns += [f"{name}.{f}" for f in (*CATEGORY_FIELDS, BOX_FIELD) if kind.get_field_index(f) >= 0]
+                columns += [f"{name}.{f}" for f in (*CATEGORY_FIELDS, BOX_FIELD, "iscrowd")
+                            if kind.get_field_index(f) >= 0]
             else:
                 columns.append(name)
     leaf = f"{image}.bytes"
@@ -73,8 +74,9 @@ def instance_boxes(row: dict) -> list[list]:
     value = row.get("annotations")
     if not isinstance(value, dict) or not value.get(BOX_FIELD) or not value.get("category_name"):
         return []
-    return [[*box, str(name)] for bbox, name in zip(value[BOX_FIELD], value["category_name"])
-            if name is not None and (box := coco_box(bbox))]
+    crowds = value.get("iscrowd") or [0] * len(value[BOX_FIELD])
+    return [[*box, str(name)] for bbox, name, crowd in zip(value[BOX_FIELD], value["category_name"], crowds)
+            if name is not None and not crowd and (box := coco_box(bbox))]  # a crowd box holds no one thing
 
 
 def caption_lookup(repo, paths: list[str]) -> dict[int, dict]:

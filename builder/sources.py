@@ -104,7 +104,7 @@ def _coco_split(root: Path, split: str) -> list[Record]:
         seen: dict[int, set] = defaultdict(set)
         for note in sorted(data.get("annotations", []), key=lambda a: a.get("id", 0)):
             image_id, name = int(note["image_id"]), names.get(int(note["category_id"]))
-            if name and (box := coco_box(note.get("bbox"))):
+            if name and not note.get("iscrowd") and (box := coco_box(note.get("bbox"))):  # a crowd is no one thing
                 boxes[image_id].append([*box, name])
             if name and name not in seen[image_id]:
                 seen[image_id].add(name)

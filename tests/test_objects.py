@@ -10,16 +10,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from gradio_client import Client, handle_file
+from huggingface_hub import HfApi
 from PIL import Image
 
+import clipsearch.serve.download as download
+import clipsearch.serve.service as service_module
+from builder.publish import push
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.errors import ArtifactError, QueryError
 from clipsearch.core.gallery import Gallery
 from clipsearch.core.manifest import OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, Manifest, sha256_file
-from clipsearch.core.objects import context_box, crop_with_context, parse_box
+from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE, context_box, crop_with_context, parse_box
 from clipsearch.core.search import Hit, ObjectHit, Searcher
 from clipsearch.serve.download import IndexSource
 from clipsearch.serve.service import attach_objects
+from testkit import HUB_TOKEN
 from testkit.galleries import iou, write_scene_coco
 from testkit.helpers import run_build
 
@@ -64,7 +69,7 @@ def test_a_coco_build_indexes_every_box_large_enough_with_its_image_box_and_cate
     # every scene has three shapes (boxes of 36-60 px) and one 11-px dot below the 32-px cut-off
     assert (objects.boxes_total, objects.boxes_kept, objects.count) == (4 * scene_count, 3 * scene_count,
                                                                        3 * scene_count)
-    assert objects.min_side == 32 and objects.context == 0.25
+    assert objects.min_side == MIN_BOX_SIDE == 32 and objects.context == CONTEXT == 0.1
     for name in (OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS):
         assert manifest.files[name].sha256 == sha256_file(built / name)
     rows = pq.read_table(built / OBJECTS_META).to_pylist()
@@ -230,3 +235,26 @@ def test_a_bad_box_sent_to_the_endpoint_gets_a_sentence(served, scenes, box, mes
                        api_name="/search_region")
     _, hits = served.predict("a red circle", 1, api_name="/search_objects")  # and it keeps serving
     assert hits[0]["category"] == "red circle"
+
+
+def test_a_cold_start_answers_whole_images_before_the_object_index_arrives_verified(hub, built, monkeypatch,
+                                                                                    tmp_path):
+    """From the Hub (loopback), deferral forced (EAGER_BYTES=0: the test build is tiny): the page serves with the
+    manifest, index and metadata only; the object index is fetched and verified afterwards, its vectors never."""
+    push(built, Manifest.read(built), "tester/objects", api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    monkeypatch.setattr(download, "EAGER_BYTES", 0)
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
+    held = []
+    real_attach = service_module.attach_objects
+    monkeypatch.setattr(service_module, "attach_objects", lambda *args: held.append(args))
+    service = service_module.start(service_module.Settings(index_dir=None, index_repo="tester/objects",
+                                                           index_revision=None, endpoint=hub.url, token=None))
+    folder = service.source.folder
+    assert not any((folder / name).exists() for name in (OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS))
+    assert service.searcher.search_text("a red circle", 3)  # whole images are answered already
+    with pytest.raises(QueryError, match="still loading"):
+        service.searcher.search_objects("a red circle", 3)
+    real_attach(*held.pop()).join(60)
+    hits = service.searcher.search_objects("a red circle", 3)
+    assert hits[0].category == "red circle"
+    assert (folder / OBJECTS_INDEX).exists() and not (folder / OBJECTS_VECTORS).exists()

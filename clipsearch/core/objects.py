@@ -20,7 +20,7 @@ from .manifest import OBJECTS_INDEX, OBJECTS_META, Manifest, verify_files
 MIN_BOX_SIDE = 32
 # Context around a box, as a fraction of the box's width and height added on each side (clamped to the image):
 # measured on the shapes world (docs/decisions/0029-object-index.md, benchmarks/results/object_context.md).
-CONTEXT = 0.25
+CONTEXT = 0.1
 OBJECT_COLUMNS = ["image_row", "image_id", "x0", "y0", "x1", "y1", "category"]
 
 Box = tuple[float, float, float, float]
