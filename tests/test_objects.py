@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from gradio_client import Client, handle_file
 from huggingface_hub import HfApi
 from PIL import Image
+from playwright.sync_api import expect, sync_playwright
 
 import clipsearch.serve.download as download
 import clipsearch.serve.service as service_module
@@ -25,6 +27,7 @@ from clipsearch.core.search import Hit, ObjectHit, Searcher
 from clipsearch.serve.download import IndexSource
 from clipsearch.serve.service import attach_objects
 from testkit import HUB_TOKEN
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
 from testkit.galleries import iou, write_scene_coco
 from testkit.helpers import run_build
 
@@ -105,9 +108,13 @@ def test_an_object_hit_carries_its_box_on_a_thumbnail_and_in_its_images_pixels(s
     with Image.open(hit.thumbnail) as boxed, Image.open(searcher.gallery.thumbnails.path(hit.row)) as plain:
         assert boxed.size == plain.size
         scale = boxed.width / hit.width
-        x, y = int((hit.box[0] + hit.box[2]) / 2 * scale), int(hit.box[1] * scale) + 1  # the box's top edge
-        red, green, blue = boxed.convert("RGB").getpixel((x, y))
-        assert red > 150 and green > 120 and blue < 120, (red, green, blue)  # yellow, not the light background
+        x, y = int((hit.box[0] + hit.box[2]) / 2 * scale), int(hit.box[1] * scale)  # the middle of the top edge
+        red, green, blue = boxed.convert("RGB").getpixel((x, max(0, y - 3)))
+        assert red > 150 and green > 120 and blue < 120, (red, green, blue)  # yellow just outside the box
+        centre = (int((hit.box[0] + hit.box[2]) / 2 * scale), int((hit.box[1] + hit.box[3]) / 2 * scale))
+        assert boxed.convert("RGB").getpixel(centre) == pytest.approx(plain.convert("RGB").getpixel(centre), abs=12)
+        corner = (int(hit.box[0] * scale) + 3, int(hit.box[1] * scale) + 3)  # inside the box: the thing is not covered
+        assert boxed.convert("RGB").getpixel(corner) == pytest.approx(plain.convert("RGB").getpixel(corner), abs=30)
     assert 0 <= hit.box[0] < hit.box[2] <= hit.width and 0 <= hit.box[1] < hit.box[3] <= hit.height
 
 
@@ -205,19 +212,24 @@ def served(built, tmp_path_factory):
                              token=None))
     demo = build_ui(service)
     launch(demo, service, prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    yield Client(demo.local_url, verbose=False)
+    yield demo.local_url.rstrip("/"), service
     demo.close()
 
 
-def test_both_endpoints_answer_a_gradio_client(served, scenes):
+@pytest.fixture(scope="module")
+def client(served) -> Client:
+    return Client(served[0], verbose=False)
+
+
+def test_both_endpoints_answer_a_gradio_client(client, scenes):
     root, truth = scenes
-    _, hits = served.predict("a blue square", 3, api_name="/search_objects")
+    _, hits = client.predict("a blue square", 3, api_name="/search_objects")
     assert len(hits) == 3 and hits[0]["category"] == "blue square"
     assert set(hits[0]) >= {"image_id", "box", "category", "score"} and len(hits[0]["box"]) == 4
     assert any(iou(hits[0]["box"], box) >= 0.5 for _, box in truth[hits[0]["image_id"]]["objects"])
     image_id, image = next(iter(truth.items()))
     category, box = image["objects"][1]
-    gallery, hits = served.predict(handle_file(str(root / image["split"] / image["file_name"])), json.dumps(box), 2,
+    gallery, hits = client.predict(handle_file(str(root / image["split"] / image["file_name"])), json.dumps(box), 2,
                                    api_name="/search_region")
     assert len(gallery) == 2 and hits[0]["category"] == category
 
@@ -227,13 +239,13 @@ def test_both_endpoints_answer_a_gradio_client(served, scenes):
     ("[100, 10, 20, 40]", "empty or inverted"),
     ("[0, 0, 500, 40]", "outside the picture"),
 ])
-def test_a_bad_box_sent_to_the_endpoint_gets_a_sentence(served, scenes, box, message):
+def test_a_bad_box_sent_to_the_endpoint_gets_a_sentence(client, scenes, box, message):
     root, truth = scenes
     image = next(iter(truth.values()))
     with pytest.raises(Exception, match=message):
-        served.predict(handle_file(str(root / image["split"] / image["file_name"])), box, 2,
+        client.predict(handle_file(str(root / image["split"] / image["file_name"])), box, 2,
                        api_name="/search_region")
-    _, hits = served.predict("a red circle", 1, api_name="/search_objects")  # and it keeps serving
+    _, hits = client.predict("a red circle", 1, api_name="/search_objects")  # and it keeps serving
     assert hits[0]["category"] == "red circle"
 
 
@@ -258,3 +270,45 @@ def test_a_cold_start_answers_whole_images_before_the_object_index_arrives_verif
     hits = service.searcher.search_objects("a red circle", 3)
     assert hits[0].category == "red circle"
     assert (folder / OBJECTS_INDEX).exists() and not (folder / OBJECTS_VECTORS).exists()
+
+
+def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(served, scenes, tmp_path):
+    """In Chromium: the text tab's "Things in pictures" answers with object hits (labelled by category, box on the
+    thumbnail, box in the details); the image tab searches a typed region of the chosen picture; both on a phone."""
+    url, service = served
+    root, truth = scenes
+    image = next(iter(truth.values()))
+    category, box = image["objects"][2]
+    expected = service.searcher.search_objects("a red circle", 5)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+                page = browser.new_context(viewport=viewport).new_page()
+                page.goto(url + "/", wait_until="domcontentloaded")
+                page.get_by_label("Things in pictures").check()
+                page.get_by_label("Describe the image").fill("a red circle")
+                page.get_by_role("button", name="Search", exact=True).click()
+                wait_for_results(page)
+                labels = page.locator("#results .caption-label")
+                expect(labels).to_have_text([re.compile(rf" · {hit.category}$") for hit in expected], timeout=WAIT)
+                page.locator("#results .thumbnail-item").first.click()
+                expect(page.locator("#details")).to_contain_text(
+                    f"red circle at [{', '.join(f'{v:g}' for v in expected[0].box)}]", timeout=WAIT)
+                shot(page, f"objects-text-{name}")
+                page.get_by_role("tab", name="Image → Image").click()
+                page.get_by_test_id("image").locator("input[type=file]").set_input_files(
+                    root / image["split"] / image["file_name"])
+                wait_for_results(page)
+                region = page.get_by_label("Region [x0, y0, x1, y1] in the picture's pixels")
+                region.fill(json.dumps(box))
+                region.press("Enter")  # from the keyboard
+                expect(labels.first).to_have_text(re.compile(rf" · {category}$"), timeout=WAIT)
+                shot(page, f"objects-region-{name}")
+                region.fill("[50, 10, 20, 40]")
+                page.get_by_role("button", name="Search this region").click()
+                expect(page.get_by_text("empty or inverted").first).to_be_visible(timeout=WAIT)
+                page.context.close()
+        finally:
+            browser.close()

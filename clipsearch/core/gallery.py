@@ -161,11 +161,14 @@ class ThumbnailStore:
         with Image.open(plain) as thumbnail:
             image = thumbnail.convert("RGB")
         scale_x, scale_y = image.width / max(size[0], 1), image.height / max(size[1], 1)
-        outline = [box[0] * scale_x, box[1] * scale_y, box[2] * scale_x - 1, box[3] * scale_y - 1]
+        x0, y0, x1, y1 = box[0] * scale_x, box[1] * scale_y, box[2] * scale_x - 1, box[3] * scale_y - 1
         width = max(3, round(min(image.size) / 64))
         draw = ImageDraw.Draw(image)
-        draw.rectangle(outline, outline=(0, 0, 0), width=width + 2)  # a dark rim keeps the box visible on any photo
-        draw.rectangle(outline, outline=(255, 214, 0), width=width)
+        # Drawn around the box, not over it (PIL draws a wide outline inward), so the thing keeps its outline; thin
+        # dark rims on both sides keep the yellow visible on any photo.
+        draw.rectangle([x0 - width - 1, y0 - width - 1, x1 + width + 1, y1 + width + 1], outline=(0, 0, 0), width=1)
+        draw.rectangle([x0 - width, y0 - width, x1 + width, y1 + width], outline=(255, 214, 0), width=width)
+        draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=(0, 0, 0), width=1)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         image.save(tmp, format="JPEG", quality=88)
         os.replace(tmp, path)

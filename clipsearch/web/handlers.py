@@ -11,9 +11,11 @@ import gradio as gr
 from ..core.errors import ImageError, QueryError
 from ..core.objects import parse_box
 from ..core.query import Paging, Plan, Query, check_k
-from ..core.search import Hit, Searcher
+from ..core.search import Hit, ObjectHit, Searcher
 from .forms import PageView, Refine
 from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data, results_label
+
+PICTURES, THINGS = "Pictures", "Things in pictures"  # what the text tab looks for (THINGS: the object index)
 
 
 class DecodedImages:
@@ -176,8 +178,31 @@ class Handlers:
         return self.searcher.search(paging.vector, paging.plan, query_text=paging.text, calibrated=paging.calibrated)
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector -----
-    def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool) -> PageView:
+    def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool, look_for: str = PICTURES
+                       ) -> PageView:
+        if look_for == THINGS:
+            return self._things_view(lambda: self.searcher.search_objects(text, k), feedback_is_open)
         return self._ui_search(refine.text_query(text), k, refine, feedback_is_open)
+
+    def ui_region_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool, box: str) -> PageView:
+        """The region of the picture in the box field: the things most like it (whole images without objects)."""
+        if not picture:
+            raise gr.Error("Please upload, paste or take a picture first.")
+        return self._things_view(lambda: self.searcher.search_region(picture, box, k), feedback_is_open)
+
+    @staticmethod
+    def _things_view(search, feedback_is_open: bool) -> PageView:
+        """One page of object (or region) hits: their thumbnails show the box; no paging or feedback from them."""
+        try:
+            hits = search()
+        except (QueryError, ImageError) as error:
+            raise gr.Error(str(error)) from None
+        data = hits_data(hits)
+        marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
+        label = f"Things 1–{len(hits)}" if hits and isinstance(hits[0], ObjectHit) else \
+            f"Results 1–{len(hits)}" if hits else "No results"
+        return PageView(results=gr.update(value=gallery_items(hits), label=label), hits=data, paging=None,
+                        more=gr.update(visible=False), liked=marks, disliked=marks)
 
     def ui_picture_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool) -> PageView:
         if not picture:

@@ -21,7 +21,7 @@ from .gradio_patches import (
     lazy_session_configs,
     session_capacity,
 )
-from .handlers import Handlers
+from .handlers import PICTURES, THINGS, Handlers
 from .views import HIGHLIGHT, TITLE, EmbeddingMap, about_markdown
 
 EXAMPLE_QUERIES = [
@@ -99,7 +99,11 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                                       "Describe the image", placeholder=examples[0], scale=5,
                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                 ui.text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
-            ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
+            with gr.Row():
+                ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results", scale=3)
+                # things (COCO's instance boxes) where the build has an object index; pictures otherwise
+                ui.look_for = gr.Radio([PICTURES, THINGS], value=PICTURES, label="Look for", scale=2,
+                                       visible=searcher.gallery.manifest.objects is not None)
             gr.Examples(examples, inputs=ui.query, label="Try, in any language" if multilingual else "Try",
                         elem_id="text-examples")
         with gr.Tab("Image → Image", id="image") as ui.image_tab:
@@ -109,6 +113,10 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                 with gr.Column():
                     ui.image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
                     ui.image_button = gr.Button("Find similar images", variant="primary")
+                    # A region by its box: typed, so it works from the keyboard and on a phone alike.
+                    ui.region = gr.Textbox(label="Region [x0, y0, x1, y1] in the picture's pixels",
+                                           placeholder="e.g. [40, 30, 200, 180]", max_length=200)
+                    ui.region_button = gr.Button("Search this region", variant="secondary")
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
             if embedding_map is None:
@@ -185,12 +193,15 @@ def _visible_searches(ui, on: Handlers) -> None:
     paged = dict(outputs=page.components, api_visibility="private", concurrency_limit=CONCURRENCY,
                  concurrency_id="ui", show_progress="minimal", show_progress_on=page["results"])
 
-    def search(handler, field, k):
-        """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set)."""
+    def search(handler, field, k, *more):
+        """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set);
+        `more` components go to the handler after them, in order."""
         def event(values: dict):
-            return page.write(handler(values[field], values[k], refine.read(values), values[ui.feedback_open]))
+            return page.write(handler(values[field], values[k], refine.read(values), values[ui.feedback_open],
+                                      *(values[component] for component in more)))
         event.__name__ = handler.__name__  # Gradio names the (private) endpoint after the function
-        return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components}, **paged)
+        return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components, *more}, **paged)
+
 
     def to_page(handler):
         """A handler's PageView as updates keyed by component."""
@@ -200,7 +211,9 @@ def _visible_searches(ui, on: Handlers) -> None:
         return event
 
     for trigger in (ui.text_button.click, ui.query.submit):
-        trigger(**search(on.ui_text_search, ui.query, ui.text_k))
+        trigger(**search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
+    for trigger in (ui.region_button.click, ui.region.submit):
+        trigger(**search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
     ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
