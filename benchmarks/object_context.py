@@ -11,6 +11,8 @@ at 32 px). For each context the builder indexes the train2017 scenes (`--object-
   images that contain the category at all (image P@5, the same at every context);
 - region: every shape of the held-out val2017 scenes, cut from its picture with the same context
   (Searcher.search_region), must find its category first (region top-1), and among its top 5 (region P@5).
+A last row repeats the chosen context with every box cut from the picture as decoded for the whole image (JPEG draft
+at the model's input size) instead of a decode that keeps the smallest box at input size.
 Writes benchmarks/results/object_context.md. The COCO-scale figures (boxes kept, index sizes) are estimates from the
 instance statistics in docs/decisions/0029-object-index.md, not measured here.
 """
@@ -21,8 +23,10 @@ import json
 import tempfile
 from pathlib import Path
 
+import builder.embed
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.gallery import Gallery
+from clipsearch.core.objects import CONTEXT
 from clipsearch.core.search import Searcher
 from clipsearch.serve.download import IndexSource
 from clipsearch.serve.service import attach_objects
@@ -80,14 +84,25 @@ def main() -> None:
             out = Path(scratch) / f"out-{context}"
             assert run_build("--coco-dir", root, "--splits", "train2017", "--model", model, "--out", out,
                              "--eval", "none", "--object-context", str(context), "-q") == 0
-            rows.append((context, measure(out, truth, root)))
+            rows.append((f"{context:g}", measure(out, truth, root)))
             print(context, rows[-1][1])
+        # The same at the chosen context, but every box cut from the picture as decoded for the whole image (JPEG
+        # draft mode at the model's input size): what keeping the smallest box at input size is worth.
+        plain = builder.embed.DecodeDataset._draft_size
+        builder.embed.DecodeDataset._draft_size = lambda self, record: self.draft_size
+        try:
+            out = Path(scratch) / "out-draft"
+            assert run_build("--coco-dir", root, "--splits", "train2017", "--model", model, "--out", out,
+                             "--eval", "none", "-q") == 0
+            rows.append((f"{CONTEXT:g}, boxes cut from the model-size draft", measure(out, truth, root)))
+        finally:
+            builder.embed.DecodeDataset._draft_size = plain
     lines = [f"{scenes} indexed scenes ({rows[0][1]['count']} boxes), {rows[0][1]['regions']} held-out regions; "
              "tiny shapes CLIP (32 px input).", "",
              "| context | object P@5 (right category, IoU >= 0.5) | object R-precision | whole-image P@5 (contains it) "
              "| region top-1 | region P@5 |",
              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {c:g} | {r['objects']:.3f} | {r['r_precision']:.3f} | {r['images']:.3f} | {r['region']:.3f} | "
+    lines += [f"| {c} | {r['objects']:.3f} | {r['r_precision']:.3f} | {r['images']:.3f} | {r['region']:.3f} | "
               f"{r['region_p5']:.3f} |" for c, r in rows]
     lines += ["", "R-precision: the top R objects for a category with R instances in the index, the share of the right "
               "category (harder than P@5: it reaches the least typical instances)."]
