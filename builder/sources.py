@@ -221,8 +221,10 @@ def estimate_line(source: Source, dim: int) -> str:
     fetch, cached, how = source.download_estimate()
     count = len(source.records)
     # vectors three times (resume cache, embeddings.npy, a flat index), thumbnails twice (resume cache, packs)
-    written = count * (3 * dim * 4 + 2 * THUMB_BYTES + ROW_BYTES)
+    written = count * (3 * dim * 4 + 2 * THUMB_BYTES + ROW_BYTES) + source.boxes_kept * 3 * dim * 4  # boxes: vectors
+    objects = f" and {source.boxes_kept:,} boxes" if source.boxes_kept else ""
     parts = [f"download ~{human_bytes(fetch)}" + (f" ({how})" if how else ""),
              f"{human_bytes(cached)} already on disk" if cached else "",
-             f"write ~{human_bytes(written)} for {count:,} images (vectors, index, thumbnails, metadata, resume cache)"]
+             f"write ~{human_bytes(written)} for {count:,} images{objects} (vectors, index, thumbnails, metadata, "
+             "resume cache)"]
     return "plan: " + "; ".join(p for p in parts if p)
