@@ -146,6 +146,42 @@ def test_without_an_object_index_region_search_searches_whole_images(built, tmp_
     assert any(c == category for hit in hits for c, _ in scenes[1][hit.image_id]["objects"])
 
 
+def test_a_rebuild_with_objects_none_removes_the_object_files_and_an_interrupted_build_reruns(built, tmp_path,
+                                                                                              scenes, shapes_model):
+    out = Path(shutil.copytree(built, tmp_path / "again"))
+    (out / "manifest.json").unlink()  # as a build killed after pack, before its manifest: objects.* are ours still
+    assert (out / ".work").is_dir()
+    common = ("--coco-dir", scenes[0], "--model", shapes_model, "--out", out, "--batch-size", "8", "--eval", "none")
+    assert run_build(*common) == 0 and Manifest.read(out).objects is not None
+    assert run_build(*common, "--objects", "none", "--fresh") == 0  # other settings: the resume cache goes
+    assert Manifest.read(out).objects is None
+    assert not any((out / name).exists() for name in (OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--object-context", "-0.1"), "--object-context -0.1: give the context"),
+    (("--object-min-side", "0"), "--object-min-side 0.0: give the shortest box side"),
+])
+def test_bad_object_flags_get_a_sentence_naming_the_flag(tmp_path, scenes, shapes_model, capsys, flags, message):
+    assert run_build("--coco-dir", scenes[0], "--model", shapes_model, "--out", tmp_path / "out", *flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_crowd_boxes_and_boxes_without_a_bbox_are_left_out(tmp_path):
+    from builder.sources import CocoDirSource
+
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "annotations").mkdir()
+    images = [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}]
+    notes = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 20, 40, 30], "iscrowd": 0},
+             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 90, 70], "iscrowd": 1},
+             {"id": 3, "image_id": 1, "category_id": 1}]
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(
+        {"images": images, "annotations": notes, "categories": [{"id": 1, "name": "person"}]}))
+    record = CocoDirSource(tmp_path, ["val2017"]).records[0]
+    assert record.boxes == [[10.0, 20.0, 50.0, 50.0, "person"]] and record.categories == ["person"]
+
+
 def test_append_extends_the_object_index(tmp_path, scenes, shapes_model, built):
     out = tmp_path / "grown"
     common = ("--coco-dir", scenes[0], "--model", shapes_model, "--out", out, "--batch-size", "8", "--eval", "none")
