@@ -43,7 +43,7 @@ def measure(folder: Path, truth: dict, root: Path) -> dict:
     gallery = Gallery.open(folder)
     model = gallery.manifest.model
     searcher = Searcher(gallery, Encoder.load(model["model_id"], model["revision"], "cpu"))
-    attach_objects(searcher, IndexSource(folder=folder, repo_id=None, revision=None, ref=None), folder / ".stamps")
+    attach_objects(searcher, IndexSource(folder=folder, repo_id=None, revision=None, ref=None), None)
     indexed = {i: t for i, t in truth.items() if t["split"] == "train2017"}
     categories = sorted({c for t in indexed.values() for c, _ in t["objects"]})
     objects = images = r_precision = 0.0

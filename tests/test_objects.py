@@ -52,7 +52,7 @@ def _searcher(folder: Path) -> Searcher:
     gallery = Gallery.open(folder)
     model = gallery.manifest.model
     searcher = Searcher(gallery, Encoder.load(model["model_id"], model["revision"], "cpu"))
-    attach_objects(searcher, IndexSource(folder=folder, repo_id=None, revision=None, ref=None), folder / ".stamps")
+    attach_objects(searcher, IndexSource(folder=folder, repo_id=None, revision=None, ref=None), None)
     return searcher
 
 

@@ -114,7 +114,7 @@ def start(settings: Settings) -> Service:
     return service
 
 
-def attach_objects(searcher: Searcher, source: IndexSource, stamp_dir: Path) -> threading.Thread | None:
+def attach_objects(searcher: Searcher, source: IndexSource, stamp_dir: Path | None) -> threading.Thread | None:
     """Give the searcher the build's object index: at once when its files are here (INDEX_DIR, a small download),
     else fetched, verified and attached by a background thread while whole-image searches are already answered
     (a cold start of a COCO build does not wait for ~0.5 GB of object codes). Returns that thread, if any."""
