@@ -163,6 +163,13 @@ def objects_line(manifest: Manifest) -> str:
     if scores := objects.evaluation:
         line += (f"\n    category precision@5 ({scores['queries']} queries '{scores['prompt']}'): objects "
                  f"{scores['objects_precision_at_5']:.3f} | whole images {scores['images_precision_at_5']:.3f}")
+    if calibration := objects.calibration:
+        fitted, held = calibration.fitted_on, calibration.held_out
+        line += (f"\n    confidence: fitted on {fitted['categories']} categories' top {fitted['depth']} objects "
+                 f"({fitted['positives']:,} of {fitted['pairs']:,} of the category asked); held-out expected "
+                 f"calibration error {held['ece']:.3f} over {held['pairs']:,} pairs of {held['categories']} categories")
+    else:
+        line += "\n    confidence: none (too few categories, or no text side): object hits carry scores only"
     return line
 
 

@@ -102,6 +102,23 @@ def test_object_search_finds_the_thing_with_its_box_far_more_often_than_whole_im
     assert evaluation["objects_precision_at_5"] >= evaluation["images_precision_at_5"] + 0.3
 
 
+def test_object_hits_of_a_description_carry_a_confidence_fitted_on_the_builds_own_categories(searcher, scenes):
+    calibration = searcher.gallery.manifest.objects.calibration
+    assert calibration.queries == "object-text" and calibration.held_out["ece"] < 0.15
+    right, sure = [], []
+    for category in _categories(scenes[1]):
+        hits = searcher.search_objects(f"a {category}", 10)
+        confidences = [hit.confidence for hit in hits]
+        assert confidences == sorted(confidences, reverse=True) and all(0 <= c <= 1 for c in confidences)
+        right += [hit.category == category for hit in hits]
+        sure += confidences
+    # calibrated: over these 200 hits the mean confidence is close to the share that really is the thing asked for
+    assert abs(sum(sure) / len(sure) - sum(right) / len(right)) < 0.15, (sum(sure) / len(sure), sum(right) / len(right))
+    assert all(hit.confidence is None for hit in searcher.search_region(
+        str(scenes[0] / "val2017" / next(t for t in scenes[1].values() if t["split"] == "val2017")["file_name"]),
+        "[0, 0, 60, 60]", 3))  # a region is no description: no confidence
+
+
 def test_an_object_hit_carries_its_box_on_a_thumbnail_and_in_its_images_pixels(searcher):
     hit = searcher.search_objects("a red circle", 1)[0]
     assert hit.thumbnail.endswith(f"-object-{hit.object_row}.jpg")
@@ -261,7 +278,7 @@ def test_both_endpoints_answer_a_gradio_client(client, scenes):
     root, truth = scenes
     _, hits = client.predict("a blue square", 3, api_name="/search_objects")
     assert len(hits) == 3 and hits[0]["category"] == "blue square"
-    assert set(hits[0]) >= {"image_id", "box", "category", "score"} and len(hits[0]["box"]) == 4
+    assert set(hits[0]) >= {"image_id", "box", "category", "score", "confidence"} and len(hits[0]["box"]) == 4
     assert any(iou(hits[0]["box"], box) >= 0.5 for _, box in truth[hits[0]["image_id"]]["objects"])
     image_id, image = next(iter(truth.items()))
     category, box = image["objects"][1]

@@ -83,6 +83,8 @@ class ObjectsInfo:
     context: float  # fraction of the box's width/height added on each side (core.objects.crop_with_context)
     index: IndexInfo
     evaluation: dict = field(default_factory=dict)  # category precision@5, object vs whole-image queries
+    # P(the thing is of the category asked | cosine), fitted on category queries; None: no text side or too few
+    calibration: Calibration | None = None
 
 
 @dataclass

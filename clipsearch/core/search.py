@@ -163,7 +163,7 @@ class Searcher:
         if self.object_index() is None:
             raise QueryError("This index has no object index (it was built without instance boxes, or with "
                              "--objects none); search whole pictures with /search_text instead.")
-        return self.search_objects_by_vector(self.text_vector(query), plan, query_text=query)
+        return self.search_objects_by_vector(self.text_vector(query), plan, query_text=query, calibrated=True)
 
     def load_region_image(self, image) -> Image.Image:
         """Decode a picture for a region search at full size: a small box keeps every pixel it has."""
@@ -180,16 +180,20 @@ class Searcher:
         vector = self._encode_image(region)
         return self.search_objects_by_vector(vector, plan) if objects is not None else self.search(vector, plan)
 
-    def search_objects_by_vector(self, vector: np.ndarray, plan: Plan, query_text: str | None = None
-                                 ) -> list[ObjectHit]:
+    def search_objects_by_vector(self, vector: np.ndarray, plan: Plan, query_text: str | None = None,
+                                 calibrated: bool = False) -> list[ObjectHit]:
         """Where every object search ends: page plan.page of plan.k object hits for a unit query vector, each with
-        its image (thumbnail with the box drawn), box and category."""
+        its image (thumbnail with the box drawn), box and category; `calibrated` (a description) gives each hit the
+        build's object confidence, where it has one."""
         objects = self.object_index()
         scores, rows = objects.nearest(vector, (plan.page + 1) * plan.k)
+        calibration = self.gallery.manifest.objects.calibration
+        confidences = calibration.confidences(scores.tolist())[plan.page * plan.k:] if calibrated and calibration \
+            else None
         found = list(zip(scores.tolist(), rows.tolist()))[plan.page * plan.k:]
         things = objects.rows([row for _, row in found])
         images = self.hits_for([(score, thing.image_row) for (score, _), thing in zip(found, things)], query_text,
-                               first_rank=plan.first_rank)
+                               first_rank=plan.first_rank, confidences=confidences)
         hits = []
         for image, thing in zip(images, things):
             fields = {**vars(image), "thumbnail": str(self.gallery.thumbnails.boxed_path(
