@@ -355,6 +355,18 @@ def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(serv
                     root / image["split"] / image["file_name"])
                 wait_for_results(page)
                 region = page.get_by_label("Region [x0, y0, x1, y1] in the picture's pixels")
+                picture = page.get_by_test_id("image").locator(".image-frame img")
+                expect(picture).to_have_attribute("src", re.compile(re.escape(image["file_name"])), timeout=WAIT)
+                expect(picture).to_have_js_property("complete", True, timeout=WAIT)
+                shown = picture.bounding_box()
+                # the picture is drawn centred in its element, scaled down to fit and never up (object-fit)
+                scale = min(shown["width"] / 192, shown["height"] / 192, 1)
+                left, top = (shown["width"] - 192 * scale) / 2, (shown["height"] - 192 * scale) / 2
+                for x, y in ((box[2] - 1, box[3] - 1), (box[0] + 1, box[1] + 1)):  # two taps, the far corner first
+                    picture.click(position={"x": left + x * scale, "y": top + y * scale})
+                expect(region).to_have_value(re.compile(r"^\[\d+, \d+, \d+, \d+\]$"), timeout=WAIT)
+                tapped = json.loads(region.input_value())
+                assert iou(tapped, box) > 0.8, (tapped, box)  # the box between the taps, in the picture's pixels
                 region.fill(json.dumps(box))
                 region.press("Enter")  # from the keyboard
                 expect(labels.first).to_have_text(re.compile(rf" · {category}$"), timeout=WAIT)

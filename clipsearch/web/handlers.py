@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections import OrderedDict
 
@@ -189,6 +190,18 @@ class Handlers:
         if not picture:
             raise gr.Error("Please upload, paste or take a picture first.")
         return self._things_view(lambda: self.searcher.search_region(picture, box, k), feedback_is_open)
+
+    @staticmethod
+    def pick_corner(corner, event: gr.SelectData):
+        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, the second closes
+        the box and writes it into the region field."""
+        point = event.index if isinstance(event.index, (list, tuple)) and len(event.index) == 2 else None
+        if point is None:
+            return corner, gr.skip()
+        if corner is None:
+            return list(point), gr.skip()
+        (ax, ay), (bx, by) = corner, point
+        return None, json.dumps([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
 
     @staticmethod
     def _things_view(search, feedback_is_open: bool) -> PageView:

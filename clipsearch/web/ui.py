@@ -115,7 +115,9 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                     ui.image_button = gr.Button("Find similar images", variant="primary")
                     # A region by its box: typed, so it works from the keyboard and on a phone alike.
                     ui.region = gr.Textbox(label="Region [x0, y0, x1, y1] in the picture's pixels",
-                                           placeholder="e.g. [40, 30, 200, 180]", max_length=200)
+                                           placeholder="type it, or tap two corners on the picture",
+                                           max_length=200)
+                    ui.corner = gr.State(None)  # the first corner tapped, until the second one
                     ui.region_button = gr.Button("Search this region", variant="secondary")
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
@@ -214,6 +216,8 @@ def _visible_searches(ui, on: Handlers) -> None:
         trigger(**search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
     for trigger in (ui.region_button.click, ui.region.submit):
         trigger(**search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
+    # Two taps (or clicks) on the picture fill the region with the box between them; no round trip to the model.
+    ui.picture.select(on.pick_corner, ui.corner, [ui.corner, ui.region], api_visibility="private", queue=False)
     ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
