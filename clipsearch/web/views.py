@@ -50,7 +50,8 @@ def hits_data(hits: list[Hit]) -> list[dict]:
     """The API's view of a hit: everything but the server-side thumbnail path; `confidence` only where the build
     could calibrate it."""
     return [{key: value for key, value in hit.to_dict().items()
-             if key not in ("thumbnail", "row") and not (key == "confidence" and value is None)} for hit in hits]
+             if key not in ("thumbnail", "row", "object_row") and not (key == "confidence" and value is None)}
+            for hit in hits]
 
 
 def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
