@@ -20,6 +20,8 @@ from clipsearch.core.manifest import (
     EMBEDDINGS,
     MANIFEST,
     METADATA,
+    OBJECTS_META,
+    OBJECTS_VECTORS,
     THUMBS_PATTERN,
     ArtifactError,
     Manifest,
@@ -32,9 +34,9 @@ from .errors import BuildError
 from .finish import NOTHING_EMBEDDED, Built, finish
 from .guard import APPEND_WORK, check_before_work
 from .hubfiles import parse_repo
-from .pack import SCHEMA, Packed, pack, project_2d, write_metadata
+from .pack import OBJECT_SCHEMA, SCHEMA, Packed, PackedObjects, pack, project_2d, write_metadata, write_objects
 from .plan import BuildPlan
-from .sources import ImageFolderSource, Source
+from .sources import ImageFolderSource, Source, keep_boxes
 
 log = logging.getLogger("builder")
 
@@ -98,19 +100,33 @@ def append(plan: BuildPlan, source: Source) -> Built:
     if new_records(source, table) == 0:
         log.info("nothing to add: every image is already in the index")
         return Built(base, NOTHING_EMBEDDED)
+    context = _base_boxes(base, source)
     encoder = _base_encoder(plan, base)
     key = hashlib.sha256((out / MANIFEST).read_bytes()).hexdigest()[:12]
     work = out / APPEND_WORK / key  # per base build, so a resumed append never mixes bases
     work.mkdir(parents=True, exist_ok=True)
     log.info("appending %d new images to %d (model %s)", len(source.records), base.count, base.model["model_id"])
     speed = embed_shards(source, encoder, work, batch_size=plan.batch_size, shard_size=plan.shard_size,
-                         num_workers=plan.workers)
+                         num_workers=plan.workers, context=context)
     stage = work / "next"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
-    packed = _combine(plan, source, encoder, work, stage, base, table)
+    packed = _combine(plan, source, encoder, work, stage, base, table, context)
     finish(plan, stage, packed, encoder, sources=base.sources + source.infos, speed=speed, started=started, base=base)
     return Built(_commit(stage, out), speed)
+
+
+def _base_boxes(base: Manifest, source: Source) -> float | None:
+    """The new images' boxes, kept and cut exactly as the base build's were (its cut-off and context); none when the
+    base has no object index. Returns the context to cut with, or None."""
+    if base.objects is None:
+        for record in source.records:
+            record.boxes = []
+        return None
+    source.boxes_total, source.boxes_kept = keep_boxes(source.records, base.objects.min_side)
+    log.info("objects: %d of %d new instance boxes kept (shorter side >= %g px, context %g, as the base build)",
+             source.boxes_kept, source.boxes_total, base.objects.min_side, base.objects.context)
+    return base.objects.context if source.boxes_kept else None
 
 
 def _base_encoder(plan: BuildPlan, base: Manifest) -> Encoder:
@@ -121,11 +137,12 @@ def _base_encoder(plan: BuildPlan, base: Manifest) -> Encoder:
 
 
 def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stage: Path, base: Manifest,
-             table: pa.Table) -> Packed:
+             table: pa.Table, context: float | None) -> Packed:
     """Pack the new images into `stage` after the base build's rows: vectors, metadata and thumbnail packs of both,
     the map recomputed for all rows. Old thumbnail packs stay byte-identical (the Hub stores them once); new ones
     continue the numbering."""
-    packed = pack(source, work, stage, len(shard_ranges(len(source.records), plan.shard_size)), encoder.info.dim)
+    packed = pack(source, work, stage, len(shard_ranges(len(source.records), plan.shard_size)), encoder.info.dim,
+                  context, base.objects.min_side if base.objects else 0.0)
     first_pack = len(base.thumbnails.files)
     new_files = [THUMBS_PATTERN.format(first_pack + n) for n in range(len(packed.thumb_files))]
     for name, target in reversed(list(zip(packed.thumb_files, new_files))):  # reversed: never overwrite a source
@@ -143,7 +160,27 @@ def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stag
     np.save(stage / EMBEDDINGS, vectors, allow_pickle=False)
     write_metadata(combined, stage)
     return Packed(vectors=vectors, rows=[], skipped=base.skipped + packed.skipped,
-                  thumb_files=base.thumbnails.files + new_files)
+                  thumb_files=base.thumbnails.files + new_files,
+                  objects=_combine_objects(plan.out, stage, base, packed.objects, source) if base.objects else None)
+
+
+def _combine_objects(out: Path, stage: Path, base: Manifest, added: PackedObjects | None,
+                     source: Source) -> PackedObjects:
+    """The base build's object rows, then the new images' (their image rows moved after the base's images), written
+    into `stage`."""
+    vectors = [np.load(out / OBJECTS_VECTORS, allow_pickle=False)]
+    tables = [pq.read_table(out / OBJECTS_META).select(OBJECT_SCHEMA.names).cast(OBJECT_SCHEMA)]
+    if added is not None:
+        moved = added.table.set_column(0, "image_row", pc.add(added.table.column("image_row"), base.count)
+                                       .cast(pa.int32()))
+        vectors.append(added.vectors)
+        tables.append(moved)
+    info = base.objects
+    objects = PackedObjects(np.ascontiguousarray(np.concatenate(vectors), dtype=np.float32),
+                            pa.concat_tables(tables), info.boxes_total + source.boxes_total,
+                            info.boxes_kept + source.boxes_kept, info.min_side, info.context)
+    write_objects(objects, stage)
+    return objects
 
 
 def _finished_stage(out: Path) -> Path | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipsearch.core.encoder import DEFAULT_MODEL, EncoderError
 from clipsearch.core.manifest import DEFAULT_INDEX_REPO, PRECISIONS, ArtifactError, Manifest
+from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE
 from clipsearch.core.precision import BUILD_MIN_COSINE
 from clipsearch.core.published import KARPATHY, format_recall, recall_label, recall_results, skipped_karpathy
 
@@ -79,6 +80,13 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default=AUTO, help="'auto' (default: exact 'Flat' up to 20k vectors, "
                         "HNSW32 over fp16 up to 500k, IVF lists with 8-bit codes above, search effort tuned to "
                         "recall@5 >= 0.985 against exact), or any FAISS factory string such as 'Flat' or 'HNSW32'")
+    parser.add_argument("--objects", default="auto", choices=["auto", "none"],
+                        help="auto (default): an object index of the instance boxes when the source has them (COCO "
+                             "folders and the Hub COCO source); none: images only")
+    parser.add_argument("--object-context", type=float, default=CONTEXT,
+                        help="context cut around each box, as a fraction of its width/height (default %(default)s)")
+    parser.add_argument("--object-min-side", type=float, default=MIN_BOX_SIDE,
+                        help="keep boxes whose shorter side has at least this many pixels (default %(default)s)")
     parser.add_argument("--index-params", default="", help="search-time FAISS parameters, e.g. 'nprobe=32'")
     parser.add_argument("--eval", default="auto", choices=["auto", "none", "val", "full"],
                         help="caption recall: val (5k), full (also whole gallery); auto = full on GPU, val on CPU")
@@ -140,8 +148,29 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
         lines.append(f"  image->image by category ({by_category['queries_from']}, {by_category['images']:,} images): "
                      + " ".join(f"{k} {by_category[k]:.1f}" for k in ("P@1", "P@5", "P@10", "mAP")))
     lines.append(f"  confidence: {confidence_line(manifest)}")
+    lines.append(f"  objects:   {objects_line(manifest)}")
     lines.append(f"  files:     {out.resolve()} ({sum(f.size for f in manifest.files.values()) / 2**20:.1f} MB)")
     return "\n".join(lines)
+
+
+def objects_line(manifest: Manifest) -> str:
+    """The object index: boxes kept, how they were cut, and object vs whole-image category precision@5."""
+    objects = manifest.objects
+    if objects is None:
+        return "none (the source lists no instance boxes, or --objects none): whole-image search only"
+    line = (f"{objects.count:,} boxes indexed ({objects.boxes_kept:,} of {objects.boxes_total:,} listed have a shorter "
+            f"side >= {objects.min_side:g} px), context {objects.context:g}, {objects.index.factory}")
+    if scores := objects.evaluation:
+        line += (f"\n    category precision@5 ({scores['queries']} queries '{scores['prompt']}'): objects "
+                 f"{scores['objects_precision_at_5']:.3f} | whole images {scores['images_precision_at_5']:.3f}")
+    if calibration := objects.calibration:
+        fitted, held = calibration.fitted_on, calibration.held_out
+        line += (f"\n    confidence: fitted on {fitted['categories']} categories' top {fitted['depth']} objects "
+                 f"({fitted['positives']:,} of {fitted['pairs']:,} of the category asked); held-out expected "
+                 f"calibration error {held['ece']:.3f} over {held['pairs']:,} pairs of {held['categories']} categories")
+    else:
+        line += "\n    confidence: none (too few categories, or no text side): object hits carry scores only"
+    return line
 
 
 def confidence_line(manifest: Manifest) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from clipsearch.core.encoder import Encoder, image_inputs
 from clipsearch.core.images import ImageError, make_thumbnail, open_image
+from clipsearch.core.objects import crop_with_context
 
 from .children import die_with_parent
 from .sources import Source
@@ -37,16 +39,19 @@ class Decoded:
     width: int
     height: int
     error: str
+    objects: dict[str, torch.Tensor] | None = None  # model inputs of the record's box crops, in its boxes' order
 
 
 class DecodeDataset(Dataset):
-    """Runs in DataLoader workers: bytes -> upright RGB -> model pixels + thumbnail; failures become records."""
+    """Runs in DataLoader workers: bytes -> upright RGB -> model pixels + thumbnail (+ the crops of its instance
+    boxes when `context` is given); failures become records."""
 
-    def __init__(self, source: Source, encoder: Encoder, thumb_side: int = THUMB_SIDE):
+    def __init__(self, source: Source, encoder: Encoder, thumb_side: int = THUMB_SIDE, context: float | None = None):
         self.source = source
         self.image_processor = encoder.image_processor
         self.draft_size = encoder.info.image_size
         self.thumb_side = thumb_side
+        self.context = context
 
     def __len__(self) -> int:
         return len(self.source.records)
@@ -54,10 +59,16 @@ class DecodeDataset(Dataset):
     def __getitem__(self, index: int) -> Decoded:
         record = self.source.records[index]
         try:
-            image = open_image(self.source.read(record), max_bytes=None, draft_size=self.draft_size)
+            image = open_image(self.source.read(record), max_bytes=None, draft_size=self._draft_size(record))
             pixels = {name: value[0] for name, value in image_inputs(self.image_processor, [image]).items()}
             width, height = image.info["original_size"]
-            return Decoded(index, pixels, make_thumbnail(image, self.thumb_side), width, height, "")
+            objects = None
+            if self.context is not None and record.boxes:
+                # crops from the one decoded image; JPEG draft decoding made it smaller, which crop_with_context
+                # scales the boxes for
+                crops = [crop_with_context(image, box[:4], self.context, (width, height)) for box in record.boxes]
+                objects = image_inputs(self.image_processor, crops)
+            return Decoded(index, pixels, make_thumbnail(image, self.thumb_side), width, height, "", objects)
         except ImageError as error:
             return Decoded(index, None, b"", 0, 0, str(error))
         except Exception as error:  # noqa: BLE001 - one bad file must never end a 123k-image build
@@ -66,12 +77,28 @@ class DecodeDataset(Dataset):
             return Decoded(index, None, b"", 0, 0, reason)
 
 
-def _collate(items: list[Decoded]) -> tuple[list[Decoded], dict[str, torch.Tensor] | None]:
+    def _draft_size(self, record) -> int | None:
+        """The smallest side to decode at: the model's input size, or, when boxes are cut from the picture, enough
+        that its smallest box keeps the model's input size (None: full size, where the picture's size is unknown)."""
+        if self.context is None or not record.boxes:
+            return self.draft_size
+        if not record.width or not record.height:
+            return None
+        smallest = min(min(box[2] - box[0], box[3] - box[1]) for box in record.boxes)
+        return max(self.draft_size, math.ceil(min(record.width, record.height) * self.draft_size / smallest))
+
+
+def _collate(items: list[Decoded]):
+    """(items, the good images' pixels stacked, their box crops' pixels concatenated in item order or None)."""
     good = [item for item in items if item.pixels is not None]
     pixels = {name: torch.stack([item.pixels[name] for item in good]) for name in good[0].pixels} if good else None
+    crops = [item.objects for item in good if item.objects is not None]
+    objects = {name: torch.cat([crop[name] for crop in crops]) for name in crops[0]} if crops else None
     for item in good:
         item.pixels = None  # the stacked tensor carries them; keep the per-item records light
-    return items, pixels
+        if item.objects is not None:
+            item.objects = len(next(iter(item.objects.values())))  # how many crops: the count is all a shard needs
+    return items, pixels, objects
 
 
 def _worker_init(parent: int, _worker: int) -> None:
@@ -88,8 +115,11 @@ def shard_dir(work: Path, shard: int) -> Path:
 
 
 def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: int, shard_size: int,
-                 num_workers: int, shards: list[int] | None = None, progress: bool = True) -> dict:
+                 num_workers: int, shards: list[int] | None = None, progress: bool = True,
+                 context: float | None = None) -> dict:
     """Embed every shard (of `shards`, default all) not already finished in `work`; returns this run's throughput.
+    With `context`, each record's instance boxes are cut from its decoded image (core.objects.crop_with_context) and
+    embedded too, in batches of at most `batch_size` crops.
 
     Batches never straddle a shard, so a resumed shard is computed from exactly the same batches as in an
     uninterrupted build, and its vectors are bit-identical; so is a shard embedded by another rank of a
@@ -108,7 +138,7 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
     # Download what the workers will read (Hub parquet shards, or a trial's row groups) first, with its own bar and ETA;
     # only the pending shards' images, so a resumed build fetches nothing it has already embedded.
     source.fetch([i for s in pending for i in range(*ranges[s])], progress=progress)
-    loader = _loader(source, encoder, batches, num_workers)
+    loader = _loader(source, encoder, batches, num_workers, context)
     total = sum(ranges[s][1] - ranges[s][0] for s in pending)
     started, done = time.perf_counter(), 0
     pending_iter = iter(pending)
@@ -120,9 +150,9 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
             tqdm(total=total, unit="img", desc="embedding", dynamic_ncols=True, mininterval=2,
                  disable=not progress) as bar:
         writing: Future | None = None
-        for items, pixels in loader:
+        for items, pixels, objects in loader:
             vectors = encoder.encode_pixels(pixels) if pixels is not None else None
-            collected.append((items, vectors))
+            collected.append((items, vectors, _encode_crops(encoder, objects, batch_size)))
             done += len(items)
             bar.update(len(items))
             if items[-1].index == ranges[current][1] - 1:  # last batch of this shard
@@ -137,7 +167,18 @@ def embed_shards(source: Source, encoder: Encoder, work: Path, *, batch_size: in
     return {"images": done, "seconds": seconds, "images_per_second": done / seconds if seconds else 0.0}
 
 
-def _loader(source: Source, encoder: Encoder, batches: list[list[int]], num_workers: int) -> DataLoader:
+def _encode_crops(encoder: Encoder, objects: dict[str, torch.Tensor] | None, batch_size: int) -> np.ndarray | None:
+    """Vectors of a batch's box crops, encoded `batch_size` at a time (a COCO image has ~7 boxes)."""
+    if objects is None:
+        return None
+    count = len(next(iter(objects.values())))
+    return np.concatenate([encoder.encode_pixels({name: value[start:start + batch_size]
+                                                  for name, value in objects.items()})
+                           for start in range(0, count, batch_size)])
+
+
+def _loader(source: Source, encoder: Encoder, batches: list[list[int]], num_workers: int,
+            context: float | None = None) -> DataLoader:
     """Batches of decoded images, from `num_workers` processes that die with the builder."""
     cuda = encoder.device.type == "cuda"
     # Workers only decode (PIL + the image processor on CPU tensors) and never touch CUDA, so forking them after
@@ -147,26 +188,32 @@ def _loader(source: Source, encoder: Encoder, batches: list[list[int]], num_work
     # prefetch_factor x workers batches can wait in shared memory: 2 x 16 x 154 MB at batch 256 on a GPU (containers
     # need --shm-size or --ipc=host), 4 x 1 x 19 MB at batch 32 on a 2-core CPU.
     return DataLoader(
-        DecodeDataset(source, encoder), batch_sampler=batches, num_workers=num_workers, collate_fn=_collate,
+        DecodeDataset(source, encoder, context=context), batch_sampler=batches, num_workers=num_workers,
+        collate_fn=_collate,
         pin_memory=cuda, worker_init_fn=partial(_worker_init, os.getpid()) if num_workers else None,
         prefetch_factor=(2 if cuda else 4) if num_workers else None, persistent_workers=False,
     )
 
 
 def _write_shard(work: Path, shard: int, span: tuple[int, int], collected) -> None:
-    """Write vectors, thumbnails and row records of one shard; the 'done' marker is created last."""
+    """Write vectors, thumbnails and row records of one shard (and its box crops' vectors, each row naming its record
+    and box); the 'done' marker is created last."""
     final = shard_dir(work, shard)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rows, skipped, blocks, offset = [], [], [], 0
+    objects, object_blocks = [], []
     with open(tmp / "thumbs.bin", "wb") as thumbs:
-        for items, vectors in collected:
+        for items, vectors, *crops in collected:
             good = iter(vectors if vectors is not None else [])
+            if crops and crops[0] is not None:
+                object_blocks.append(crops[0])
             for item in items:
                 if item.error:
                     skipped.append([item.index, item.error])
                     continue
+                objects.extend([item.index, box] for box in range(item.objects or 0))
                 blocks.append(next(good))
                 thumbs.write(item.thumbnail)
                 rows.append([item.index, item.width, item.height, offset, len(item.thumbnail)])
@@ -174,12 +221,21 @@ def _write_shard(work: Path, shard: int, span: tuple[int, int], collected) -> No
     assert rows or skipped, "a shard with no rows"
     vectors = np.stack(blocks).astype(np.float32) if blocks else np.zeros((0, 0), np.float32)
     np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
-    (tmp / "rows.json").write_text(json.dumps({"span": list(span), "rows": rows, "skipped": skipped}))
+    if object_blocks:
+        np.save(tmp / "objects.npy", np.concatenate(object_blocks).astype(np.float32), allow_pickle=False)
+    (tmp / "rows.json").write_text(json.dumps({"span": list(span), "rows": rows, "skipped": skipped,
+                                               "objects": objects}))
     (tmp / "done").write_text("ok\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)  # a shard directory appears whole or not at all
     if skipped:
         log.info("shard %d: %d images skipped", shard, len(skipped))
+
+
+def read_shard_objects(work: Path, shard: int) -> np.ndarray | None:
+    """The box crops' vectors of a shard (row i: rows.json's objects[i]), None when it has none."""
+    path = shard_dir(work, shard) / "objects.npy"
+    return np.load(path, allow_pickle=False) if path.exists() else None
 
 
 def read_shard(work: Path, shard: int) -> tuple[np.ndarray, dict, Path]:

@@ -17,6 +17,7 @@ from clipsearch.core.manifest import (
     FORMAT_VERSION,
     INDEX,
     METADATA,
+    OBJECTS_INDEX,
     Manifest,
     SourceInfo,
     ThumbnailInfo,
@@ -28,6 +29,7 @@ from .calibrate import calibrate
 from .embed import THUMB_SIDE
 from .evaluate import evaluate
 from .index import build_index
+from .objects import index_objects
 from .pack import Packed
 from .plan import BuildPlan
 from .sources import keeps_coco_ids
@@ -61,13 +63,19 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
                           categories=rows["categories"], image_ids=coco_ids)
     log.info("calibrating confidence on the gallery's captions")
     calibration = calibrate(encoder, packed.vectors, rows["captions"], rows["split"])
-    names = sorted([INDEX, *packed.files])  # exactly what was written, never a listing of the folder
+    objects = None
+    if packed.objects is not None:  # an --append keeps its base's object index type, as it does for images
+        kind = (base.objects.index.factory, base.objects.index.search_params) if base and base.objects else (
+            plan.index_factory, plan.index_params)
+        objects = index_objects(packed.objects, folder, *kind, encoder, index, rows["categories"])
+    names = sorted([INDEX, *packed.files, *([OBJECTS_INDEX] if objects else [])])  # what was written, never a listing
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),
         builder_version=builder_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1), images_per_second=round(speed["images_per_second"], 1),
         device=plan.device.type, precision=encoder.precision, files=hash_files(folder, names), calibration=calibration,
+        objects=objects,
     )
     manifest = replace(base, **fields) if base else Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, **fields)

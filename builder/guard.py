@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clipsearch.core.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, ArtifactError, Manifest
+from clipsearch.core.manifest import (
+    EMBEDDINGS,
+    INDEX,
+    MANIFEST,
+    METADATA,
+    OBJECTS_INDEX,
+    OBJECTS_META,
+    OBJECTS_VECTORS,
+    ArtifactError,
+    Manifest,
+)
 
 from .errors import BuildError
 from .plan import BuildPlan
@@ -39,7 +49,7 @@ def check_writable(out: Path) -> None:
 
 def artifact_names(out: Path) -> list[str]:
     """The files in `out` that a build of ours wrote, by their known names: what a rebuild may replace."""
-    names = {MANIFEST, INDEX, EMBEDDINGS, METADATA}
+    names = {MANIFEST, INDEX, EMBEDDINGS, METADATA, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS}
     names.update(p.name for p in out.glob("thumbs-*.bin") if THUMBS_RE.fullmatch(p.name))
     try:
         names.update(Manifest.read(out).files)  # older builds may have listed other names

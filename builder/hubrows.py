@@ -6,12 +6,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import SourceError
-from .sources import Record
+from .sources import Record, coco_box
 
 ID_COLUMNS = ("image_id", "id", "cocoid")
 CAPTION_COLUMNS = ("captions", "sentences", "caption", "text", "answer")
 URL_COLUMNS = ("coco_url", "url", "flickr_url")
 CATEGORY_FIELDS = ("category_name", "category")
+BOX_FIELD = "bbox"  # COCO's [x, y, w, h] per instance, beside category_name in BrandonLSX/coco-2017's annotations
 
 
 def find_layout(metadata, repo_id: str) -> dict:
@@ -41,7 +42,8 @@ def find_layout(metadata, repo_id: str) -> dict:
         if name in names:
             kind = schema.field(name).type
             if pa.types.is_struct(kind):
-                columns += [f"{name}.{f}" for f in CATEGORY_FIELDS if kind.get_field_index(f) >= 0]
+                columns += [f"{name}.{f}" for f in (*CATEGORY_FIELDS, BOX_FIELD, "iscrowd")
+                            if kind.get_field_index(f) >= 0]
             else:
                 columns.append(name)
     leaf = f"{image}.bytes"
@@ -62,7 +64,19 @@ def make_record(value: dict, layout: dict, split: str, locator: int, captions: d
         captions=joined.get("captions") or ([own] if isinstance(own, str) else list(own)),
         categories=categories(value, layout["features"]),
         url=joined.get("url") or first(value, URL_COLUMNS) or "",
+        boxes=instance_boxes(value),
     )
+
+
+def instance_boxes(row: dict) -> list[list]:
+    """[x0, y0, x1, y1, category] per instance of a struct-of-lists `annotations` column with `bbox` and
+    `category_name` (BrandonLSX/coco-2017's layout); none for other layouts."""
+    value = row.get("annotations")
+    if not isinstance(value, dict) or not value.get(BOX_FIELD) or not value.get("category_name"):
+        return []
+    crowds = value.get("iscrowd") or [0] * len(value[BOX_FIELD])
+    return [[*box, str(name)] for bbox, name, crowd in zip(value[BOX_FIELD], value["category_name"], crowds)
+            if name is not None and not crowd and (box := coco_box(bbox))]  # a crowd box holds no one thing
 
 
 def caption_lookup(repo, paths: list[str]) -> dict[int, dict]:

@@ -19,7 +19,7 @@ from .guard import check_before_work, clear_artifacts
 from .pack import pack
 from .plan import BuildPlan
 from .resume import joined_work, prepare_work, settings
-from .sources import Source, estimate_line
+from .sources import Source, estimate_line, keep_boxes
 
 log = logging.getLogger("builder")
 
@@ -40,11 +40,12 @@ def run(plan: BuildPlan) -> Built | None:
                  plan.workers, plan.device)
         speed = job.embed(shard_count, lambda shards: embed_shards(
             source, encoder, work, batch_size=plan.batch_size, shard_size=plan.shard_size, num_workers=plan.workers,
-            shards=shards, progress=job.reports))
+            shards=shards, progress=job.reports, context=object_context(plan, source)))
         if speed is None:
             return None  # rank 0 finishes the build
         log.info("stage 4/6 pack: thumbnails and metadata")
-        packed = pack(source, work, plan.out, shard_count, encoder.info.dim)
+        packed = pack(source, work, plan.out, shard_count, encoder.info.dim, object_context(plan, source),
+                      plan.object_min_side)
         manifest = finish(plan, plan.out, packed, encoder, sources=source.infos, speed=speed, started=started)
         return Built(manifest, speed)
 
@@ -65,11 +66,29 @@ def _join(plan: BuildPlan, shared: dict) -> tuple[Source, Encoder, Path]:
     return source, encoder, joined_work(plan.out, settings(plan, source, encoder), shared)
 
 
+def prepare_boxes(plan: BuildPlan, source: Source, report: bool = True) -> None:
+    """The instance boxes the object index will hold: none with --objects none; else those whose shorter side
+    reaches --object-min-side (counted on the source, for the manifest and the summary)."""
+    if not plan.objects:
+        for record in source.records:
+            record.boxes = []
+    source.boxes_total, source.boxes_kept = keep_boxes(source.records, plan.object_min_side)
+    if report and source.boxes_total:
+        log.info("objects: %d of %d instance boxes have a shorter side of at least %g px and will be embedded with "
+                 "context %g", source.boxes_kept, source.boxes_total, plan.object_min_side, plan.object_context)
+
+
+def object_context(plan: BuildPlan, source: Source) -> float | None:
+    """The context the boxes are cut with, or None when this build has no object index."""
+    return plan.object_context if plan.objects and source.boxes_kept else None
+
+
 def _load(plan: BuildPlan, *, report: bool) -> tuple[Source, Encoder]:
     """Stages 1-2: the gallery listing and the model."""
     log.info("stage 1/6 load: listing images")
     source = plan.make_source()
     log.info("%d images from %s", len(source.records), ", ".join(i.location for i in source.infos))
+    prepare_boxes(plan, source, report)
     log.info("stage 2/6 model: %s", plan.model)
     # no batch, so no race on AMX: bf16 first, the more exact path for index vectors and the faster on batches
     encoder = load_encoder(plan.model, plan.model_revision, plan.device, precision=plan.precision,

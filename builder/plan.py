@@ -11,8 +11,10 @@ import torch
 
 from clipsearch.core.encoder import pick_device
 from clipsearch.core.manifest import DEFAULT_INDEX_REPO
+from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE
 
 from .distributed import Ranks, rank_device, rank_workers
+from .errors import BuildError
 from .hubcoco import HubCocoSource
 from .sources import CocoDirSource, ImageFolderSource, Source
 
@@ -48,6 +50,10 @@ class BuildPlan:
     push_repo: str | None  # None: no --push
     visibility: str | None  # "private" or "public" when asked for; None: send none (the namespace's default holds)
     ranks: Ranks = Ranks()
+    # the object index: on when the source lists instance boxes, unless --objects none
+    objects: bool = True
+    object_context: float = CONTEXT
+    object_min_side: float = MIN_BOX_SIDE
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, ranks: Ranks | None = None) -> BuildPlan:
@@ -55,6 +61,15 @@ class BuildPlan:
         device = rank_device(pick_device(args.device), ranks)
         cuda = device.type == "cuda"
         batch_size = args.batch_size or (256 if cuda else 32)
+        objects = getattr(args, "objects", "auto")
+        context = getattr(args, "object_context", CONTEXT)
+        min_side = getattr(args, "object_min_side", MIN_BOX_SIDE)
+        if not 0 <= context <= 2:
+            raise BuildError(f"--object-context {context}: give the context around each box as a fraction of the "
+                             "box from 0 to 2 (0.25 adds a quarter of its width and height on each side).")
+        if not min_side >= 1:
+            raise BuildError(f"--object-min-side {min_side}: give the shortest box side to keep in pixels, 1 or "
+                             "more.")
         return cls(
             images=args.images, coco_dir=args.coco_dir, limit=args.limit,
             splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
@@ -67,6 +82,7 @@ class BuildPlan:
             index_factory=args.index, index_params=args.index_params, append=args.append, base=args.base,
             push_repo=None if args.push is None else args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
             visibility="private" if args.private else "public" if args.public else None, ranks=ranks,
+            objects=objects != "none", object_context=float(context), object_min_side=float(min_side),
         )
 
     def make_source(self) -> Source:

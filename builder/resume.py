@@ -20,7 +20,8 @@ def settings(plan: BuildPlan, source: Source, encoder: Encoder) -> dict:
     """Everything that shapes the result (these keys let an existing .work resume)."""
     return {**source.fingerprint(), "model": encoder.info.model_id, "model_revision": encoder.info.revision,
             "batch_size": plan.batch_size, "shard_size": plan.shard_size, "thumb_side": THUMB_SIDE,
-            "device": plan.device.type, "precision": encoder.precision, "format_version": FORMAT_VERSION}
+            "device": plan.device.type, "precision": encoder.precision, "format_version": FORMAT_VERSION,
+            "objects": [source.boxes_kept, plan.object_context, plan.object_min_side] if source.boxes_kept else None}
 
 
 def prepare_work(out: Path, settings: dict, fresh: bool) -> Path:

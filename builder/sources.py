@@ -34,6 +34,8 @@ class Record:
     captions: list[str] = field(default_factory=list)
     categories: list[str] = field(default_factory=list)
     url: str = ""
+    # instance boxes [x0, y0, x1, y1, category] in the original image's pixels (COCO's [x, y, w, h] converted)
+    boxes: list[list] = field(default_factory=list)
 
 
 class Source:
@@ -41,6 +43,7 @@ class Source:
 
     infos: list[SourceInfo]
     records: list[Record]
+    boxes_total = boxes_kept = 0  # instance boxes listed / kept for the object index (see builder.pipeline)
 
     def read(self, record: Record):
         return record.locator
@@ -94,12 +97,15 @@ def _coco_split(root: Path, split: str) -> list[Record]:
     else:
         log.warning("%s missing: images of %s get no captions", captions_file, split)
     categories: dict[int, list[str]] = defaultdict(list)
+    boxes: dict[int, list[list]] = defaultdict(list)
     if instances_file.is_file():
         data = _read_json(instances_file)
         names = {int(c["id"]): c["name"] for c in data.get("categories", [])}
         seen: dict[int, set] = defaultdict(set)
-        for note in data.get("annotations", []):
+        for note in sorted(data.get("annotations", []), key=lambda a: a.get("id", 0)):
             image_id, name = int(note["image_id"]), names.get(int(note["category_id"]))
+            if name and not note.get("iscrowd") and (box := coco_box(note.get("bbox"))):  # a crowd is no one thing
+                boxes[image_id].append([*box, name])
             if name and name not in seen[image_id]:
                 seen[image_id].add(name)
                 categories[image_id].append(name)
@@ -117,9 +123,29 @@ def _coco_split(root: Path, split: str) -> list[Record]:
             image_id=image_id, split=split, file_name=image["file_name"], locator=str(image_dir / image["file_name"]),
             width=int(image.get("width", 0)), height=int(image.get("height", 0)), captions=captions.get(image_id, []),
             categories=sorted(categories.get(image_id, [])), url=image.get("coco_url") or image.get("flickr_url") or "",
+            boxes=boxes.get(image_id, []),
         )
         for image_id, image in sorted(images.items())
     ]
+
+
+def coco_box(bbox) -> list[float] | None:
+    """COCO's [x, y, width, height] as [x0, y0, x1, y1]; None for a missing or empty box."""
+    try:
+        x, y, width, height = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return None
+    return [x, y, x + width, y + height] if width > 0 and height > 0 else None
+
+
+def keep_boxes(records: list[Record], min_side: float) -> tuple[int, int]:
+    """Keep only the boxes whose shorter side is at least `min_side` pixels; (boxes listed, boxes kept)."""
+    total = kept = 0
+    for record in records:
+        total += len(record.boxes)
+        record.boxes = [box for box in record.boxes if min(box[2] - box[0], box[3] - box[1]) >= min_side]
+        kept += len(record.boxes)
+    return total, kept
 
 
 def _read_json(path: Path) -> dict:
@@ -195,8 +221,10 @@ def estimate_line(source: Source, dim: int) -> str:
     fetch, cached, how = source.download_estimate()
     count = len(source.records)
     # vectors three times (resume cache, embeddings.npy, a flat index), thumbnails twice (resume cache, packs)
-    written = count * (3 * dim * 4 + 2 * THUMB_BYTES + ROW_BYTES)
+    written = count * (3 * dim * 4 + 2 * THUMB_BYTES + ROW_BYTES) + source.boxes_kept * 3 * dim * 4  # boxes: vectors
+    objects = f" and {source.boxes_kept:,} boxes" if source.boxes_kept else ""
     parts = [f"download ~{human_bytes(fetch)}" + (f" ({how})" if how else ""),
              f"{human_bytes(cached)} already on disk" if cached else "",
-             f"write ~{human_bytes(written)} for {count:,} images (vectors, index, thumbnails, metadata, resume cache)"]
+             f"write ~{human_bytes(written)} for {count:,} images{objects} (vectors, index, thumbnails, metadata, "
+             "resume cache)"]
     return "plan: " + "; ".join(p for p in parts if p)

@@ -191,6 +191,10 @@ def test_records_and_bytes_are_the_same_whatever_is_cached(coco_hub, hermetic_hf
         ("val2017", r["image_id"]) for r in coco["validation"]]  # the repo's own order
     for record in records[::7]:
         assert by_range.read(record) == truth[record.image_id]  # row group by row group, over HTTP Range
+    # the instance boxes of annotations.bbox (COCO's [x, y, w, h]) reach the object index as [x0, y0, x1, y1]
+    first = coco["train"][0]["annotations"]
+    assert records[0].boxes == [[x, y, x + w, y + h, name] for (x, y, w, h), name in zip(first["bbox"],
+                                                                                         first["category_name"])]
 
     trial = HubCocoSource(IMAGES_REPO, CAPTIONS_REPO, ["val2017", "train2017"])
     trial.limit(15)  # all 12 validation rows, then the first 3 of train

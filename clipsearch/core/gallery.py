@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .errors import ArtifactError, QueryError, ThumbnailUnavailable
 from .manifest import EMBEDDINGS, INDEX, METADATA, IndexInfo, Manifest, verify_files
@@ -148,6 +148,30 @@ class ThumbnailStore:
             if self._state[number] == REFUSED:  # refused meanwhile: its clean-up may have run before this write
                 path.unlink(missing_ok=True)
                 return self._placeholder()
+        return path
+
+    def boxed_path(self, row: int, box: list[float], size: tuple[int, int], key: int) -> Path:
+        """A file holding thumbnail `row` with `box` (in the original's pixels, the original `size` wide x high)
+        drawn on it; written once per object (`key`), atomically. The placeholder when the thumbnail cannot be
+        served."""
+        plain = self.path(row)
+        path = self.cache_dir / f"{row}-object-{key}.jpg"
+        if plain.name == PLACEHOLDER or path.exists():
+            return plain if plain.name == PLACEHOLDER else path
+        with Image.open(plain) as thumbnail:
+            image = thumbnail.convert("RGB")
+        scale_x, scale_y = image.width / max(size[0], 1), image.height / max(size[1], 1)
+        x0, y0, x1, y1 = box[0] * scale_x, box[1] * scale_y, box[2] * scale_x - 1, box[3] * scale_y - 1
+        width = max(3, round(min(image.size) / 64))
+        draw = ImageDraw.Draw(image)
+        # Drawn around the box, not over it (PIL draws a wide outline inward), so the thing keeps its outline; thin
+        # dark rims on both sides keep the yellow visible on any photo.
+        draw.rectangle([x0 - width - 1, y0 - width - 1, x1 + width + 1, y1 + width + 1], outline=(0, 0, 0), width=1)
+        draw.rectangle([x0 - width, y0 - width, x1 + width, y1 + width], outline=(255, 214, 0), width=width)
+        draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=(0, 0, 0), width=1)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        image.save(tmp, format="JPEG", quality=88)
+        os.replace(tmp, path)
         return path
 
     def _placeholder(self) -> Path:

@@ -22,6 +22,11 @@ INDEX = "index.faiss"
 EMBEDDINGS = "embeddings.npy"
 METADATA = "metadata.parquet"
 THUMBS_PATTERN = "thumbs-{:05d}.bin"
+# The object index (see clipsearch.core.objects): FAISS over the instance-box crops, their rows, and their float
+# vectors (kept for --append; the app never downloads them).
+OBJECTS_INDEX = "objects.faiss"
+OBJECTS_META = "objects.parquet"
+OBJECTS_VECTORS = "objects.npy"
 # Where builds are published: the project's Hub dataset repo (the builder's --push default, the app's INDEX_REPO
 # default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
@@ -70,6 +75,21 @@ class FileEntry:
 
 
 @dataclass
+class ObjectsInfo:
+    """The object index of a build: which boxes were embedded and how they were cut."""
+
+    count: int  # rows of the object index (kept boxes of decoded images)
+    boxes_total: int  # instance boxes the source listed for the images asked for
+    boxes_kept: int  # of those, boxes whose shorter side reached min_side
+    min_side: float  # pixels of the original image
+    context: float  # fraction of the box's width/height added on each side (core.objects.crop_with_context)
+    index: IndexInfo
+    evaluation: dict = field(default_factory=dict)  # category precision@5, object vs whole-image queries
+    # P(the thing is of the category asked | cosine), fitted on category queries; None: no text side or too few
+    calibration: Calibration | None = None
+
+
+@dataclass
 class Manifest:
     """Describes one complete artifact set; written last, so its presence means the folder is complete."""
 
@@ -91,6 +111,8 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     # P(match | cosine) for text queries, fitted on the build's own captions; None: no captions, hits get no confidence
     calibration: Calibration | None = None
+    # the object index beside the image index; None: a build without instance boxes (or --objects none)
+    objects: ObjectsInfo | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from .encoder import Encoder
 from .errors import QueryError
 from .gallery import Gallery
 from .images import open_image
+from .objects import CONTEXT, ObjectIndex, crop_with_context, parse_box
 from .query import Plan, Query, check_weights, clean_text
 from .ranking import collapse, mmr
 
@@ -44,6 +45,15 @@ class Hit:
         return asdict(self)
 
 
+@dataclass
+class ObjectHit(Hit):
+    """A hit of the object index: the image it is in (as a Hit, its thumbnail with the box drawn) and the thing."""
+
+    box: list[float] = field(default_factory=list)  # [x0, y0, x1, y1] in the image's original pixels
+    category: str = ""
+    object_row: int = -1
+
+
 class Searcher:
     """Answers text, image and stored-vector queries against one gallery with one encoder.
 
@@ -65,6 +75,9 @@ class Searcher:
                                                     image_batch)
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see text_vector
         self._text_lock = threading.Lock()
+        # The object index, attached by the service when its files are local and verified (a cold start serves whole
+        # images before it arrives); the build's manifest says whether there is one to wait for.
+        self.objects: ObjectIndex | None = None
 
     # --- queries --------------------------------------------------------------------------------------------------
     @property
@@ -127,6 +140,66 @@ class Searcher:
             confidences = confidences[plan.page * plan.k:len(found)]
         return self.hits_for(found[plan.page * plan.k:], query_text, first_rank=plan.first_rank,
                              confidences=confidences)
+
+    # --- objects ------------------------------------------------------------------------------------------------
+    @property
+    def object_context(self) -> float:
+        """The context regions are cut with: the build's own, so a region meets the indexed boxes in one space."""
+        info = self.gallery.manifest.objects
+        return info.context if info else CONTEXT
+
+    def object_index(self) -> ObjectIndex | None:
+        """The object index to search, None for a build without one; a sentence while it is still loading."""
+        if self.gallery.manifest.objects is None:
+            return None
+        if self.objects is None:
+            raise QueryError("The object index is still loading; please try again in a few seconds.")
+        return self.objects
+
+    def search_objects(self, text: str, k: int = 5) -> list[ObjectHit]:
+        """The things (instance boxes) that best match a description."""
+        query = self.text_query(text)
+        plan = Plan.checked(k)
+        if self.object_index() is None:
+            raise QueryError("This index has no object index (it was built without instance boxes, or with "
+                             "--objects none); search whole pictures with /search_text instead.")
+        return self.search_objects_by_vector(self.text_vector(query), plan, query_text=query, calibrated=True)
+
+    def load_region_image(self, image) -> Image.Image:
+        """Decode a picture for a region search at full size: a small box keeps every pixel it has."""
+        return image if isinstance(image, Image.Image) and "original_size" in image.info else open_image(image)
+
+    def search_region(self, image, box, k: int = 5) -> list[Hit]:
+        """The things most like a region of a picture (`box` [x0, y0, x1, y1] in its pixels, a list or JSON), cut as
+        the indexed boxes were; whole images when the build has no object index."""
+        plan = Plan.checked(k)
+        picture = self.load_region_image(image)
+        size = picture.info.get("original_size", picture.size)
+        region = crop_with_context(picture, parse_box(box, *size), self.object_context, size)
+        objects = self.object_index()
+        vector = self._encode_image(region)
+        return self.search_objects_by_vector(vector, plan) if objects is not None else self.search(vector, plan)
+
+    def search_objects_by_vector(self, vector: np.ndarray, plan: Plan, query_text: str | None = None,
+                                 calibrated: bool = False) -> list[ObjectHit]:
+        """Where every object search ends: page plan.page of plan.k object hits for a unit query vector, each with
+        its image (thumbnail with the box drawn), box and category; `calibrated` (a description) gives each hit the
+        build's object confidence, where it has one."""
+        objects = self.object_index()
+        scores, rows = objects.nearest(vector, (plan.page + 1) * plan.k)
+        calibration = self.gallery.manifest.objects.calibration
+        confidences = calibration.confidences(scores.tolist())[plan.page * plan.k:] if calibrated and calibration \
+            else None
+        found = list(zip(scores.tolist(), rows.tolist()))[plan.page * plan.k:]
+        things = objects.rows([row for _, row in found])
+        images = self.hits_for([(score, thing.image_row) for (score, _), thing in zip(found, things)], query_text,
+                               first_rank=plan.first_rank, confidences=confidences)
+        hits = []
+        for image, thing in zip(images, things):
+            fields = {**vars(image), "thumbnail": str(self.gallery.thumbnails.boxed_path(
+                image.row, thing.box, (image.width, image.height), thing.row))}
+            hits.append(ObjectHit(**fields, box=thing.box, category=thing.category, object_row=thing.row))
+        return hits
 
     # --- query vectors --------------------------------------------------------------------------------------------
     def text_vector(self, query: str) -> np.ndarray:

@@ -26,6 +26,9 @@ from ..core.gallery import Gallery, ThumbnailStore, holds_vectors
 from ..core.manifest import (
     EMBEDDINGS,
     MANIFEST,
+    OBJECTS_INDEX,
+    OBJECTS_META,
+    OBJECTS_VECTORS,
     TAG_PREFIX,
     FileEntry,
     Manifest,
@@ -61,6 +64,8 @@ class IndexSource:
     ref: str | None  # what was asked for: a tag, a branch or a commit
     notice: str | None = None  # set when a cached copy is served because the Hub was unreachable
     remote: RemotePacks | None = None  # a lazy download: thumbnail packs still to fetch once the app serves
+    # a lazy download: fetches a listed file at the served commit (the object index, once whole images are served)
+    fetch: Callable[[str], Path] | None = None
 
 
 def latest_tag(api: HfApi, repo_id: str) -> str | None:
@@ -107,7 +112,10 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
         missing = [name for name in now if not (folder / name).exists()]
         if sum(manifest.files[name].size for name in missing) > EAGER_BYTES:
             later = [name for name in manifest.thumbnails.files if name in missing]
-            unused = {EMBEDDINGS} if holds_vectors(manifest.index) else set()
+            # the object index arrives after the page answers whole-image searches (see serve.service); its float
+            # vectors are for --append only
+            unused = ({EMBEDDINGS} if holds_vectors(manifest.index) else set()) | {OBJECTS_INDEX, OBJECTS_META,
+                                                                                    OBJECTS_VECTORS}
             now = [name for name in missing if name not in set(later) | unused]
 
     def fetch_and_hash(name: str) -> None:
@@ -118,7 +126,7 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
 
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
         list(pool.map(fetch_and_hash, now))
-    source = IndexSource(folder=folder, repo_id=repo_id, revision=commit, ref=ref)
+    source = IndexSource(folder=folder, repo_id=repo_id, revision=commit, ref=ref, fetch=fetch)
     if later:
         source.remote = RemotePacks(repo_id, commit, {name: manifest.files[name] for name in later},
                                     endpoint=endpoint, token=token, cache_dir=cache_dir)

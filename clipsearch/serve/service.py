@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 from ..core.batcher import ModelThread
 from ..core.encoder import Encoder
 from ..core.gallery import Gallery
+from ..core.manifest import OBJECTS_INDEX, OBJECTS_META
+from ..core.objects import ObjectIndex
 from ..core.search import Searcher
 from ..hub.models import resolve_model
 from .download import IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
@@ -73,6 +76,40 @@ def start(settings: Settings) -> Service:
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down
         source.remote.resume()
+    attach_objects(service.searcher, source, work_folder())
     log.info("ready: %d images, model %s, started in %.1f s, resident memory %.0f MB", len(gallery),
              model["model_id"], service.startup_seconds, service.rss_mb)
     return service
+
+
+def attach_objects(searcher: Searcher, source: IndexSource, stamp_dir: Path | None) -> threading.Thread | None:
+    """Give the searcher the build's object index: at once when its files are here (INDEX_DIR, a small download),
+    else fetched, verified and attached by a background thread while whole-image searches are already answered
+    (a cold start of a COCO build does not wait for ~0.5 GB of object codes). Returns that thread, if any."""
+    manifest = searcher.gallery.manifest
+    if manifest.objects is None:
+        return None
+    names = (OBJECTS_INDEX, OBJECTS_META)
+    if all((source.folder / name).is_file() for name in names):
+        searcher.objects = ObjectIndex.open(source.folder, manifest, stamp_dir=stamp_dir)
+        log.info("object index: %d boxes", len(searcher.objects))
+        return None
+    if source.fetch is None:
+        log.warning("the object index of this build is not here and cannot be fetched (a cached copy that never got "
+                    "it): object and region searches answer with a sentence until a start that reaches the Hub")
+        return None
+
+    def fetch_and_attach() -> None:
+        try:
+            for name in names:
+                source.fetch(name)
+            searcher.objects = ObjectIndex.open(source.folder, manifest, stamp_dir=stamp_dir)
+            log.info("object index: %d boxes, downloaded and verified after the page could answer",
+                     len(searcher.objects))
+        except Exception as error:  # noqa: BLE001 - whole-image search keeps serving; the log says why
+            log.error("the object index could not be loaded (%s: %s); object and region searches answer with a "
+                      "sentence", type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
+
+    thread = threading.Thread(target=fetch_and_attach, name="object-index", daemon=True)
+    thread.start()
+    return thread

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from collections import OrderedDict
 
 import gradio as gr
 
 from ..core.errors import ImageError, QueryError
+from ..core.objects import parse_box
 from ..core.query import Paging, Plan, Query, check_k
-from ..core.search import Hit, Searcher
+from ..core.search import Hit, ObjectHit, Searcher
 from .forms import PageView, Refine
 from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data, results_label
+
+PICTURES, THINGS = "Pictures", "Things in pictures"  # what the text tab looks for (THINGS: the object index)
 
 
 class DecodedImages:
@@ -32,6 +36,10 @@ class DecodedImages:
     def pop(self, key: str):
         with self._lock:
             return self._items.pop(key, None)
+
+    def peek(self, key: str):
+        with self._lock:
+            return self._items.get(key)
 
 
 class Handlers:
@@ -64,6 +72,22 @@ class Handlers:
                 raise QueryError("Pick a result first, then ask for more like it.")
         return [_check(known), _check(lambda: check_k(k))]
 
+    def validate_objects(self, text, k):
+        return [_check(lambda: self.searcher.text_query(text)), _check(lambda: check_k(k))]
+
+    def validate_region(self, image, box, k):
+        """The picture decoded (at full size: a small region keeps its pixels) and the box checked against it."""
+        def usable():
+            if not image:
+                raise QueryError("Please upload, paste or take a picture first.")
+            self.decoded.put(f"region:{image}", self.searcher.load_region_image(image))
+
+        def inside():
+            picture = self.decoded.peek(f"region:{image}")
+            if picture is not None:
+                parse_box(box, *picture.info.get("original_size", picture.size))
+        return [_check(usable), _check(inside), _check(lambda: check_k(k))]
+
     # --- named API endpoints (concurrent calls share encoder passes in the micro-batchers) -------------------------
     def search_text(self, text: str, k: int):
         """Find the COCO images that best match a description.
@@ -82,6 +106,26 @@ class Handlers:
             k: how many results, 1 to 50.
         """
         return _outputs(lambda: self.searcher.search_image(self.decoded.pop(image) or image, k))
+
+    def search_objects(self, text: str, k: int):
+        """Find things in the COCO images (instance boxes, e.g. the umbrella rather than the street) that best match
+        a description; each hit adds the thing's `box` [x0, y0, x1, y1] in its image's pixels and its `category`.
+
+        Args:
+            text: the thing, in plain words, e.g. "a red umbrella".
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_objects(text, k))
+
+    def search_region(self, image: str, box: str, k: int):
+        """Find the things most like a region of a picture (whole images when the index has no object index).
+
+        Args:
+            image: the picture.
+            box: the region as a JSON list [x0, y0, x1, y1] in the picture's pixels, e.g. "[40, 30, 200, 180]".
+            k: how many results, 1 to 50.
+        """
+        return _outputs(lambda: self.searcher.search_region(self.decoded.pop(f"region:{image}") or image, box, k))
 
     def search_similar(self, image_id: int, k: int):
         """More like this: the images most similar to one already in the gallery, by its COCO image id.
@@ -135,8 +179,43 @@ class Handlers:
         return self.searcher.search(paging.vector, paging.plan, query_text=paging.text, calibrated=paging.calibrated)
 
     # --- the visible UI: the same searches with the refine options, plus paging from the stored query vector -----
-    def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool) -> PageView:
+    def ui_text_search(self, text: str, k, refine: Refine, feedback_is_open: bool, look_for: str = PICTURES
+                       ) -> PageView:
+        if look_for == THINGS:
+            return self._things_view(lambda: self.searcher.search_objects(text, k), feedback_is_open)
         return self._ui_search(refine.text_query(text), k, refine, feedback_is_open)
+
+    def ui_region_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool, box: str) -> PageView:
+        """The region of the picture in the box field: the things most like it (whole images without objects)."""
+        if not picture:
+            raise gr.Error("Please upload, paste or take a picture first.")
+        return self._things_view(lambda: self.searcher.search_region(picture, box, k), feedback_is_open)
+
+    @staticmethod
+    def pick_corner(corner, event: gr.SelectData):
+        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, the second closes
+        the box and writes it into the region field."""
+        point = event.index if isinstance(event.index, (list, tuple)) and len(event.index) == 2 else None
+        if point is None:
+            return corner, gr.skip()
+        if corner is None:
+            return list(point), gr.skip()
+        (ax, ay), (bx, by) = corner, point
+        return None, json.dumps([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
+
+    @staticmethod
+    def _things_view(search, feedback_is_open: bool) -> PageView:
+        """One page of object (or region) hits: their thumbnails show the box; no paging or feedback from them."""
+        try:
+            hits = search()
+        except (QueryError, ImageError) as error:
+            raise gr.Error(str(error)) from None
+        data = hits_data(hits)
+        marks = gr.update(choices=feedback_choices(data), value=[]) if feedback_is_open else gr.skip()
+        label = f"Things 1–{len(hits)}" if hits and isinstance(hits[0], ObjectHit) else \
+            f"Results 1–{len(hits)}" if hits else "No results"
+        return PageView(results=gr.update(value=gallery_items(hits), label=label), hits=data, paging=None,
+                        more=gr.update(visible=False), liked=marks, disliked=marks)
 
     def ui_picture_search(self, picture: str | None, k, refine: Refine, feedback_is_open: bool) -> PageView:
         if not picture:

@@ -22,7 +22,7 @@ from .gradio_patches import (
     lazy_session_configs,
     session_capacity,
 )
-from .handlers import Handlers
+from .handlers import PICTURES, THINGS, Handlers
 from .theme import CSS, THEME
 from .views import HIGHLIGHT, TITLE, EmbeddingMap, about_markdown
 
@@ -89,7 +89,11 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                                       "Describe the image", placeholder=examples[0], scale=5,
                                       max_length=1000, autofocus=True, submit_btn=False, min_width=240)
                 ui.text_button = gr.Button("Search", variant="primary", scale=1, min_width=100)
-            ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
+            with gr.Row():
+                ui.text_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results", scale=3)
+                # things (COCO's instance boxes) where the build has an object index; pictures otherwise
+                ui.look_for = gr.Radio([PICTURES, THINGS], value=PICTURES, label="Look for", scale=2,
+                                       visible=searcher.gallery.manifest.objects is not None)
             gr.Examples(examples, inputs=ui.query, label="Try, in any language" if multilingual else "Try",
                         elem_id="text-examples")
         with gr.Tab("Image → Image", id="image") as ui.image_tab:
@@ -99,6 +103,12 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                 with gr.Column():
                     ui.image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
                     ui.image_button = gr.Button("Find similar images", variant="primary")
+                    # A region by its box: typed, so it works from the keyboard and on a phone alike.
+                    ui.region = gr.Textbox(label="Region [x0, y0, x1, y1] in the picture's pixels",
+                                           placeholder="type it, or tap two corners on the picture",
+                                           max_length=200)
+                    ui.corner = gr.State(None)  # the first corner tapped, until the second one
+                    ui.region_button = gr.Button("Search this region", variant="secondary")
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
             if embedding_map is None:
@@ -175,12 +185,15 @@ def _visible_searches(ui, on: Handlers) -> None:
     paged = dict(outputs=page.components, api_visibility="private", concurrency_limit=CONCURRENCY,
                  concurrency_id="ui", show_progress="minimal", show_progress_on=page["results"])
 
-    def search(handler, field, k):
-        """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set)."""
+    def search(handler, field, k, *more):
+        """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set);
+        `more` components go to the handler after them, in order."""
         def event(values: dict):
-            return page.write(handler(values[field], values[k], refine.read(values), values[ui.feedback_open]))
+            return page.write(handler(values[field], values[k], refine.read(values), values[ui.feedback_open],
+                                      *(values[component] for component in more)))
         event.__name__ = handler.__name__  # Gradio names the (private) endpoint after the function
-        return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components}, **paged)
+        return dict(fn=event, inputs={field, k, ui.feedback_open, *refine.components, *more}, **paged)
+
 
     def to_page(handler):
         """A handler's PageView as updates keyed by component."""
@@ -190,7 +203,11 @@ def _visible_searches(ui, on: Handlers) -> None:
         return event
 
     for trigger in (ui.text_button.click, ui.query.submit):
-        trigger(**search(on.ui_text_search, ui.query, ui.text_k))
+        trigger(**search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
+    for trigger in (ui.region_button.click, ui.region.submit):
+        trigger(**search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
+    # Two taps (or clicks) on the picture fill the region with the box between them; no round trip to the model.
+    ui.picture.select(on.pick_corner, ui.corner, [ui.corner, ui.region], api_visibility="private", queue=False)
     ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
@@ -211,6 +228,8 @@ def _api_endpoints(ui, on: Handlers) -> None:
         api_match_all = gr.Checkbox(label="match_all")
         api_page = gr.Number(value=0, precision=0, label="page")
         api_more_like, api_less_like = gr.JSON(label="more_like"), gr.JSON(label="less_like")
+        api_objects, api_region = gr.Button(), gr.Button()
+        api_box = gr.Textbox(label="box")
     api_text.click(**_endpoint(on.search_text, "search_text"), inputs=[ui.query, ui.text_k], outputs=results,
                    validator=on.validate_text, concurrency_limit=CONCURRENCY, concurrency_id="text")
     api_image.click(**_endpoint(on.search_image, "search_image"), inputs=[ui.picture, ui.image_k], outputs=results,
@@ -223,6 +242,12 @@ def _api_endpoints(ui, on: Handlers) -> None:
                     less_like=api_less_like, k=ui.text_k, page=api_page, min_confidence=refine["min_confidence"])
     api_search.click(**_endpoint(on.search_composed, "search"), inputs_kwargs=composed, outputs=results,
                      concurrency_limit=CONCURRENCY, concurrency_id="ui")
+    api_objects.click(**_endpoint(on.search_objects, "search_objects"), inputs=[ui.query, ui.text_k],
+                      outputs=results, validator=on.validate_objects, concurrency_limit=CONCURRENCY,
+                      concurrency_id="text")
+    api_region.click(**_endpoint(on.search_region, "search_region"), inputs=[ui.picture, api_box, ui.image_k],
+                     outputs=results, validator=on.validate_region, concurrency_limit=CONCURRENCY,
+                     concurrency_id="image")
     ui.more_like_this.click(
         **_endpoint(on.search_similar, "search_similar"), inputs=[ui.selected, ui.similar_k], outputs=results,
         validator=on.validate_similar, concurrency_limit=CONCURRENCY, show_progress="minimal",

@@ -17,7 +17,8 @@ TITLE = "COCO CLIP visual search"
 
 
 def gallery_items(hits: list[Hit]) -> list[tuple[str, str]]:
-    return [(hit.thumbnail, f"{_strength(hit)} · {hit.caption}") for hit in hits]
+    """(thumbnail, label) per hit: an object hit is labelled with its category (its thumbnail shows its box)."""
+    return [(hit.thumbnail, f"{_strength(hit)} · {getattr(hit, 'category', '') or hit.caption}") for hit in hits]
 
 
 def _strength(hit: Hit) -> str:
@@ -49,7 +50,8 @@ def hits_data(hits: list[Hit]) -> list[dict]:
     """The API's view of a hit: everything but the server-side thumbnail path; `confidence` only where the build
     could calibrate it."""
     return [{key: value for key, value in hit.to_dict().items()
-             if key not in ("thumbnail", "row") and not (key == "confidence" and value is None)} for hit in hits]
+             if key not in ("thumbnail", "row", "object_row") and not (key == "confidence" and value is None)}
+            for hit in hits]
 
 
 def feedback_choices(hits: list[dict]) -> list[tuple[str, int]]:
@@ -61,8 +63,10 @@ def details_markdown(hit: dict) -> str:
     categories = ", ".join(html.escape(c) for c in hit["categories"]) or "none listed"
     link = f" · [Open the original image]({hit['url']})" if hit.get("url") else ""
     split = f" · {html.escape(hit['split'])}" if hit.get("split") not in (None, "", ".") else ""
+    thing = (f"**{html.escape(hit['category'])}** at [{', '.join(f'{v:g}' for v in hit['box'])}] (the box on "
+             "the thumbnail) · " if hit.get("box") else "")
     return (
-        f"## Image {hit['image_id']}{split}\n"
+        f"## Image {hit['image_id']}{split}\n{thing}"
         f"{_confidence_line(hit)}Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )

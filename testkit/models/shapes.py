@@ -117,3 +117,34 @@ def shapes_gallery(per_combo: int = 2, seed: int = 1000, size: int = 64) -> list
         for shape in SHAPES
         for k in range(per_combo)
     ]
+
+
+def draw_scene(objects: list[tuple[str, str]], size: int = 192, seed: int = 0
+               ) -> tuple[Image.Image, list[list[float]]]:
+    """Several coloured shapes in one picture (a scene): each (colour, shape) in its own cell of a 3 x 3 grid, at a
+    seeded position and scale, on the same light noisy background as draw_shape. Returns the picture and each
+    shape's tight box [x0, y0, x1, y1] in pixels, in the order given (at most 9 shapes)."""
+    rng = random.Random(f"scene|{seed}")
+    nprng = np.random.default_rng(rng.randrange(2**32))
+    tint = np.array([rng.randint(215, 250) for _ in range(3)], dtype=np.float32)
+    noise = nprng.normal(0.0, 6.0, size=(size, size, 3)).astype(np.float32)
+    image = Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    cell = size / 3
+    boxes = []
+    for (color, shape), place in zip(objects, rng.sample(range(9), len(objects))):
+        fill = tuple(int(np.clip(v + rng.randint(-20, 20), 0, 255)) for v in COLORS[color])
+        r = cell * rng.uniform(0.3, 0.4)
+        margin = r * 1.2
+        cx = (place % 3) * cell + rng.uniform(margin, cell - margin)
+        cy = (place // 3) * cell + rng.uniform(margin, cell - margin)
+        if shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            points = [(cx - r, cy - r), (cx + r, cy + r)]
+        else:
+            points = _shape_polygon(shape, cx, cy, r)
+            draw.polygon(points, fill=fill)
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        boxes.append([round(max(0.0, min(xs)), 1), round(max(0.0, min(ys)), 1), round(min(size, max(xs)), 1),
+                      round(min(size, max(ys)), 1)])
+    return image, boxes
