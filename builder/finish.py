@@ -24,6 +24,7 @@ from clipsearch.core.manifest import (
     write_manifest,
 )
 
+from .atlas import write_atlas
 from .calibrate import calibrate
 from .embed import THUMB_SIDE
 from .evaluate import evaluate
@@ -61,7 +62,8 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
                           categories=rows["categories"], image_ids=coco_ids)
     log.info("calibrating confidence on the gallery's captions")
     calibration = calibrate(encoder, packed.vectors, rows["captions"], rows["split"])
-    names = sorted([INDEX, *packed.files])  # exactly what was written, never a listing of the folder
+    atlas = write_atlas(folder, packed.vectors, base, plan.out if base else None)
+    names = sorted([INDEX, atlas, *packed.files])  # exactly what was written, never a listing of the folder
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),
