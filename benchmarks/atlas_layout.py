@@ -57,7 +57,8 @@ def main() -> None:
     parser = arguments(__doc__)
     parser.add_argument("--count", type=int, default=COCO_COUNT)
     parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--methods", default="pca,tsne,umap")
+    parser.add_argument("--methods", default="pca,tsne",
+                        help="of pca, tsne, umap (umap needs `pip install umap-learn==0.5.12`)")
     args = parser.parse_args()
     report = Report.start("atlas_layout", "Atlas layout: neighbour preservation and build time")
     vectors = clustered_vectors(args.count, args.dim)
