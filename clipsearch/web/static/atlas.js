@@ -139,7 +139,8 @@
     resize() {
       const box = this.canvas.parentElement.getBoundingClientRect();
       const w = Math.max(1, Math.round(box.width)), h = Math.max(1, Math.round(this.canvas.clientHeight || box.height));
-      const dpr = window.devicePixelRatio || 1;
+      // At most 2 canvas pixels per CSS pixel: a phone's 3x costs 2.25x the pixels for no visible gain.
+      const dpr = Math.min(2, window.devicePixelRatio || 1);
       if (w === this.w && h === this.h && dpr === this.dpr) return;
       const first = !this.w;
       this.w = w; this.h = h; this.dpr = dpr;
@@ -219,7 +220,8 @@
     thumbnails(inView) {
       const v = this.view, taken = new Set(), drawn = [], ctx = this.ctx, wanted = [];
       const cellWorld = CELL / v.s;
-      for (const i of inView) {  // row order is the priority: stable whatever the pan
+      const first = (this.state && this.state.highlight || []).filter((r) => this.onScreen(r));
+      for (const i of first.concat(inView)) {  // the results first, then row order: stable whatever the pan
         const key = Math.floor(this.x[i] / cellWorld) * 1e6 + Math.floor(this.y[i] / cellWorld);
         if (taken.has(key)) continue;
         taken.add(key);
@@ -236,6 +238,11 @@
       }
       this.fetchQueue(wanted);
       return drawn;
+    }
+
+    onScreen(row) {
+      const [x, y] = this.screenOf(row);
+      return x >= 0 && y >= 0 && x < this.w && y < this.h;
     }
 
     image(row) {
