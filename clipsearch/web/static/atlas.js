@@ -12,6 +12,8 @@
   const MAX_LOADING = 8;  // thumbnail requests in flight
   const MAX_CACHED = 800; // decoded thumbnails kept
   const GRID = 256;       // buckets per side of the spatial index (culling and hit tests)
+  const LAYER_PIXELS = 4e6;
+  const SHARPEN_MS = 120;  // a zoom stretches the painted layer; it is repainted at the new scale once this still  // zoomed out, the map's dots are painted once per scale on a layer up to this size
 
   function parse(value) {
     if (!value) return null;
@@ -70,7 +72,7 @@
       for (let c = 0; c < GRID * GRID; c++) start[c + 1] += start[c];
       const fill = start.slice(0, GRID * GRID), rows = new Uint32Array(n);
       for (let i = 0; i < n; i++) rows[fill[cell[i]]++] = i;
-      this.start = start; this.rows = rows;
+      this.start = start; this.rows = rows; this.picked = new Uint32Array(THUMB_POINTS + 1);
     }
 
     legend() {
@@ -193,28 +195,69 @@
       if (!this.x) return;
       const t0 = performance.now();
       const v = this.view, dpr = this.dpr, W = this.canvas.width, H = this.canvas.height, words = this.words;
-      words.fill((255 << 24) | (BACKGROUND[2] << 16) | (BACKGROUND[1] << 8) | BACKGROUND[0]);
       const rows = this.visibleRows(), s = v.s * dpr, tx = v.tx * dpr, ty = v.ty * dpr;
-      // Dots grow as they thin out: ~1.5 px for 123k images on a laptop screen, up to 5 px for a sparse view.
-      const spacing = Math.sqrt((this.w * this.h) / Math.max(1, rows.length));
+      // Dot size and subset follow the zoom alone (never the pan, so a pan can reuse the painted layer): dots grow
+      // as images spread apart, and zoomed out, where one dot per 8 CSS px² of map already paints a solid field,
+      // only every stride-th row is drawn (a stable subset: row order carries no meaning).
+      const n = this.config.count, spacing = v.s / Math.sqrt(n);
       const dot = Math.max(1, Math.round(dpr * Math.min(5, Math.max(1.5, spacing / 6))));
-      const inView = [];
-      for (let k = 0; k < rows.length; k++) {
-        const i = rows[k], px = (this.x[i] * s + tx) | 0, py = (this.y[i] * s + ty) | 0;
-        if (px < 0 || py < 0 || px >= W - dot || py >= H - dot) continue;
-        inView.push(i);
-        const colour = this.packed[this.colour[i]];
-        for (let dy = 0; dy < dot; dy++) words.fill(colour, (py + dy) * W + px, (py + dy) * W + px + dot);
+      const stride = Math.max(1, Math.ceil(n / Math.max(20000, (v.s * v.s) / 8)));
+      let count;
+      if (stride > 1 && s * s <= LAYER_PIXELS) {  // zoomed out: the whole map's dots, drawn once per scale
+        const key = `${s}/${dot}/${stride}`, layer = this.layer, ratio = layer ? s / layer.s : 0;
+        if (!layer || (layer.key !== key && (ratio > 1.5 || ratio < 0.67 || layer.stride !== stride))) {
+          this.layer = this.paintLayer(s, dot, stride);
+        } else if (layer.key !== key) {  // mid-zoom: stretch the painted layer now, repaint it sharp once still
+          clearTimeout(this.sharpen);
+          this.sharpen = setTimeout(() => { this.layer = null; this.request(); }, SHARPEN_MS);
+        }
+        const ratioNow = s / this.layer.s, side = this.layer.canvas.width * ratioNow;
+        this.ctx.fillStyle = `rgb(${BACKGROUND})`;
+        this.ctx.fillRect(0, 0, W, H);
+        this.ctx.drawImage(this.layer.canvas, Math.round(tx), Math.round(ty), side, side);  // a pan is one blit
+        count = Math.ceil(rows.length / stride);
+      } else {
+        words.fill((255 << 24) | (BACKGROUND[2] << 16) | (BACKGROUND[1] << 8) | BACKGROUND[0]);
+        count = this.paintDots(rows, s, tx, ty, dot, stride, words, W, H);
+        this.ctx.putImageData(this.pixels, 0, 0);
       }
-      this.ctx.putImageData(this.pixels, 0, 0);
+      const inView = count <= THUMB_POINTS ? Array.from(this.picked.subarray(0, count)) : null;
       this.ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      this.drawn = inView.length <= THUMB_POINTS ? this.thumbnails(inView) : [];
+      this.drawn = inView ? this.thumbnails(inView) : [];
       this.marks();
       this.ctx.setTransform(1, 0, 0, 1, 0, 0);
-      this.inView = inView.length;
+      this.inView = count * stride;  // about how many images are in view
       this.root.dataset.thumbnails = String(this.drawn.filter((d) => d[4]).length);
       this.frames.push(performance.now() - t0);
       if (this.frames.length > 2000) this.frames.splice(0, 1000);
+    }
+
+    paintDots(rows, s, tx, ty, dot, stride, words, W, H) {  // into `words`; the rows in view go to this.picked
+      const xs = this.x, ys = this.y, colours = this.colour, packed = this.packed, picked = this.picked;
+      const right = W - dot, bottom = H - dot;
+      let count = 0;
+      for (let k = 0; k < rows.length; k++) {
+        const i = rows[k];
+        if (stride > 1 && i % stride) continue;
+        const px = (xs[i] * s + tx) | 0, py = (ys[i] * s + ty) | 0;
+        if (px < 0 || py < 0 || px >= right || py >= bottom) continue;
+        if (count <= THUMB_POINTS) picked[count] = i;
+        count++;
+        const colour = packed[colours[i]];
+        for (let dy = 0, o = py * W + px; dy < dot; dy++, o += W) {
+          for (let dx = 0; dx < dot; dx++) words[o + dx] = colour;
+        }
+      }
+      return count;
+    }
+
+    paintLayer(s, dot, stride) {  // the whole map at scale s on a transparent canvas of its own
+      const side = Math.ceil(s) + dot + 1, canvas = document.createElement("canvas");
+      canvas.width = side; canvas.height = side;
+      const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(side, side);
+      this.paintDots(this.rows, s, 0, 0, dot, stride, new Uint32Array(pixels.data.buffer), side, side);
+      ctx.putImageData(pixels, 0, 0);
+      return { key: `${s}/${dot}/${stride}`, canvas, s, stride };
     }
 
     thumbnails(inView) {
