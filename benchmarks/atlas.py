@@ -7,7 +7,7 @@ COCO-size synthetic build (123,287 images, benchmarks.artifacts with the builder
 - draw: the atlas's own work per frame (atlas.js: dots, thumbnails, marks), the part that decides smoothness;
   interval: time between the frames the page drew while the gesture ran (the browser's compositing included;
   headless Chromium paces frames at ~16.7 ms).
-Also the atlas's download size. Writes results/atlas.md.
+Also the atlas's download size. Writes results/atlas.md and screenshots beside it.
 
     python -m benchmarks.atlas                 # 123,287 images (the first run spends ~10 min on the t-SNE layout)
     python -m benchmarks.atlas --quick         # 20,000 images
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import time
+from pathlib import Path
 
 import httpx
 
@@ -118,16 +119,21 @@ def measure(page, gesture) -> dict:
     return page.evaluate(STOP)
 
 
-def run(browser, url: str, device) -> list[tuple[str, dict]]:
+def run(browser, url: str, device, shots: Path) -> list[tuple[str, dict]]:
+    """The four gestures on `device`; screenshots of the whole map and of the zoomed region go to `shots`."""
     context = browser.new_context(viewport=device.viewport, device_scale_factor=device.scale,
                                   is_mobile=device.touch, has_touch=device.touch)
     page = context.new_page()
     open_atlas(page, url)
     user = device(page, page.locator("#atlas canvas").bounding_box())
+    name = "phone" if device.touch else "desktop"
+    page.wait_for_timeout(300)
+    page.locator("#atlas canvas").screenshot(path=str(shots / f"atlas-{name}-whole.jpg"), quality=80)
     rows = [("pan, whole map", measure(page, user.pan)), ("zoom in (wheel / pinch)", measure(page, user.zoom))]
     page.evaluate(PICTURES)
     page.wait_for_function("() => Number(window.clipAtlas.root.dataset.thumbnails) > 0", timeout=60_000)
     page.wait_for_timeout(1500)  # the visible thumbnails arrive
+    page.locator("#atlas canvas").screenshot(path=str(shots / f"atlas-{name}-zoomed.jpg"), quality=80)
     rows.append(("pan, zoomed in with thumbnails", measure(page, user.pan)))
     rows.append(("zoom out (wheel / pinch)", measure(page, lambda: user.zoom(direction=-1))))
     context.close()
@@ -164,7 +170,7 @@ def main() -> None:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             for device in (Desktop, Phone):
-                results += [(device.name, gesture, r) for gesture, r in run(browser, app.url, device)]
+                results += [(device.name, gesture, r) for gesture, r in run(browser, app.url, device, args.results)]
             browser.close()
     atlas_file = (artifacts / "atlas.npy").stat().st_size
     body = (f"{count:,} synthetic images (benchmarks.artifacts.synthetic_artifacts with the builder's openTSNE atlas, "
@@ -174,7 +180,9 @@ def main() -> None:
             f"colour byte per image; {len(gzip.compress(points)):,} gzipped, not compressed by the app), "
             f"{fetch_ms:.0f} ms over loopback; atlas.js {SCRIPT.stat().st_size:,} bytes. Thumbnails are fetched one "
             "by one for the images in view only (at most one per 64-px cell), and only once at most 1,500 images are "
-            "in view.")
+            "in view.\n\nScreenshots (the canvas): whole map [desktop](atlas-desktop-whole.jpg), "
+            "[phone](atlas-phone-whole.jpg); zoomed about the search [desktop](atlas-desktop-zoomed.jpg), "
+            "[phone](atlas-phone-zoomed.jpg).")
     report.write(body, args.results)
 
 

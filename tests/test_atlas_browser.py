@@ -12,26 +12,32 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, SCREENSHOTS, WAIT, wait_for_results
+from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, wait_for_results
 
 ORANGE = np.array([217, 72, 15])  # the search's star and the results' rings (atlas.js)
 
 
 @pytest.fixture(scope="module")
-def page(app_server):
+def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `apt-get install -y chromium`", pytrace=False)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport=DESKTOP)
-        context.set_default_timeout(WAIT)
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(app_server[0] + "/", wait_until="domcontentloaded")
-        yield page
+        yield browser
         browser.close()
-        assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, app_server):
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(WAIT)
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(app_server[0] + "/", wait_until="domcontentloaded")
+    yield page
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
 
 
 def _canvas_shot(page, path) -> np.ndarray:
@@ -89,6 +95,14 @@ def test_atlas_shows_the_gallery_places_the_search_and_opens_a_clicked_picture(p
     after = page.evaluate("() => [window.clipAtlas.view.tx, window.clipAtlas.view.ty]")
     assert after == pytest.approx([before[0] + 60, before[1] + 30], abs=1)
 
+    # The keyboard does the same: arrows pan, + zooms.
+    page.locator("#atlas canvas").focus()
+    before = page.evaluate("() => ({...window.clipAtlas.view})")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("+")
+    after = page.evaluate("() => ({...window.clipAtlas.view})")
+    assert after["s"] == pytest.approx(before["s"] * 1.5)
+
     # Click a picture: its details, as a result shows them.
     page.wait_for_function("() => window.clipAtlas.drawn.some((d) => d[4] && d[1] > 0 && d[2] > 0)")
     row, left, top_edge, side, _ = page.evaluate(
@@ -97,3 +111,37 @@ def test_atlas_shows_the_gallery_places_the_search_and_opens_a_clicked_picture(p
     image_id = gallery.rows([row])[0].image_id
     expect(page.locator("#details")).to_contain_text(f"Image {image_id}", timeout=WAIT)
     expect(page.get_by_role("button", name="More like this")).to_be_visible()
+
+
+def test_atlas_pans_and_pinches_by_touch_on_a_phone(browser, app_server):
+    context = browser.new_context(viewport=PHONE, device_scale_factor=3, is_mobile=True, has_touch=True)
+    context.set_default_timeout(WAIT)
+    try:
+        page = context.new_page()
+        page.goto(app_server[0] + "/", wait_until="domcontentloaded")
+        page.get_by_role("tab", name="Map").click()
+        expect(page.locator("#atlas .atlas[data-ready=true]")).to_be_attached(timeout=WAIT)
+        box = page.locator("#atlas canvas").bounding_box()
+        assert box["width"] <= PHONE["width"]
+        cdp = context.new_cdp_session(page)
+        x, y = box["x"] + box["width"] / 2, box["y"] + min(box["height"], 400) / 2
+
+        def touch(kind, points):
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+                {"x": px, "y": py, "id": number} for number, (px, py) in enumerate(points)]})
+
+        view = page.evaluate("() => ({...window.clipAtlas.view})")
+        touch("touchStart", [(x, y)])
+        for step in range(1, 11):
+            touch("touchMove", [(x + 4 * step, y)])
+        touch("touchEnd", [])
+        panned = page.evaluate("() => ({...window.clipAtlas.view})")
+        assert panned["tx"] == pytest.approx(view["tx"] + 40, abs=2) and panned["s"] == view["s"]
+        touch("touchStart", [(x - 30, y), (x + 30, y)])
+        for step in range(1, 11):
+            touch("touchMove", [(x - 30 - 6 * step, y), (x + 30 + 6 * step, y)])
+        touch("touchEnd", [])
+        pinched = page.evaluate("() => ({...window.clipAtlas.view})")
+        assert pinched["s"] == pytest.approx(view["s"] * 3, rel=0.05)  # fingers 60 -> 180 px apart
+    finally:
+        context.close()

@@ -35,7 +35,8 @@ CSS = """
 #atlas .atlas canvas {width: 100%; height: 560px; display: block; touch-action: none; cursor: grab;
   border-radius: 8px; background: #fafafa; border: 1px solid #d0d0d0;}
 #atlas .atlas-bar {display: flex; gap: .5rem; align-items: center; margin-bottom: .4rem;}
-#atlas .atlas-bar button {min-width: 2.75rem; min-height: 2.75rem; border: 1px solid #767676; border-radius: 6px;
+#atlas .atlas-bar button {min-width: 2.75rem; min-height: 2.75rem; padding: 0 .75rem; border: 1px solid #767676;
+  border-radius: 6px;
   background: #fff; color: #1a1a1a; font-size: 1rem;}
 #atlas .atlas-legend {display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; padding: 0;
   margin: .4rem 0 0; font-size: .85rem;}
