@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import re
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +88,8 @@ class AtlasView:
         return json.dumps(state)
 
 
-@cache
 def atlas_view(gallery: Gallery) -> AtlasView | None:
-    """The gallery's atlas (one per gallery), or None for a build made before the atlas."""
+    """The gallery's atlas, or None for a build made before the atlas."""
     return AtlasView(gallery) if gallery.atlas_xy is not None else None
 
 
@@ -102,6 +101,7 @@ class AtlasFiles:
     def __init__(self, app, gallery: Gallery):
         self.app = app
         self.gallery = gallery
+        self.view = atlas_view(gallery)  # its bytes are made on the first request for them
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and (at := scope["path"].find(ROUTE)) >= 0:
@@ -118,11 +118,12 @@ class AtlasFiles:
     async def _answer(self, name: str):
         if name == "atlas.js":  # the page asks for it with ?v=<its hash>, so a new version is fetched at once
             return 200, b"text/javascript; charset=utf-8", IMMUTABLE, SCRIPT.read_bytes()
-        view, named = atlas_view(self.gallery), _THUMB.fullmatch(name)
+        view, named = self.view, _THUMB.fullmatch(name)
         if view is None or not named or named.group(1) != view.key:
             return None
         if named.group(2) is None:
-            return 200, b"application/octet-stream", IMMUTABLE, view.points
+            points = await asyncio.to_thread(lambda: view.points)  # made once (~tens of ms at COCO size)
+            return 200, b"application/octet-stream", IMMUTABLE, points
         row = int(named.group(2))
         if row >= len(self.gallery):
             return 404, b"text/plain", b"no-cache", b"no such image"

@@ -144,7 +144,7 @@
       // At most 2 canvas pixels per CSS pixel: a phone's 3x costs 2.25x the pixels for no visible gain.
       const dpr = Math.min(2, window.devicePixelRatio || 1);
       if (w === this.w && h === this.h && dpr === this.dpr) return;
-      const first = !this.w;
+      const first = !this.w || this.w < 50 || this.h < 50;  // never laid out while hidden: fit the map now
       this.w = w; this.h = h; this.dpr = dpr;
       this.canvas.width = Math.round(w * dpr); this.canvas.height = Math.round(h * dpr);
       this.pixels = this.ctx.createImageData(this.canvas.width, this.canvas.height);
