@@ -55,7 +55,7 @@ def write_atlas(folder: Path, vectors: np.ndarray, base: Manifest | None = None,
     adds at most PLACE_SHARE new rows keeps every old position and places each new row among its nearest old
     neighbours (the map a visitor knows does not move); otherwise the layout is computed afresh."""
     old = None
-    if base is not None and base_folder is not None and ATLAS in base.files:
+    if base is not None and base_folder is not None and ATLAS in base.files and (base_folder / ATLAS).is_file():
         old = np.load(base_folder / ATLAS, allow_pickle=False)
     if old is not None and len(vectors) - len(old) <= PLACE_SHARE * len(old):
         added = vectors[len(old):]
