@@ -122,13 +122,15 @@ def thumbnail_pool(kind: str, seed: int = 0) -> list[bytes]:
 
 
 def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = "tiny", index: str = "auto",
-                        seed: int = 0) -> Path:
+                        seed: int = 0, atlas: bool = False) -> Path:
     """A finished artifact folder in the builder's exact format, written by the builder's own shard writer, pack,
     index and manifest functions: `count` rows of clustered synthetic vectors, COCO-like metadata (ids, splits,
     5 captions, categories, urls), `thumbnails` from thumbnail_pool, served with the default model's random-weight
-    stand-in (benchmarks.models). Cached under `cache`."""
+    stand-in (benchmarks.models). `atlas`: with the builder's atlas.npy too (minutes of t-SNE at COCO size). Cached
+    under `cache`."""
     import faiss
 
+    from builder.atlas import write_atlas
     from builder.embed import THUMB_SIDE, Decoded, _write_shard, shard_ranges
     from builder.index import AUTO, build_index, choose_index
     from builder.pack import pack
@@ -147,7 +149,7 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
 
     model = random_model(DEFAULT_MODEL, cache)
     factory, params = choose_index(count, 512) if index == AUTO else (index, "")
-    out = cache / f"artifacts-{count}-{thumbnails}-{factory.replace(',', '_')}-{model.name}"
+    out = cache / f"artifacts-{count}-{thumbnails}-{factory.replace(',', '_')}-{model.name}{'-atlas' * atlas}"
     if (out / MANIFEST).exists():
         return out
     started = time.perf_counter()
@@ -180,7 +182,8 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
     built, index_info = build_index(packed.vectors, factory, params)
     faiss.write_index(built, str(out / INDEX))
     shutil.rmtree(work)
-    names = sorted([INDEX, *packed.files])  # exactly what was written here, as builder.finish lists them
+    extra = [write_atlas(out, packed.vectors)] if atlas else []
+    names = sorted([INDEX, *extra, *packed.files])  # exactly what was written here, as builder.finish lists them
     manifest = Manifest(
         format_version=FORMAT_VERSION, model=info.to_dict(), dim=info.dim, count=count, index=index_info,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=THUMB_SIDE), sources=source.infos, skipped=[],

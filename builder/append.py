@@ -34,7 +34,7 @@ from .errors import BuildError
 from .finish import NOTHING_EMBEDDED, Built, finish
 from .guard import APPEND_WORK, check_before_work
 from .hubfiles import parse_repo
-from .pack import OBJECT_SCHEMA, SCHEMA, Packed, PackedObjects, pack, project_2d, write_metadata, write_objects
+from .pack import OBJECT_SCHEMA, SCHEMA, Packed, PackedObjects, pack, write_metadata, write_objects
 from .plan import BuildPlan
 from .sources import ImageFolderSource, Source, keep_boxes
 
@@ -138,9 +138,9 @@ def _base_encoder(plan: BuildPlan, base: Manifest) -> Encoder:
 
 def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stage: Path, base: Manifest,
              table: pa.Table, context: float | None) -> Packed:
-    """Pack the new images into `stage` after the base build's rows: vectors, metadata and thumbnail packs of both,
-    the map recomputed for all rows. Old thumbnail packs stay byte-identical (the Hub stores them once); new ones
-    continue the numbering."""
+    """Pack the new images into `stage` after the base build's rows: vectors, metadata and thumbnail packs of both
+    (finish writes the atlas: builder.atlas). Old thumbnail packs stay byte-identical (the Hub stores them once); new
+    ones continue the numbering."""
     packed = pack(source, work, stage, len(shard_ranges(len(source.records), plan.shard_size)), encoder.info.dim,
                   context, base.objects.min_side if base.objects else 0.0)
     first_pack = len(base.thumbnails.files)
@@ -154,9 +154,6 @@ def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stag
                              pc.add(added.column("thumb_shard"), first_pack).cast(pa.int16()))
     vectors = np.concatenate([np.load(plan.out / EMBEDDINGS, allow_pickle=False), packed.vectors]).astype(np.float32)
     combined = pa.concat_tables([table.select(SCHEMA.names), added.select(SCHEMA.names)])
-    xy = project_2d(vectors)  # the map is recomputed for all rows: PCA axes move with the gallery
-    combined = combined.set_column(combined.schema.get_field_index("map_x"), "map_x", pa.array(xy[:, 0]))
-    combined = combined.set_column(combined.schema.get_field_index("map_y"), "map_y", pa.array(xy[:, 1]))
     np.save(stage / EMBEDDINGS, vectors, allow_pickle=False)
     write_metadata(combined, stage)
     return Packed(vectors=vectors, rows=[], skipped=base.skipped + packed.skipped,

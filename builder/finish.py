@@ -25,6 +25,7 @@ from clipsearch.core.manifest import (
     write_manifest,
 )
 
+from .atlas import write_atlas
 from .calibrate import calibrate
 from .embed import THUMB_SIDE
 from .evaluate import evaluate
@@ -68,7 +69,9 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
         kind = (base.objects.index.factory, base.objects.index.search_params) if base and base.objects else (
             plan.index_factory, plan.index_params)
         objects = index_objects(packed.objects, folder, *kind, encoder, index, rows["categories"])
-    names = sorted([INDEX, *packed.files, *([OBJECTS_INDEX] if objects else [])])  # what was written, never a listing
+    atlas = write_atlas(folder, packed.vectors, base, plan.out if base else None)
+    # exactly what was written, never a listing of the folder
+    names = sorted([INDEX, atlas, *packed.files, *([OBJECTS_INDEX] if objects else [])])
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),

@@ -24,8 +24,7 @@ SCHEMA = pa.schema([
     ("width", pa.int32()), ("height", pa.int32()), ("captions", pa.list_(pa.string())),
     ("categories", pa.list_(pa.string())), ("url", pa.string()),
     ("thumb_shard", pa.int16()), ("thumb_offset", pa.int64()), ("thumb_size", pa.int32()),
-    ("map_x", pa.float32()), ("map_y", pa.float32()),
-])
+])  # builds before the atlas (builder/atlas.py) also have map_x, map_y: a PCA map nothing reads any more
 
 
 OBJECT_SCHEMA = pa.schema([
@@ -105,7 +104,6 @@ def pack(source: Source, work: Path, out: Path, shard_count: int, dim: int, cont
         raise ValueError("no image could be decoded; see the skipped list for the reasons")
     vectors = np.ascontiguousarray(np.concatenate(blocks), dtype=np.float32)
     np.save(out / EMBEDDINGS, vectors, allow_pickle=False)
-    columns["map_x"], columns["map_y"] = project_2d(vectors).T
     write_metadata(pa.table(columns, schema=SCHEMA), out)
     log.info("packed %d rows, %d thumbnail files, %d skipped", len(rows), len(thumb_files), len(skipped))
     objects = None
@@ -140,21 +138,6 @@ def write_metadata(table: pa.Table, out: Path) -> None:
     """Write metadata.parquet into `out`: the one place its writer settings live (pack and --append use it)."""
     # Fixed writer settings and no pandas metadata keep the file byte-identical across identical builds.
     pq.write_table(table, out / METADATA, compression="zstd", row_group_size=16384, store_schema=False)
-
-
-def project_2d(vectors: np.ndarray) -> np.ndarray:
-    """PCA to two dimensions for the app's embedding map (deterministic: eigh of the covariance, signs fixed)."""
-    if len(vectors) < 2:
-        return np.zeros((len(vectors), 2), np.float32)
-    mean = vectors.mean(axis=0, dtype=np.float64)
-    covariance = np.zeros((vectors.shape[1], vectors.shape[1]), np.float64)
-    for start in range(0, len(vectors), 65536):  # chunked: 123k x 512 never needs a float64 copy
-        block = vectors[start:start + 65536].astype(np.float64) - mean
-        covariance += block.T @ block
-    _, eigenvectors = np.linalg.eigh(covariance)
-    axes = eigenvectors[:, ::-1][:, :2]
-    axes *= np.sign(axes[np.abs(axes).argmax(axis=0), [0, 1]])  # an eigenvector's sign is arbitrary: pin it
-    return ((vectors - mean.astype(np.float32)) @ axes.astype(np.float32)).astype(np.float32)
 
 
 def _where(record) -> str:

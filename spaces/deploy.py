@@ -25,11 +25,17 @@ CARD = Path(__file__).resolve().parent / "README.md"
 # of CUDA libraries) although cpu-basic has no GPU. PyTorch's CPU index serves the same release as 2.13.0+cpu, which
 # pip prefers (a local version sorts above the plain one) while the pin stays torch==2.13.0 for local and CI installs.
 TORCH_CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+APP_SUFFIXES = (".py", ".js")  # the package's modules and the browser scripts it serves (web/static/atlas.js)
+
+
+BUILDER_ONLY = "# builder only"  # a requirements.txt line ending so is left out of the Space (the app never imports it)
 
 
 def space_requirements(root: Path = ROOT) -> bytes:
-    """The repo's requirements.txt with PyTorch's CPU wheel index added: what the Space installs."""
-    text = (root / "requirements.txt").read_text()
+    """The repo's requirements.txt with PyTorch's CPU wheel index added and builder-only lines left out: what the
+    Space installs."""
+    lines = (root / "requirements.txt").read_text().splitlines(keepends=True)
+    text = "".join(line for line in lines if not line.rstrip().endswith(BUILDER_ONLY))
     return (f"# Deployed by spaces/deploy.py: the CPU build of torch (the Space has no GPU).\n{TORCH_CPU_INDEX}\n"
             + text).encode()
 
@@ -38,8 +44,9 @@ def space_files(root: Path = ROOT) -> dict[str, Path | bytes]:
     """{path in the Space repo: local file}: the app, the shared package, requirements and the card — nothing else
     (no builder, no tests, and never this spaces/ folder: gradio imports a module called `spaces`)."""
     files = {"app.py": root / "app.py", "requirements.txt": space_requirements(root), "README.md": CARD}
-    for path in sorted((root / "clipsearch").rglob("*.py")):
-        files[path.relative_to(root).as_posix()] = path
+    for path in sorted((root / "clipsearch").rglob("*")):
+        if path.suffix in APP_SUFFIXES:
+            files[path.relative_to(root).as_posix()] = path
     return files
 
 

@@ -125,21 +125,6 @@ def test_thumbnails_are_cached_for_good(open_page, app_server):
     assert page.request.get(shown[0].replace(".jpg", ".png")).status in (403, 404)
 
 
-def test_map_tab_draws_the_gallery_and_marks_the_latest_results(open_page):
-    """Searches no longer send the map; opening the Map tab draws it with the latest results marked."""
-    page = open_page(DESKTOP)
-    box = page.get_by_label("Describe the image")
-    box.fill("a red circle")
-    box.press("Enter")
-    wait_for_results(page)
-    page.get_by_role("tab", name="Map").click()
-    panel = page.get_by_role("tabpanel")
-    expect(panel).to_contain_text("laid out by similarity", timeout=WAIT)
-    expect(panel.locator("canvas, svg.marks").first).to_be_visible(timeout=WAIT)
-    expect(panel.get_by_text("★ current results")).to_be_visible(timeout=WAIT)
-    shot(page, "4-map")
-
-
 def test_about_tab(open_page):
     page = open_page(DESKTOP)
     page.get_by_role("tab", name="About").click()

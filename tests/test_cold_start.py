@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 
 import clipsearch.serve.download as hub_module
 from builder.publish import push
+from clipsearch.core.atlas import ATLAS
 from clipsearch.core.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
 from clipsearch.core.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, Manifest, _read_stamps
 from clipsearch.serve.download import RemotePacks, open_gallery
@@ -85,8 +86,9 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     gallery, source = _open(hub, tmp_path)
     manifest = Manifest.read(packed_artifacts)
     fetched = hub.downloaded(REPO)
-    # The index is flat: it stores the vectors, so embeddings.npy is not needed at all; the packs come later.
-    assert set(fetched) == {MANIFEST, INDEX, METADATA}, fetched
+    # The index is flat: it stores the vectors, so embeddings.npy is not needed at all; the packs come later. The
+    # atlas (the Map tab's positions, 8 bytes an image: ~1 MB for COCO, ~10 ms at 100 MB/s) comes with the index.
+    assert set(fetched) == {MANIFEST, INDEX, METADATA, ATLAS}, fetched
     assert fetched[INDEX] == manifest.files[INDEX].size and fetched[METADATA] == manifest.files[METADATA].size
     assert all(r.range is None for r in hub.requests if "/resolve/" in r.path)  # whole files, each fetched once
     assert not (source.folder / EMBEDDINGS).exists()

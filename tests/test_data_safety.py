@@ -55,7 +55,8 @@ def test_an_index_inside_the_image_folder_works_and_a_rebuild_keeps_every_pictur
         manifest = Manifest.read(out)
         assert manifest.count == 6
     assert {name: data for name, data in _tree(photos).items() if not name.startswith("index/")} == before
-    assert set(manifest.files) == {"index.faiss", "embeddings.npy", "metadata.parquet", *manifest.thumbnails.files}
+    assert set(manifest.files) == {"index.faiss", "embeddings.npy", "metadata.parquet", "atlas.npy",
+                                   *manifest.thumbnails.files}
 
 
 def test_a_rebuild_replaces_only_its_own_files(tmp_path, tiny_clip, shapes_folder, capsys):

@@ -181,20 +181,3 @@ def test_relevance_feedback_moves_toward_marked_results(shapes):
     assert blues(refined) > blues(first) or blues(first) == 4
     with pytest.raises(QueryError, match="not in this gallery"):
         shapes.with_feedback(vector, more_like=[987654321])
-
-
-def test_the_build_stores_a_2d_map_that_the_app_samples_and_highlights(shapes_artifacts):
-    from clipsearch.web.views import HIGHLIGHT, EmbeddingMap
-
-    gallery = Gallery.open(shapes_artifacts)
-    assert gallery.map_xy.shape == (len(gallery), 2) and np.isfinite(gallery.map_xy).all()
-    # PCA: the first axis spreads the gallery at least as much as the second, and both are centred
-    assert gallery.map_xy[:, 0].var() >= gallery.map_xy[:, 1].var() > 0
-    assert abs(gallery.map_xy.mean(axis=0)).max() < 1e-3
-    embedding_map = EmbeddingMap(gallery)
-    frame = embedding_map.frame([{"image_id": 3, "caption": "a test"}])
-    assert len(frame) == len(gallery) + 1 and frame.iloc[-1]["category"] == HIGHLIGHT
-    xs = gallery.map_xy[:, 0]
-    rows = embedding_map.region([xs.min(), xs.max()], count=5)
-    assert len(rows) == 5 and len(set(rows)) == 5
-    assert embedding_map.region([xs.max() + 1, xs.max() + 2]) == []

@@ -35,14 +35,17 @@ def test_deploy_uploads_exactly_what_the_space_needs(hub):
     deploy.deploy("tester/space", api=api)
     files = hub.files("tester/space", repo_type="space")
     expected = {"app.py", "requirements.txt", "README.md"} | {
-        p.relative_to(ROOT).as_posix() for p in (ROOT / "clipsearch").rglob("*.py")}
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "clipsearch").rglob("*") if p.suffix in (".py", ".js")}
+    assert "clipsearch/web/static/atlas.js" in expected  # the atlas's script is served by the app
     assert set(files) - {".gitattributes"} == expected
     assert files["README.md"] == (ROOT / "spaces" / "README.md").read_bytes()
     # The Space gets the repo's pins plus PyTorch's CPU index; the repo's own file (local and CI installs) is unchanged.
     space_lines = files["requirements.txt"].decode().splitlines()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in space_lines
     assert [line for line in space_lines if not line.startswith(("#", "--"))] == [
-        line for line in (ROOT / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+        line for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if not line.startswith("#") and not line.endswith("# builder only")]
+    assert not any(line.startswith("openTSNE") for line in space_lines)  # the builder's t-SNE: never in the Space
     assert "download.pytorch.org" not in (ROOT / "requirements.txt").read_text()
     assert not any(name.startswith(("spaces/", "tests/", "builder/")) for name in files)
 

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from .atlas import ATLAS
 from .errors import ArtifactError, QueryError, ThumbnailUnavailable
 from .manifest import EMBEDDINGS, INDEX, METADATA, IndexInfo, Manifest, verify_files
 
@@ -232,7 +233,7 @@ class Gallery:
         # image id -> row by binary search over the sorted ids (1 MB at COCO size; a dict of Python ints was 17 MB)
         self._id_order = np.argsort(self._image_ids, kind="stable")
         self._sorted_ids = self._image_ids[self._id_order]
-        self.map_xy: np.ndarray | None = None  # 2-D PCA coordinates per row, for the embedding map
+        self.atlas_xy: np.ndarray | None = None  # the build's neighbour-keeping 2-D layout (atlas.npy), if it has one
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -278,8 +279,8 @@ class Gallery:
         )
         # one chunk per column: take() on a multi-chunk table costs ms per query, on one chunk tens of microseconds
         gallery = cls(folder, manifest, index, vectors, table.select(ROW_COLUMNS).combine_chunks(), thumbs)
-        if "map_x" in table.column_names:  # builds before the embedding map have no coordinates
-            gallery.map_xy = np.stack([table.column("map_x").to_numpy(), table.column("map_y").to_numpy()], axis=1)
+        if ATLAS in manifest.files:  # builds before the atlas have none; the Map tab says so
+            gallery.atlas_xy = _read_atlas(folder, manifest.count)
         # Arrow's allocator keeps the parquet decode buffers and the multi-chunk table just dropped (~100 MB at COCO
         # size) for reuse that never comes; hand them back to the OS.
         del table
@@ -359,3 +360,14 @@ class Gallery:
 
     def vector(self, row: int) -> np.ndarray:
         return np.asarray(self.vectors[row], dtype=np.float32)
+
+
+def _read_atlas(folder: Path, count: int) -> np.ndarray:
+    """atlas.npy: one finite (x, y) in [0, 1] per row, or an ArtifactError saying to rebuild."""
+    try:
+        xy = np.load(folder / ATLAS, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ArtifactError(f"{folder / ATLAS} could not be read ({error}); rebuild the artifacts.") from None
+    if xy.shape != (count, 2) or not np.isfinite(xy).all():
+        raise ArtifactError(f"{folder / ATLAS} holds {xy.shape} positions for {count} images; rebuild the artifacts.")
+    return np.asarray(xy, dtype=np.float32)

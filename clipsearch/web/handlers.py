@@ -13,8 +13,9 @@ from ..core.errors import ImageError, QueryError
 from ..core.objects import parse_box
 from ..core.query import Paging, Plan, Query, check_k
 from ..core.search import Hit, ObjectHit, Searcher
+from .atlas import AtlasView
 from .forms import PageView, Refine
-from .views import EmbeddingMap, details_markdown, feedback_choices, gallery_items, hits_data, results_label
+from .views import details_markdown, feedback_choices, gallery_items, hits_data, results_label
 
 PICTURES, THINGS = "Pictures", "Things in pictures"  # what the text tab looks for (THINGS: the object index)
 
@@ -45,10 +46,10 @@ class DecodedImages:
 class Handlers:
     """The named API endpoints (the contract), their validators, and the visible UI's events."""
 
-    def __init__(self, searcher: Searcher, embedding_map: EmbeddingMap | None):
+    def __init__(self, searcher: Searcher, atlas: AtlasView | None):
         self.searcher = searcher
         self.gallery = searcher.gallery
-        self.embedding_map = embedding_map
+        self.atlas = atlas
         self.decoded = DecodedImages()
 
     # --- validators for the named API endpoints: a failure is a sentence for the caller --------------------------
@@ -275,18 +276,21 @@ class Handlers:
         marks = gr.update(choices=feedback_choices(hits_now or []), value=[])
         return True, marks, marks
 
-    def map_frame(self, hits_now):
-        return self.embedding_map.frame(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep the drawing
+    def atlas_value(self, hits_now):
+        """The atlas with the latest results marked and their search placed among them."""
+        return self.atlas.value(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep the drawing
 
-    def ui_map_region(self, event: gr.SelectData):
-        if self.embedding_map is None or not isinstance(event.index, (list, tuple)) or len(event.index) != 2:
-            return gr.update(), gr.update()
-        rows = self.embedding_map.region(event.index)
-        if not rows:
-            raise gr.Error("No images in that part of the map; drag across a wider area.")
-        found = [(float(self.gallery.vector(rows[0]) @ self.gallery.vector(row)), row) for row in rows]
-        hits = self.searcher.hits_for(found, None)
-        return gr.update(value=gallery_items(hits), label="Images from the map"), hits_data(hits)
+    def atlas_details(self, hits_now, event: gr.SelectData):
+        """A picture clicked on the atlas: the details a result shows (with its score when it is one of the latest
+        results), and "More like this"."""
+        row = event.index
+        if not isinstance(row, int) or not 0 <= row < len(self.gallery):
+            return gr.update(), None, gr.update(visible=False), gr.update()
+        image_id = self.gallery.rows([row])[0].image_id
+        hit = next((h for h in hits_now or [] if h["image_id"] == image_id), None)
+        if hit is None:
+            hit = {**hits_data(self.searcher.hits_for([(0.0, row)], None))[0], "score": None}
+        return details_markdown(hit), image_id, gr.update(visible=True), len(hits_now or []) or 5
 
     def similar_paging(self, image_id, k):
         """After 'more like this', 'More results' pages on from the stored vector of that image."""

@@ -45,3 +45,17 @@ body:not(.dark) .md .token.variable {color: #9a5200;}
 body:not(.dark) .md .token.atrule, body:not(.dark) .md .token.attr-value,
 body:not(.dark) .md .token.keyword {color: #006c9e;}
 """
+
+# The Map tab's canvas and its bar (clipsearch.web.atlas, static/atlas.js): 44 px buttons for fingers.
+ATLAS_CSS = """
+#atlas .atlas canvas {width: 100%; height: 560px; display: block; touch-action: none; cursor: grab;
+  border-radius: 8px; background: #fafafa; border: 1px solid #d0d0d0;}
+#atlas .atlas-bar {display: flex; gap: .5rem; align-items: center; margin-bottom: .4rem;}
+#atlas .atlas-bar button {min-width: 2.75rem; min-height: 2.75rem; padding: 0 .75rem; border: 1px solid #767676;
+  border-radius: 6px;
+  background: #fff; color: #1a1a1a; font-size: 1rem;}
+#atlas .atlas-legend {display: flex; flex-wrap: wrap; gap: .25rem 1rem; list-style: none; padding: 0;
+  margin: .4rem 0 0; font-size: .85rem;}
+#atlas .atlas-swatch {display: inline-block; width: .8rem; height: .8rem; border-radius: 50%; margin-right: .3rem;}
+@media (max-width: 640px) { #atlas .atlas canvas {height: 62vh;} }
+"""

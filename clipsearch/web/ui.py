@@ -11,6 +11,8 @@ from starlette.middleware import Middleware
 
 from ..core.query import MAX_K
 from ..serve.service import Service
+from .atlas import TEMPLATE as ATLAS_TEMPLATE
+from .atlas import AtlasFiles, AtlasView, atlas_view, script_version
 from .forms import Form, PageView, Refine
 from .gradio_patches import (
     ACCESSIBLE_MARKUP,
@@ -23,8 +25,8 @@ from .gradio_patches import (
     session_capacity,
 )
 from .handlers import PICTURES, THINGS, Handlers
-from .theme import CSS, THEME
-from .views import HIGHLIGHT, TITLE, EmbeddingMap, about_markdown
+from .theme import ATLAS_CSS, CSS, THEME
+from .views import TITLE, about_markdown
 
 EXAMPLE_QUERIES = [
     "a dog catching a frisbee in a park",
@@ -55,19 +57,19 @@ def build_ui(service: Service) -> gr.Blocks:
     # and only uploads ever land in the cache, which delete_cache below empties of hour-old files.
     gr.set_static_paths([str(service.searcher.gallery.thumbnails.cache_dir)])
     gallery = service.searcher.gallery
-    embedding_map = EmbeddingMap(gallery) if gallery.map_xy is not None else None
-    on = Handlers(service.searcher, embedding_map)
+    atlas = atlas_view(gallery)
+    on = Handlers(service.searcher, atlas)
     ui = SimpleNamespace(refine=Form(Refine), page=Form(PageView))  # the components events use, by name
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        _search_tabs(ui, service, embedding_map)
+        _search_tabs(ui, service, atlas)
         _results_area(ui, service.searcher)
         _visible_searches(ui, on)
         _api_endpoints(ui, on)
-        _selections(ui, on, embedding_map)
+        _selections(ui, on, atlas)
     return demo
 
 
-def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> None:
+def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
     searcher, manifest = service.searcher, service.searcher.gallery.manifest
     if searcher.has_text:
         language = " in any language" if searcher.encoder.info.multilingual else ""
@@ -111,20 +113,25 @@ def _search_tabs(ui, service: Service, embedding_map: EmbeddingMap | None) -> No
                     ui.region_button = gr.Button("Search this region", variant="secondary")
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
-            if embedding_map is None:
-                gr.Markdown("This index was built before the embedding map existed; rebuild it to get one.")
-                ui.map_plot = gr.State(None)
-            else:
-                gr.Markdown(f"The gallery laid out by similarity ({len(embedding_map.rows):,} sampled images, 2-D "
-                            "PCA of the image vectors), coloured by COCO category. Your latest results are marked "
-                            f"{HIGHLIGHT}. Drag across an area to see its images below, then pick one for **More "
-                            "like this**.")
-                ui.map_plot = gr.ScatterPlot(embedding_map.frame(), x="x", y="y", color="category",
-                                             tooltip=["caption", "image_id", "category"], height=520,
-                                             x_title="first principal component",
-                                             y_title="second principal component", label="Embedding map")
+            _atlas(ui, atlas)
         with gr.Tab("About") as ui.about_tab:
             gr.Markdown(about_markdown(service))
+
+
+def _atlas(ui, atlas: AtlasView | None) -> None:
+    """The Map tab: the atlas (a canvas drawn by static/atlas.js, its data fetched once the tab is drawn), or why
+    this build has none."""
+    if atlas is None:
+        gr.Markdown("This index was built before the atlas existed (its manifest lists no atlas.npy), so there is no "
+                    "map. Rebuild it, or add images with `python -m builder.build --append`, to get one.")
+        ui.atlas = None
+        return
+    gr.Markdown(f"All {len(atlas.xy):,} images laid out by similarity (t-SNE of the image vectors, computed when "
+                "the index was built): neighbours look alike. Zoom in to see the pictures; your latest results are "
+                "ringed in orange and the star marks where your search lands. Click a picture for its details.")
+    ui.atlas = gr.HTML(atlas.value(), html_template=ATLAS_TEMPLATE, css_template="", elem_id="atlas",
+                       head=f'<script src="atlas/atlas.js?v={script_version()}"></script>', apply_default_css=False,
+                       js_on_load="window.ClipAtlas.mount(element, props, trigger, watch);")
 
 
 def _results_area(ui, searcher) -> None:
@@ -268,20 +275,19 @@ def _endpoint(handler, api_name: str) -> dict:
     return dict(fn=endpoint, api_name=api_name)
 
 
-def _selections(ui, on: Handlers, embedding_map: EmbeddingMap | None) -> None:
-    """Tabs showing or hiding the results, the map's brushed region, and a selected result's details."""
+def _selections(ui, on: Handlers, atlas: AtlasView | None) -> None:
+    """Tabs showing or hiding the results, the atlas's marks and clicked pictures, and a selected result's details."""
     results, hits = ui.page["results"], ui.page["hits"]
     # Results belong to the search tabs: the About tab hides them.
     ui.about_tab.select(lambda: gr.update(visible=False), None, ui.results_area, api_visibility="private",
                         queue=False)
-    if embedding_map is not None:
-        ui.map_plot.select(on.ui_map_region, None, [results, hits], api_visibility="private",
-                           show_progress="minimal", show_progress_on=results)
-        ui.map_tab.select(on.map_frame, hits, ui.map_plot, api_visibility="private")  # the latest results, marked
+    details = [ui.details, ui.selected, ui.more_like_this, ui.similar_k]
+    if atlas is not None:
+        ui.map_tab.select(on.atlas_value, hits, ui.atlas, api_visibility="private", queue=False)
+        ui.atlas.select(on.atlas_details, hits, details, api_visibility="private", queue=False)
     for tab in (ui.text_tab, ui.image_tab, ui.map_tab):
         tab.select(lambda: gr.update(visible=True), None, ui.results_area, api_visibility="private", queue=False)
-    results.select(on.show_details, inputs=hits, outputs=[ui.details, ui.selected, ui.more_like_this, ui.similar_k],
-                   api_visibility="private", queue=False)
+    results.select(on.show_details, inputs=hits, outputs=details, api_visibility="private", queue=False)
 
 
 def _example_images(searcher, count: int = 6) -> list[str]:
@@ -301,12 +307,14 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
     app_kwargs["exception_handlers"] = {**app_kwargs.get("exception_handlers", {}),
                                         HTTPException: busy_handler(queue_size)}
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
-                                Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails)]
+                                Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails),
+                                Middleware(AtlasFiles, gallery=service.searcher.gallery)]
     # No run history: Gradio would rewrite up to 100 past runs in the visitor's localStorage several times per click
     # (slower with every search), and a visitor's queries stay out of the browser's storage.
     kwargs = {"run_history": False, **session_capacity(), **kwargs}  # the caller's own cap wins
     demo.queue(default_concurrency_limit=1, max_size=queue_size)
     return demo.launch(
-        theme=THEME, css=CSS, js=ACCESSIBLE_MARKUP, allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],
+        theme=THEME, css=CSS + ATLAS_CSS, js=ACCESSIBLE_MARKUP,
+        allowed_paths=[str(service.searcher.gallery.thumbnails.cache_dir)],
         max_file_size="25mb", show_error=True, app_kwargs=app_kwargs, **kwargs,
     )

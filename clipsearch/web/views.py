@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import html
 
-import numpy as np
-import pandas as pd
-
 from ..core.calibration import WEAK
 from ..core.published import KARPATHY, recall_label, recall_results, skipped_karpathy
 from ..core.query import Plan
@@ -67,9 +64,14 @@ def details_markdown(hit: dict) -> str:
              "the thumbnail) · " if hit.get("box") else "")
     return (
         f"## Image {hit['image_id']}{split}\n{thing}"
-        f"{_confidence_line(hit)}Similarity **{hit['score']:.3f}** · {hit['width']}×{hit['height']} px{link}\n\n"
+        f"{_confidence_line(hit)}{_similarity(hit)}{hit['width']}×{hit['height']} px{link}\n\n"
         f"**Captions**\n{captions}\n\n**COCO categories:** {categories}"
     )
+
+
+def _similarity(hit: dict) -> str:
+    """The score, for a hit of a search; an image opened from the map has none."""
+    return "" if hit.get("score") is None else f"Similarity **{hit['score']:.3f}** · "
 
 
 def _confidence_line(hit: dict) -> str:
@@ -77,55 +79,6 @@ def _confidence_line(hit: dict) -> str:
         return ""
     weak = " (a weak match)" if hit["confidence"] < WEAK else ""
     return f"**{_percent(hit['confidence'])}** likely a match{weak} · "
-
-
-MAP_POINTS = 3000  # a browser draws this many points smoothly; the sample is seeded, so it is stable
-MAP_LEGEND = 12  # the most common categories get their own colour; the rest share "other"
-HIGHLIGHT = "★ current results"
-
-
-class EmbeddingMap:
-    """The gallery's 2-D PCA coordinates as a sampled, category-coloured scatter with the current results on top."""
-
-    def __init__(self, gallery):
-        self.gallery = gallery
-        total = len(gallery)
-        rng = np.random.default_rng(0)
-        self.rows = np.sort(rng.choice(total, size=min(MAP_POINTS, total), replace=False))
-        records = gallery.rows(self.rows.tolist())
-        counts: dict[str, int] = {}
-        for record in records:
-            for name in record.categories:
-                counts[name] = counts.get(name, 0) + 1
-        legend = set(sorted(counts, key=lambda n: (-counts[n], n))[:MAP_LEGEND])
-
-        def colour(names: list[str]) -> str:
-            best = max(names, key=lambda n: (counts.get(n, 0), n), default=None)
-            return best if best in legend else ("other" if names else "no category")
-
-        self.base = pd.DataFrame({
-            "x": gallery.map_xy[self.rows, 0], "y": gallery.map_xy[self.rows, 1],
-            "category": [colour(r.categories) for r in records], "image_id": [r.image_id for r in records],
-            "caption": [(r.captions[0] if r.captions else r.file_name)[:60] for r in records],
-        })
-
-    def frame(self, hits: list[dict] | None = None) -> pd.DataFrame:
-        if not hits:
-            return self.base
-        rows = [self.gallery.row_of(h["image_id"]) for h in hits]
-        extra = pd.DataFrame({
-            "x": self.gallery.map_xy[rows, 0], "y": self.gallery.map_xy[rows, 1], "category": HIGHLIGHT,
-            "image_id": [h["image_id"] for h in hits], "caption": [h["caption"][:60] for h in hits],
-        })
-        return pd.concat([self.base, extra], ignore_index=True)
-
-    def region(self, x_range, count: int = 12) -> list[int]:
-        """Rows of the sampled points inside a brushed x-range, those nearest its middle first."""
-        low, high = sorted(float(v) for v in x_range)
-        xs = self.gallery.map_xy[self.rows, 0]
-        inside = np.flatnonzero((xs >= low) & (xs <= high))
-        order = inside[np.argsort(np.abs(xs[inside] - (low + high) / 2), kind="stable")][:count]
-        return self.rows[order].tolist()
 
 
 def _recall_table(name: str, result: dict) -> str:
