@@ -27,6 +27,7 @@ from clipsearch.core.search import Hit, ObjectHit, Searcher
 from clipsearch.serve.download import IndexSource
 from clipsearch.serve.service import attach_objects
 from testkit import HUB_TOKEN
+from testkit.axe import assert_accessible
 from testkit.browser import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, SCREENSHOTS, WAIT, shot, wait_for_results
 from testkit.galleries import iou, write_scene_coco
 from testkit.helpers import run_build
@@ -327,7 +328,8 @@ def test_a_cold_start_answers_whole_images_before_the_object_index_arrives_verif
 
 def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(served, scenes, tmp_path):
     """In Chromium: the text tab's "Things in pictures" answers with object hits (labelled by category, box on the
-    thumbnail, box in the details); the image tab searches a typed region of the chosen picture; both on a phone."""
+    thumbnail, box in the details); the image tab searches a typed region of the chosen picture; both on a phone,
+    and both pass axe-core with no serious or critical violation."""
     url, service = served
     root, truth = scenes
     image = next(iter(truth.values()))
@@ -350,6 +352,7 @@ def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(serv
                 expect(page.locator("#details")).to_contain_text(
                     f"red circle at [{', '.join(f'{v:g}' for v in expected[0].box)}]", timeout=WAIT)
                 shot(page, f"objects-text-{name}")
+                assert_accessible(page, f"things found by text, details shown ({name})")
                 page.get_by_role("tab", name="Image → Image").click()
                 page.get_by_test_id("image").locator("input[type=file]").set_input_files(
                     root / image["split"] / image["file_name"])
@@ -371,6 +374,7 @@ def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(serv
                 region.press("Enter")  # from the keyboard
                 expect(labels.first).to_have_text(re.compile(rf" · {category}$"), timeout=WAIT)
                 shot(page, f"objects-region-{name}")
+                assert_accessible(page, f"things found by a region ({name})")
                 region.fill("[50, 10, 20, 40]")
                 page.get_by_role("button", name="Search this region").click()
                 expect(page.get_by_text("empty or inverted").first).to_be_visible(timeout=WAIT)
