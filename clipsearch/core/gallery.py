@@ -143,9 +143,7 @@ class ThumbnailStore:
                 log.warning("thumbnail of row %d not served (%s: %s); a placeholder is shown", row,
                             type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "")
                 return self._placeholder()
-            tmp = path.with_name(f"{row}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            _write_atomically(path, data)
             if self._state[number] == REFUSED:  # refused meanwhile: its clean-up may have run before this write
                 path.unlink(missing_ok=True)
                 return self._placeholder()
@@ -170,9 +168,9 @@ class ThumbnailStore:
         draw.rectangle([x0 - width - 1, y0 - width - 1, x1 + width + 1, y1 + width + 1], outline=(0, 0, 0), width=1)
         draw.rectangle([x0 - width, y0 - width, x1 + width, y1 + width], outline=(255, 214, 0), width=width)
         draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], outline=(0, 0, 0), width=1)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        image.save(tmp, format="JPEG", quality=88)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=88)
+        _write_atomically(path, buffer.getvalue())
         return path
 
     def _placeholder(self) -> Path:
@@ -180,10 +178,16 @@ class ThumbnailStore:
         if not path.exists():
             buffer = io.BytesIO()
             Image.new("RGB", (256, 192), (200, 200, 200)).save(buffer, format="JPEG", quality=85)
-            tmp = path.with_name(f"{PLACEHOLDER}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(buffer.getvalue())
-            os.replace(tmp, path)
+            _write_atomically(path, buffer.getvalue())
         return path
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file of this process and thread, so that concurrent requests for
+    the same thumbnail never read a half-written file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _map(path: Path):
