@@ -30,10 +30,13 @@ def index_objects(objects: PackedObjects, folder: Path, factory: str, params: st
     index, info = build_index(objects.vectors, factory, params)
     faiss.write_index(index, str(folder / OBJECTS_INDEX))
     categories = objects.table.column("category").to_pylist()
-    evaluation = category_precision(encoder, index, categories, image_index, image_categories)
+    names = sorted(set(categories))
+    # one query per category, "a photo of a {category}", for the evaluation and the calibration alike
+    queries = _category_queries(encoder, names) if encoder.info.has_text and names else None
+    evaluation = category_precision(queries, names, index, categories, image_index, image_categories)
     return ObjectsInfo(count=len(objects.vectors), boxes_total=objects.boxes_total, boxes_kept=objects.boxes_kept,
                        min_side=objects.min_side, context=objects.context, index=info, evaluation=evaluation,
-                       calibration=calibrate_objects(encoder, index, categories))
+                       calibration=calibrate_objects(queries, names, index, categories))
 
 
 def _category_queries(encoder: Encoder, names: list[str]) -> np.ndarray:
@@ -41,18 +44,18 @@ def _category_queries(encoder: Encoder, names: list[str]) -> np.ndarray:
                            for i in range(0, len(names), 64)]).astype(np.float32)
 
 
-def calibrate_objects(encoder: Encoder, object_index: faiss.Index, object_categories: list[str],
-                      seed: int = 0) -> Calibration | None:
+def calibrate_objects(queries: np.ndarray | None, names: list[str], object_index: faiss.Index,
+                      object_categories: list[str], seed: int = 0) -> Calibration | None:
     """P(match | cosine) for object hits, fitted on the build's own labels: each category's query "a photo of a
-    {category}" against its top CALIBRATION_DEPTH objects, a hit matching when it is of that category. A fifth of
-    the categories (seeded) are held out to measure the expected calibration error. None without a text side, with
-    fewer than 5 categories, or when no fit is possible (all hits right, or all wrong)."""
-    names = sorted(set(object_categories))
-    if not encoder.info.has_text or len(names) < 5:
+    {category}" (`queries`, row i for names[i]) against its top CALIBRATION_DEPTH objects, a hit matching when it is
+    of that category. A fifth of the categories (seeded) are held out to measure the expected calibration error.
+    None without a text side (no queries), with fewer than 5 categories, or when no fit is possible (all hits right,
+    or all wrong)."""
+    if queries is None or len(names) < 5:
         return None
     held = set(np.random.default_rng(seed).choice(names, size=max(1, len(names) // 5), replace=False).tolist())
     depth = min(CALIBRATION_DEPTH, object_index.ntotal)
-    scores, rows = object_index.search(_category_queries(encoder, names), depth)
+    scores, rows = object_index.search(queries, depth)
     kinds = np.asarray(object_categories, dtype=object)
     labels = np.array([[r >= 0 and kinds[r] == name for r in found] for name, found in zip(names, rows)], float)
     fit = np.array([name not in held for name in names])
@@ -70,15 +73,14 @@ def calibrate_objects(encoder: Encoder, object_index: faiss.Index, object_catego
                                      4)})
 
 
-def category_precision(encoder: Encoder, object_index: faiss.Index, object_categories: list[str],
-                       image_index: faiss.Index, image_categories: list[list[str]]) -> dict:
-    """For each category, the query "a photo of a {category}": the share of its top-5 objects of that category,
-    beside the share of its top-5 whole images that contain one; averaged over categories. {} for a model without
-    text."""
-    if not encoder.info.has_text or not object_categories:
+def category_precision(queries: np.ndarray | None, names: list[str], object_index: faiss.Index,
+                       object_categories: list[str], image_index: faiss.Index,
+                       image_categories: list[list[str]]) -> dict:
+    """For each category, the query "a photo of a {category}" (`queries`, row i for names[i]): the share of its
+    top-5 objects of that category, beside the share of its top-5 whole images that contain one; averaged over
+    categories. {} for a model without text (no queries)."""
+    if queries is None:
         return {}
-    names = sorted(set(object_categories))
-    queries = _category_queries(encoder, names)
     _, object_rows = object_index.search(queries, min(EVAL_K, object_index.ntotal))
     _, image_rows = image_index.search(queries, min(EVAL_K, image_index.ntotal))
     kinds = np.asarray(object_categories, dtype=object)
