@@ -26,7 +26,7 @@ PATCHES = (
     "busy_handler (the queue-full HTTPException's 'Queue is full' detail)",
     "SESSION_CAPACITY (Blocks.launch's state_session_capacity)",
     "GRADIO_ANALYTICS_CACHE_FREQUENCY",
-    "ACCESSIBLE_MARKUP (Gallery's thumbnails, Dataset's example buttons, Empty's placeholder, Vega's brush marks)",
+    "ACCESSIBLE_MARKUP (Gallery's thumbnails, Dataset's example buttons, Empty's placeholder)",
 )
 
 
@@ -195,9 +195,7 @@ class QuerySlider(gr.Slider):
 # - the image tab's example pictures are buttons holding an image with empty alt: no name at all (axe:
 #   button-name, critical). They are named "Example picture 1 of 6";
 # - an empty component's placeholder (the results before a search) is a <div> with aria-label="Empty value" but no
-#   role, where ARIA forbids a label (axe: aria-prohibited-attr); it holds an icon, so it gets role="img";
-# - Vega's brush rectangle on the map is an unnamed graphics-symbol that carries nothing (axe: svg-img-alt); it is
-#   hidden from assistive technology, as the plot's other, named marks are not.
+#   role, where ARIA forbids a label (axe: aria-prohibited-attr); it holds an icon, so it gets role="img".
 ACCESSIBLE_MARKUP = """() => {
   const set = (element, name, value) => {
     if (element.getAttribute(name) !== value) element.setAttribute(name, value);
@@ -216,8 +214,6 @@ ACCESSIBLE_MARKUP = """() => {
       pictures.forEach((button, i) => set(button, 'aria-label', `Example picture ${i + 1} of ${pictures.length}`));
     });
     document.querySelectorAll('div.empty[aria-label]:not([role])').forEach((empty) => set(empty, 'role', 'img'));
-    document.querySelectorAll('svg g[role="graphics-symbol"][class*="brush"]:not([aria-label])')
-      .forEach((mark) => set(mark, 'aria-hidden', 'true'));
   };
   let queued = false;
   new MutationObserver(() => {
