@@ -119,11 +119,9 @@ def append(plan: BuildPlan, source: Source) -> Built:
 def _base_boxes(base: Manifest, source: Source) -> float | None:
     """The new images' boxes, kept and cut exactly as the base build's were (its cut-off and context); none when the
     base has no object index. Returns the context to cut with, or None."""
+    keep_boxes(source, base.objects.min_side if base.objects else None)
     if base.objects is None:
-        for record in source.records:
-            record.boxes = []
         return None
-    source.boxes_total, source.boxes_kept = keep_boxes(source.records, base.objects.min_side)
     log.info("objects: %d of %d new instance boxes kept (shorter side >= %g px, context %g, as the base build)",
              source.boxes_kept, source.boxes_total, base.objects.min_side, base.objects.context)
     return base.objects.context if source.boxes_kept else None

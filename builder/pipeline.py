@@ -69,10 +69,7 @@ def _join(plan: BuildPlan, shared: dict) -> tuple[Source, Encoder, Path]:
 def prepare_boxes(plan: BuildPlan, source: Source, report: bool = True) -> None:
     """The instance boxes the object index will hold: none with --objects none; else those whose shorter side
     reaches --object-min-side (counted on the source, for the manifest and the summary)."""
-    if not plan.objects:
-        for record in source.records:
-            record.boxes = []
-    source.boxes_total, source.boxes_kept = keep_boxes(source.records, plan.object_min_side)
+    keep_boxes(source, plan.object_min_side if plan.objects else None)
     if report and source.boxes_total:
         log.info("objects: %d of %d instance boxes have a shorter side of at least %g px and will be embedded with "
                  "context %g", source.boxes_kept, source.boxes_total, plan.object_min_side, plan.object_context)

@@ -138,14 +138,16 @@ def coco_box(bbox) -> list[float] | None:
     return [x, y, x + width, y + height] if width > 0 and height > 0 else None
 
 
-def keep_boxes(records: list[Record], min_side: float) -> tuple[int, int]:
-    """Keep only the boxes whose shorter side is at least `min_side` pixels; (boxes listed, boxes kept)."""
+def keep_boxes(source: Source, min_side: float | None) -> None:
+    """Keep only the boxes whose shorter side is at least `min_side` pixels (None: none at all, the build has no
+    object index), counting the boxes listed and kept on the source (source.boxes_total, source.boxes_kept)."""
     total = kept = 0
-    for record in records:
-        total += len(record.boxes)
-        record.boxes = [box for box in record.boxes if min(box[2] - box[0], box[3] - box[1]) >= min_side]
+    for record in source.records:
+        total += len(record.boxes) if min_side is not None else 0
+        record.boxes = [] if min_side is None else [
+            box for box in record.boxes if min(box[2] - box[0], box[3] - box[1]) >= min_side]
         kept += len(record.boxes)
-    return total, kept
+    source.boxes_total, source.boxes_kept = total, kept
 
 
 def _read_json(path: Path) -> dict:
