@@ -67,9 +67,9 @@ class AtlasView:
         """The HTML component's value: the atlas's files and what to mark, the latest results and the search placed
         among them (at the similarity-weighted mean of its best results' positions)."""
         state = self.config()
-        rows = [row for row in (self.gallery.row_of(hit["image_id"]) for hit in hits or []) if row is not None]
-        if rows:
-            scores = np.asarray([hit["score"] for hit in hits if self.gallery.row_of(hit["image_id"]) is not None])
+        found = [(row, hit["score"]) for hit in hits or [] if (row := self.gallery.row_of(hit["image_id"])) is not None]
+        if found:
+            rows, scores = [row for row, _ in found], np.asarray([score for _, score in found])
             nearest = np.argsort(-scores, kind="stable")[:PLACE_FROM]
             place = weighted_position(scores[nearest], self.xy[np.asarray(rows)[nearest]])
             state.update(highlight=rows, query=[round(float(v), 5) for v in place], label="your search")
