@@ -80,6 +80,19 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
     return [(cx + r * x, cy + r * y) for x, y in pts]
 
 
+def _background(rng: random.Random, size: int) -> Image.Image:
+    """A light tint with mild noise, drawn from `rng` (which also seeds the numpy generator of the noise)."""
+    nprng = np.random.default_rng(rng.randrange(2**32))
+    tint = np.array([rng.randint(215, 250) for _ in range(3)], dtype=np.float32)
+    noise = nprng.normal(0.0, 6.0, size=(size, size, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def _fill(rng: random.Random, color: str) -> tuple[int, ...]:
+    """The colour, jittered a little so two pictures of the same class are never pixel-identical."""
+    return tuple(int(np.clip(v + rng.randint(-20, 20), 0, 255)) for v in COLORS[color])
+
+
 def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0) -> Image.Image:
     """Draw one coloured shape at a seeded random position/scale on a light noisy background."""
     if color not in COLORS or shape not in SHAPES:
@@ -87,15 +100,8 @@ def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0) -> Image.I
     # str seeds are hashed deterministically by random.Random (unlike hash()), so each
     # (colour, shape, seed) triple gets its own reproducible stream.
     rng = random.Random(f"{color}|{shape}|{seed}")
-    nprng = np.random.default_rng(rng.randrange(2**32))
-
-    tint = np.array([rng.randint(215, 250) for _ in range(3)], dtype=np.float32)
-    noise = nprng.normal(0.0, 6.0, size=(size, size, 3)).astype(np.float32)
-    background = np.clip(tint + noise, 0, 255).astype(np.uint8)
-    image = Image.fromarray(background, "RGB")
-
-    # Jitter the fill a little so two images of the same class are never pixel-identical.
-    fill = tuple(int(np.clip(v + rng.randint(-20, 20), 0, 255)) for v in COLORS[color])
+    image = _background(rng, size)
+    fill = _fill(rng, color)
     r = size * rng.uniform(0.28, 0.4)
     margin = r * 1.05
     cx = rng.uniform(margin, size - margin)
@@ -125,15 +131,12 @@ def draw_scene(objects: list[tuple[str, str]], size: int = 192, seed: int = 0
     seeded position and scale, on the same light noisy background as draw_shape. Returns the picture and each
     shape's tight box [x0, y0, x1, y1] in pixels, in the order given (at most 9 shapes)."""
     rng = random.Random(f"scene|{seed}")
-    nprng = np.random.default_rng(rng.randrange(2**32))
-    tint = np.array([rng.randint(215, 250) for _ in range(3)], dtype=np.float32)
-    noise = nprng.normal(0.0, 6.0, size=(size, size, 3)).astype(np.float32)
-    image = Image.fromarray(np.clip(tint + noise, 0, 255).astype(np.uint8), "RGB")
+    image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     cell = size / 3
     boxes = []
     for (color, shape), place in zip(objects, rng.sample(range(9), len(objects))):
-        fill = tuple(int(np.clip(v + rng.randint(-20, 20), 0, 255)) for v in COLORS[color])
+        fill = _fill(rng, color)
         r = cell * rng.uniform(0.3, 0.4)
         margin = r * 1.2
         cx = (place % 3) * cell + rng.uniform(margin, cell - margin)
