@@ -87,6 +87,10 @@ def _output_flags(parser: argparse.ArgumentParser) -> None:
                         help="context cut around each box, as a fraction of its width/height (default %(default)s)")
     parser.add_argument("--object-min-side", type=float, default=MIN_BOX_SIDE,
                         help="keep boxes whose shorter side has at least this many pixels (default %(default)s)")
+    parser.add_argument("--serving-copy", default="int8", choices=["int8", "none"],
+                        help="int8 (default): publish the encoder's int8 weights with the index, so the Space loads "
+                             "~0.57 GB instead of the 1.5 GB fp32 checkpoint (SigLIP 2 B/16) and converts nothing; "
+                             "none: the Space downloads the checkpoint and converts it at start-up")
     parser.add_argument("--index-params", default="", help="search-time FAISS parameters, e.g. 'nprobe=32'")
     parser.add_argument("--eval", default="auto", choices=["auto", "none", "val", "full"],
                         help="caption recall: val (5k), full (also whole gallery); auto = full on GPU, val on CPU")
@@ -149,8 +153,18 @@ def summary(manifest: Manifest, out: Path, speed: dict) -> str:
                      + " ".join(f"{k} {by_category[k]:.1f}" for k in ("P@1", "P@5", "P@10", "mAP")))
     lines.append(f"  confidence: {confidence_line(manifest)}")
     lines.append(f"  objects:   {objects_line(manifest)}")
+    lines.append(f"  serving:   {serving_line(manifest)}")
     lines.append(f"  files:     {out.resolve()} ({sum(f.size for f in manifest.files.values()) / 2**20:.1f} MB)")
     return "\n".join(lines)
+
+
+def serving_line(manifest: Manifest) -> str:
+    """What the Space downloads for its encoder: the int8 serving copy, or the model's own checkpoint."""
+    serving = manifest.serving
+    if serving is None:
+        return "none: the Space downloads the model's checkpoint and converts it at start-up"
+    return (f"{serving.file} ({serving.size / 1e6:.0f} MB, {serving.precision}, cosine to fp32 {serving.cosine:.5f}): "
+            "the Space loads it instead of the model's checkpoint")
 
 
 def objects_line(manifest: Manifest) -> str:

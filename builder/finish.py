@@ -33,6 +33,7 @@ from .index import build_index
 from .objects import index_objects
 from .pack import Packed
 from .plan import BuildPlan
+from .serving import write_serving_copy
 from .sources import keeps_coco_ids
 
 log = logging.getLogger("builder")
@@ -70,15 +71,18 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
             plan.index_factory, plan.index_params)
         objects = index_objects(packed.objects, folder, *kind, encoder, index, rows["categories"])
     atlas = write_atlas(folder, packed.vectors, base, plan.out if base else None)
+    # an --append keeps its base's model, so its copy (linked into the stage by builder.append)
+    serving = base.serving if base else write_serving_copy(encoder.info, folder) if plan.serving_copy else None
     # exactly what was written, never a listing of the folder
-    names = sorted([INDEX, atlas, *packed.files, *([OBJECTS_INDEX] if objects else [])])
+    names = sorted([INDEX, atlas, *packed.files, *([OBJECTS_INDEX] if objects else []),
+                    *([serving.file] if serving else [])])
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),
         builder_version=builder_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1), images_per_second=round(speed["images_per_second"], 1),
         device=plan.device.type, precision=encoder.precision, files=hash_files(folder, names), calibration=calibration,
-        objects=objects,
+        objects=objects, serving=serving,
     )
     manifest = replace(base, **fields) if base else Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, **fields)

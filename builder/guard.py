@@ -14,6 +14,7 @@ from clipsearch.core.manifest import (
     OBJECTS_INDEX,
     OBJECTS_META,
     OBJECTS_VECTORS,
+    SERVING_MODEL,
     ArtifactError,
     Manifest,
 )
@@ -50,7 +51,8 @@ def check_writable(out: Path) -> None:
 
 def artifact_names(out: Path) -> list[str]:
     """The files in `out` that a build of ours wrote, by their known names: what a rebuild may replace."""
-    names = {MANIFEST, INDEX, EMBEDDINGS, METADATA, ATLAS, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS}
+    names = {MANIFEST, INDEX, EMBEDDINGS, METADATA, ATLAS, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS,
+             SERVING_MODEL}
     names.update(p.name for p in out.glob("thumbs-*.bin") if THUMBS_RE.fullmatch(p.name))
     try:
         names.update(Manifest.read(out).files)  # older builds may have listed other names

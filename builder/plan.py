@@ -52,6 +52,8 @@ class BuildPlan:
     ranks: Ranks = Ranks()
     # the object index: on when the source lists instance boxes, unless --objects none
     objects: bool = True
+    # the encoder's int8 serving copy beside the index (builder.serving), unless --serving-copy none
+    serving_copy: bool = True
     object_context: float = CONTEXT
     object_min_side: float = MIN_BOX_SIDE
 
@@ -83,6 +85,7 @@ class BuildPlan:
             push_repo=None if args.push is None else args.push or os.environ.get("INDEX_REPO") or DEFAULT_INDEX_REPO,
             visibility="private" if args.private else "public" if args.public else None, ranks=ranks,
             objects=objects != "none", object_context=float(context), object_min_side=float(min_side),
+            serving_copy=getattr(args, "serving_copy", "int8") != "none",
         )
 
     def make_source(self) -> Source:

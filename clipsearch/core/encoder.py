@@ -19,7 +19,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 
 from .errors import EncoderError, first_line
 from .manifest import PRECISIONS
-from .precision import MIN_CALIBRATION_COSINE, calibration_images, choose_precision, convert
+from .precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, choose_precision, convert
+from .serving import load_serving_copy
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Encoder:
     @classmethod
     def load(cls, folder: str | Path, revision: str | None = None, device: str | torch.device = "auto",
              precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE, batch: int | None = None, *,
-             model_id: str | None = None) -> Encoder:
+             model_id: str | None = None, serving_copy: Path | None = None) -> Encoder:
         """Load the model saved in the local `folder` for `device`. A Hub model's files are fetched first (see
         clipsearch.hub.models.load_encoder) and ModelInfo records it as `model_id` at `revision`, the commit they
         came from; a local model is recorded by its folder.
@@ -105,7 +106,12 @@ class Encoder:
         agree with fp32 (cosine >= min_cosine, worst row, on a fixed calibration batch of texts and images);
         otherwise the next one is tried, then fp32, and the log says why. Given `batch` where auto has a real
         choice (AMX), the faster on passes of `batch` images is kept (the app passes 1: one query at a time).
-        `encoder.precision` tells what was kept."""
+        `encoder.precision` tells what was kept.
+
+        `serving_copy` (the app, where the build published one: core.serving): int8 weights loaded from that file
+        instead of converting the checkpoint, which `folder` then need not hold (its configs and processor files
+        suffice). They are kept only if their vectors agree with the build's fp32 vectors as a conversion made here
+        must (min_cosine); otherwise EncoderError, and the caller loads the checkpoint instead."""
 
         folder = Path(folder).expanduser()
         name = model_id or str(folder)  # as the user named it, in every sentence
@@ -114,18 +120,26 @@ class Encoder:
         if not folder.is_dir():
             raise EncoderError(f"--model {name}: no such folder. Pass an existing model folder (a Hub model's files "
                                "are fetched first: clipsearch.hub.models.load_encoder).")
-        config, model, paired = _model(folder, name)
-        image_processor, tokenizer = _processors(folder, name, paired)
         torch_device = device if isinstance(device, torch.device) else pick_device(device)
-        if torch_device.type != "cpu" and precision in ("bf16", "int8"):
+        if torch_device.type != "cpu" and (precision in ("bf16", "int8") or serving_copy):
             raise EncoderError(f"precision {precision}: the fast paths are for CPU inference; on {torch_device.type} "
                                "the encoder uses bf16 autocast (use precision auto or fp32).")
+        config, model, paired, references = _model(folder, name, serving_copy)
+        image_processor, tokenizer = _processors(folder, name, paired)
         model.eval().to(torch_device)
         info = _model_info(name if revision else str(folder), revision, config, model, image_processor, tokenizer)
         encoder = cls(model, image_processor, tokenizer, info, torch_device,
-                      "bf16-autocast" if torch_device.type == "cuda" else "fp32",
+                      "bf16-autocast" if torch_device.type == "cuda" else "int8" if serving_copy else "fp32",
+                      None if serving_copy else
                       lambda: AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval())
-        if torch_device.type == "cpu" and precision != "fp32":
+        if serving_copy is not None:
+            cosine = agreement(encoder, references)
+            if not cosine >= min_cosine:
+                raise EncoderError(f"the serving copy {serving_copy.name} agrees with the build's fp32 vectors only "
+                                   f"to cosine {cosine:.5f} (< {min_cosine:g}) on this CPU")
+            log.info("loaded %s from its serving copy (int8), cosine to the build's fp32 vectors %.5f", info.model_id,
+                     cosine)
+        elif torch_device.type == "cpu" and precision != "fp32":
             encoder.use_precision(choose_precision(encoder, precision, min_cosine, batch))
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
@@ -136,6 +150,9 @@ class Encoder:
         reloaded in fp32 first: each fast path is converted from the fp32 weights."""
         if precision == self.precision:
             return
+        if self._reload_fp32 is None:
+            raise EncoderError(f"precision {precision}: this encoder was loaded from a serving copy (int8), which "
+                               "cannot be converted; set CLIPSEARCH_PRECISION to load the full checkpoint.")
         if self.precision != "fp32":
             self.model, self.precision, self._input_dtype = self._reload_fp32(), "fp32", torch.float32
         if precision != "fp32":
@@ -186,16 +203,25 @@ class Encoder:
         return contextlib.nullcontext()
 
 
-def _model(folder: Path, name: str):
-    """(config, model, paired) of a model folder: paired text and image towers, or an image-only backbone."""
-
+def _config(folder: Path, name: str):
+    """(config, paired) of a model folder: paired text and image towers, or an image-only backbone."""
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise EncoderError(f"--model {name}: not a transformers model folder ({first_line(error)}).") from None
-    paired = hasattr(config, "text_config") and hasattr(config, "vision_config")
+    return config, hasattr(config, "text_config") and hasattr(config, "vision_config")
+
+
+def _model(folder: Path, name: str, serving_copy: Path | None = None):
+    """(config, model, paired, reference vectors) of a model folder: its checkpoint, or given a build's
+    `serving_copy` (core.serving) its configs with those int8 weights and the fp32 vectors they must reproduce."""
+    config, paired = _config(folder, name)
+    references = None
     try:
-        model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        if serving_copy is None:
+            model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
+        else:
+            model, references = load_serving_copy(config, serving_copy)
     except (OSError, ValueError, KeyError) as error:
         raise EncoderError(f"--model {name}: could not be loaded ({first_line(error)}).") from None
     if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
@@ -209,7 +235,7 @@ def _model(folder: Path, name: str):
             "checkpoint (CLIP, SigLIP: text and image search) or an image model such as DINOv2, ViT or ResNet "
             "(image search only)."
         )
-    return config, model, paired
+    return config, model, paired, references
 
 
 def _processors(folder: Path, name: str, paired: bool):

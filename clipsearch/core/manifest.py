@@ -27,6 +27,7 @@ THUMBS_PATTERN = "thumbs-{:05d}.bin"
 OBJECTS_INDEX = "objects.faiss"
 OBJECTS_META = "objects.parquet"
 OBJECTS_VECTORS = "objects.npy"
+SERVING_MODEL = "model-int8.safetensors"  # the encoder's int8 serving copy (core.serving): the app loads it, not fp32
 # Where builds are published: the project's Hub dataset repo (the builder's --push default, the app's INDEX_REPO
 # default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
@@ -75,6 +76,16 @@ class FileEntry:
 
 
 @dataclass
+class ServingInfo:
+    """The encoder's serving copy published with the build (core.serving), and how well it agreed with fp32 there."""
+
+    file: str
+    precision: str  # "int8"
+    cosine: float  # worst cosine to the build's fp32 vectors on the calibration batch, on the build's CPU
+    size: int  # bytes to download instead of the fp32 checkpoint's
+
+
+@dataclass
 class ObjectsInfo:
     """The object index of a build: which boxes were embedded and how they were cut."""
 
@@ -113,6 +124,8 @@ class Manifest:
     calibration: Calibration | None = None
     # the object index beside the image index; None: a build without instance boxes (or --objects none)
     objects: ObjectsInfo | None = None
+    # the encoder's int8 serving copy; None: built before it existed or with --serving-copy none (the app converts)
+    serving: ServingInfo | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

@@ -48,10 +48,10 @@ def choose_precision(encoder, requested: str, min_cosine: float, batch: int | No
     race = requested == "auto" and batch is not None and "amx_bf16" in cpu_flags()
     texts = list(CALIBRATION_TEXTS) if encoder.info.has_text else []
     images = calibration_images(encoder.info.image_size)
-    reference = encoder.encode_texts(texts) if texts else None, encoder.encode_images(images)
+    reference = reference_vectors(encoder)
     passed: list[tuple[float, str, float]] = []  # (seconds per query, candidate, cosine)
     for candidate in candidates:
-        cosine = _calibrate(encoder, candidate, texts, images, reference)
+        cosine = _calibrate(encoder, candidate, reference)
         if cosine is not None and cosine >= min_cosine:
             if not race:
                 log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
@@ -73,14 +73,27 @@ def choose_precision(encoder, requested: str, min_cosine: float, batch: int | No
     return "fp32"
 
 
-def _calibrate(encoder, candidate: str, texts: list[str], images: list, reference) -> float | None:
+def reference_vectors(encoder) -> dict[str, np.ndarray]:
+    """The encoder's vectors of the calibration batch: "images", and "texts" for a model that reads text."""
+    vectors = {"images": encoder.encode_images(calibration_images(encoder.info.image_size))}
+    if encoder.info.has_text:
+        vectors["texts"] = encoder.encode_texts(list(CALIBRATION_TEXTS))
+    return vectors
+
+
+def agreement(encoder, references: dict[str, np.ndarray]) -> float:
+    """The worst cosine between the encoder's vectors of the calibration batch and `references` (fp32's)."""
+    mine = reference_vectors(encoder)
+    if set(mine) != set(references) or any(mine[kind].shape != references[kind].shape for kind in mine):
+        return float("-inf")  # another model's vectors, or another batch
+    return min(float(np.min(np.sum(references[kind] * mine[kind], axis=1))) for kind in mine)
+
+
+def _calibrate(encoder, candidate: str, reference: dict[str, np.ndarray]) -> float | None:
     """Switch the encoder to `candidate`; its worst calibration cosine to fp32, None where it cannot run."""
     try:
         encoder.use_precision(candidate)
-        cosine = float(np.min(np.sum(reference[1] * encoder.encode_images(images), axis=1)))
-        if texts:
-            cosine = min(cosine, float(np.min(np.sum(reference[0] * encoder.encode_texts(texts), axis=1))))
-        return cosine
+        return agreement(encoder, reference)
     except (RuntimeError, NotImplementedError, AssertionError) as error:  # kernel missing on this build
         log.warning("precision %s unavailable here (%s)", candidate, first_line(error))
         return None
@@ -112,37 +125,39 @@ def convert(model: torch.nn.Module, precision: str) -> torch.dtype:
     for tensor in [*model.parameters(), *model.buffers()]:
         if id(tensor) not in replaced:
             tensor.data = tensor.data.clone()
-    # VNNI sums u8 x s8 products in 32 bits; without it (AVX2) torch's 7-bit activations avoid saturation.
-    full_range = bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
+    full_range = full_range_activations()
     with warnings.catch_warnings():  # torch's notice that its quantised tensors move to torchao; they work
         warnings.simplefilter("ignore")
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if type(child) is torch.nn.Linear:
-                    setattr(parent, name, _Int8Linear.from_linear(child, full_range))
+                if type(child) is torch.nn.Linear and name not in KEEP_FLOAT:
+                    setattr(parent, name, Int8Linear.from_linear(child, full_range))
                 elif type(child) is torch.nn.Embedding and child.weight.numel() >= VOCABULARY_TABLE:
-                    setattr(parent, name, _HalfEmbedding(child))
+                    setattr(parent, name, HalfEmbedding(child.weight, child.padding_idx))
     _release_freed_memory()
     return torch.float32
 
 
+# Linears whose weight the model's own code reads (SigLIP 2 NaFlex: `self.patch_embedding.weight.dtype`, in
+# transformers 5.23), which a quantised module has only as a method; one 768 x 768 layer, a per-cent of the tower.
+KEEP_FLOAT = {"patch_embedding"}
 VOCABULARY_TABLE = 2**20  # embedding tables at least this big (token vocabularies: CLIP's is 49408 x 512) go fp16
 
 
-class _HalfEmbedding(torch.nn.Module):
+class HalfEmbedding(torch.nn.Module):
     """A token table kept in fp16 and looked up in fp32: CLIP's 101 MB table becomes 50 MB; a row is read per
     token, so the lookup costs nothing, and fp16 keeps 11 significant bits of values this small."""
 
-    def __init__(self, embedding: torch.nn.Embedding):
+    def __init__(self, weight: torch.Tensor, padding_idx: int | None = None):
         super().__init__()
-        self.padding_idx = embedding.padding_idx
-        self.register_buffer("weight", embedding.weight.detach().to(torch.float16))
+        self.padding_idx = padding_idx
+        self.register_buffer("weight", weight.detach().to(torch.float16))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.embedding(ids, self.weight).float()
 
 
-class _Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
+class Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
     """torch's dynamic int8 Linear (weights int8 per output channel, activations quantised per call), built
     directly from an nn.Linear: the same result as torch.ao.quantization.quantize_dynamic with
     per_channel_dynamic_qconfig, in a third of the time (no observers, and one weight packing instead of three).
@@ -154,20 +169,31 @@ class _Int8Linear(torch.ao.nn.quantized.dynamic.Linear):
     full_range = False
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, full_range: bool) -> _Int8Linear:
+    def from_linear(cls, linear: torch.nn.Linear, full_range: bool) -> Int8Linear:
         weight = linear.weight.detach().float()
         # symmetric per-channel int8, as PerChannelMinMaxObserver(qint8, per_channel_symmetric) computes it
         scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(torch.finfo(torch.float32).eps).double()
-        qweight = torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
-        module = cls(1, 1)  # a placeholder size: the constructor would otherwise pack a full-size zero weight
-        module.in_features, module.out_features, module.full_range = linear.in_features, linear.out_features, full_range
         bias = None if linear.bias is None else linear.bias.detach().float().clone()  # own copy: not the checkpoint map
+        return cls.from_quantized(torch.quantize_per_channel(weight, scale, torch.zeros(len(scale), dtype=torch.long),
+                                                             0, torch.qint8), bias, full_range)
+
+    @classmethod
+    def from_quantized(cls, qweight: torch.Tensor, bias: torch.Tensor | None, full_range: bool) -> Int8Linear:
+        """The module of an int8 weight (per output channel) and its fp32 bias: from_linear, or a serving copy."""
+        module = cls(1, 1)  # a placeholder size: the constructor would otherwise pack a full-size zero weight
+        module.out_features, module.in_features = qweight.shape
+        module.full_range = full_range
         module.set_weight_bias(qweight, bias)
         return module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
                                                   reduce_range=not self.full_range).to(x.dtype)
+
+
+def full_range_activations() -> bool:
+    """VNNI sums u8 x s8 products in 32 bits; without it (AVX2) torch's 7-bit activations avoid saturation."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
 
 
 def cpu_flags() -> set[str]:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 
 from ..core.encoder import Encoder
+from ..core.errors import EncoderError
+from ..core.manifest import Manifest
 from .models import resolve_model
+
+log = logging.getLogger(__name__)
 
 
 def load_encoder(model_id: str, revision: str | None = None, device: str | torch.device = "auto",
@@ -14,3 +21,22 @@ def load_encoder(model_id: str, revision: str | None = None, device: str | torch
     `options` go to Encoder.load (precision, min_cosine, batch)."""
     folder, resolved = resolve_model(model_id, revision)
     return Encoder.load(folder, resolved, device, model_id=model_id, **options)
+
+
+def served_encoder(manifest: Manifest, artifacts: Path, precision: str) -> Encoder:
+    """The app's CPU encoder for a build: exactly the model its manifest names. Where the build published a serving
+    copy, `artifacts` holds it and `precision` is auto or int8, its int8 weights with the model's config and
+    processor files (the checkpoint is never fetched); otherwise, or if that copy does not reproduce the build's
+    fp32 vectors on this CPU, the checkpoint in `precision` (see Encoder.load)."""
+    spec = manifest.model
+    model_id, revision = spec["model_id"], spec.get("revision")
+    copy = artifacts / manifest.serving.file if manifest.serving else None
+    if copy is not None and precision in ("auto", "int8") and copy.is_file():
+        folder, resolved = resolve_model(model_id, revision, weights=False)
+        try:
+            return Encoder.load(folder, resolved, "cpu", model_id=model_id, serving_copy=copy)
+        except EncoderError as error:
+            log.warning("%s; loading the checkpoint of %s instead", error, model_id)
+    folder, resolved = resolve_model(model_id, revision)
+    return Encoder.load(folder, resolved, "cpu", model_id=model_id, precision=precision,
+                        batch=1)  # auto, on AMX: the faster for one query

@@ -40,12 +40,13 @@ CONVERSION_BOT = "SFconvertbot"
 CONVERSION_TITLE = "Adding `safetensors` variant of this model"
 
 
-def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str | None]:
+def resolve_model(model_id: str, revision: str | None = None, weights: bool = True) -> tuple[Path, str | None]:
     """Return a local folder for a model id or path, and the commit its files come from (None for local folders).
 
     From the Hub only the files transformers loads are fetched, by exact name, all from one commit. When that
     revision has pickled weights only, the Hub's safetensors conversion pull request of that same revision is
-    used instead, and its commit is the one returned (so loading again by it gives the same bytes)."""
+    used instead, and its commit is the one returned (so loading again by it gives the same bytes). Without
+    `weights`, only the config and processor files are fetched (the app loading a build's serving copy)."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         return local, None
@@ -60,8 +61,10 @@ def resolve_model(model_id: str, revision: str | None = None) -> tuple[Path, str
         except Exception as error:  # noqa: BLE001 - only 'the Hub cannot be reached' falls back to the cache
             if not hub_unreachable(error):
                 raise
-            return _cached_snapshot(model_id, commit), commit
+            return _cached_snapshot(model_id, commit, weights), commit
         commit, names = _files_to_fetch(api, model_id, revision, info)
+        if not weights:
+            names = [name for name in names if name not in (WEIGHTS_FILE, WEIGHTS_INDEX)]
         return _fetch(model_id, commit, names), commit
 
 
@@ -173,11 +176,12 @@ def _fetch(model_id: str, commit: str, names: list[str]) -> Path:
     return folder
 
 
-def _cached_snapshot(model_id: str, commit: str) -> Path:
-    """The Hub cannot be reached: the cached snapshot of `commit`, if it holds safetensors weights and a config."""
+def _cached_snapshot(model_id: str, commit: str, weights: bool = True) -> Path:
+    """The Hub cannot be reached: the cached snapshot of `commit`, if it holds a config (and safetensors weights,
+    unless `weights` is False)."""
     config = try_to_load_from_cache(model_id, CONFIG_FILE, revision=commit)
     folder = Path(config).parent if isinstance(config, str) else None
-    if folder is None or _safetensors_weights({p.name for p in folder.iterdir()}) is None:
+    if folder is None or weights and _safetensors_weights({p.name for p in folder.iterdir()}) is None:
         raise EncoderError(
             f"--model {model_id}: not in the local cache and the Hub cannot be reached; "
             "connect to the Hub once or pass a local model folder."

@@ -24,11 +24,13 @@ def begin(settings: Settings) -> list[threading.Thread]:
 
     def model(manifest: Manifest) -> None:
         spec = manifest.model
-        threads.append(_background("prefetch-model", resolve_model, spec["model_id"], spec.get("revision")))
+        # a build's serving copy comes with the artifacts: then only the model's config and processor files
+        weights = not (manifest.serving and settings.serving_copy)
+        threads.append(_background("prefetch-model", resolve_model, spec["model_id"], spec.get("revision"), weights))
 
     def artifacts() -> None:
         download(settings.index_repo, settings.index_revision, endpoint=settings.endpoint, token=settings.token,
-                 lazy=True, stamp_dir=work_folder(), on_manifest=model)
+                 lazy=True, stamp_dir=work_folder(), on_manifest=model, serving_copy=settings.serving_copy)
 
     threads.append(_background("prefetch-artifacts", artifacts))
     return threads

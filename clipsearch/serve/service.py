@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 
 from ..core.batcher import ModelThread
-from ..core.encoder import Encoder
 from ..core.gallery import Gallery
 from ..core.manifest import OBJECTS_INDEX, OBJECTS_META
 from ..core.objects import ObjectIndex
 from ..core.search import Searcher
-from ..hub.models import resolve_model
+from ..hub.encoders import served_encoder
 from .download import IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
 from .settings import Settings
 from .starter import build_starter
@@ -50,7 +49,8 @@ def open_index(settings: Settings) -> tuple[Gallery, IndexSource]:
     cannot be found stays an error)."""
     try:
         return open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
-                            revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token)
+                            revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token,
+                            serving_copy=settings.serving_copy)
     except IndexRepoNotFound:
         if not settings.default_repo or settings.index_revision or settings.index_dir:
             raise
@@ -69,10 +69,9 @@ def start(settings: Settings) -> Service:
     model_thread.run(torch.set_num_threads, max(1, os.cpu_count() or 1))
     gallery, source = open_index(settings)
     model = gallery.manifest.model
-    folder, revision = resolve_model(model["model_id"], model.get("revision"))  # exactly the manifest's model
-    # The fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see Encoder.load).
-    encoder = model_thread.run(Encoder.load, folder, revision, device="cpu", model_id=model["model_id"],
-                               precision=settings.precision, batch=1)  # auto, on AMX: the faster for one query
+    # Exactly the manifest's model: the build's int8 serving copy where it has one, else the checkpoint in the
+    # fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see served_encoder).
+    encoder = model_thread.run(served_encoder, gallery.manifest, source.folder, settings.precision)
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down
         source.remote.resume()

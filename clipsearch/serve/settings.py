@@ -23,6 +23,12 @@ class Settings:
     # INDEX_REPO left unset: only then may a missing repo be replaced by a starter index (see clipsearch.serve.starter)
     default_repo: bool = False
 
+    @property
+    def serving_copy(self) -> bool:
+        """Whether a build's int8 serving copy (core.serving) is what the app loads: for auto and int8; fp32 and
+        bf16 need the model's own checkpoint."""
+        return self.precision in ("auto", "int8")
+
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
