@@ -4,6 +4,7 @@ exact format made from synthetic vectors (no 123k images need embedding)."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import time
 from pathlib import Path
@@ -193,3 +194,26 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
     )
     write_manifest(out, manifest)
     return out
+
+
+def with_serving_copy(folder: Path) -> Path:
+    """The artifacts in `folder` plus the encoder's int8 serving copy, as a build publishes them by default
+    (builder.serving): a sibling folder whose other files are hard links, made once."""
+    from builder.serving import write_serving_copy
+    from clipsearch.core.encoder import ModelInfo
+    from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
+
+    out = folder.with_name(folder.name + "-int8")
+    if (out / MANIFEST).exists():
+        return out
+    fresh_folder(out)
+    manifest = Manifest.read(folder)
+    for name in manifest.files:
+        os.link(folder / name, out / name)
+    serving = write_serving_copy(ModelInfo(**manifest.model), out)
+    if serving is None:
+        raise RuntimeError("the stand-in's int8 serving copy failed its check against fp32; see the log")
+    manifest.serving, manifest.files = serving, {**manifest.files, **hash_files(out, [serving.file])}
+    write_manifest(out, manifest)
+    return out
+

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.artifacts import COCO_COUNT, synthetic_artifacts
+from benchmarks.artifacts import COCO_COUNT, synthetic_artifacts, with_serving_copy
 from benchmarks.common import App, Report, arguments, call, fresh_folder, proc_rss_mb, subjects
 from benchmarks.models import DEFAULT_MODEL, random_model
-from clipsearch.core.manifest import MANIFEST, Manifest
+from clipsearch.core.manifest import MANIFEST, SERVING_MODEL, Manifest
 from testkit.hub import HubServer
 
 REPO, MODEL_REPO = "bench/coco-startup", "bench/default-model-random-weights"
@@ -88,17 +88,17 @@ def busy_seconds(spans, until: float) -> float:
     return total
 
 
-def publish(hub: HubServer, folder: Path, model: Path) -> dict[str, int]:
-    """The model as a model repo, and the build as a tagged dataset commit whose manifest names that model repo at its
-    commit, as a published build names its model. Returns {thumbnail pack: size}."""
+def publish(hub: HubServer, folder: Path, model: Path, repo: str = REPO) -> dict[str, int]:
+    """The model as a model repo, and the build as a tagged dataset commit of `repo` whose manifest names that model
+    repo at its commit, as a published build names its model. Returns {thumbnail pack: size}."""
     model_commit = hub.put_files(MODEL_REPO, {p.name: p.read_bytes() for p in sorted(model.iterdir()) if p.is_file()},
                                  repo_type="model", message="model")
     manifest = Manifest.read(folder)
     manifest.model = {**manifest.model, "model_id": MODEL_REPO, "revision": model_commit}
     files = {name: (folder / name).read_bytes() for name in manifest.files}
     files[MANIFEST] = manifest.to_json().encode()
-    hub.put_files(REPO, files, message="build")
-    hub.create_tag(REPO, "build-20000101T000000000000Z")
+    hub.put_files(repo, files, message="build")
+    hub.create_tag(repo, "build-20000101T000000000000Z")
     return {name: manifest.files[name].size for name in manifest.thumbnails.files}
 
 
@@ -117,10 +117,11 @@ def first_search(url: str) -> tuple[float, float, int]:
         return searched, time.perf_counter() - began, len(links)
 
 
-def start(hub: HubServer, root: Path, work: Path, log: str) -> tuple[App, int]:
-    """The app started on the Hub with its caches in `work`; returns it and the bytes it downloaded meanwhile."""
+def start(hub: HubServer, root: Path, work: Path, log: str, repo: str = REPO) -> tuple[App, int]:
+    """The app started on the Hub's `repo` with its caches in `work`; returns it and the bytes it downloaded
+    meanwhile."""
     hub.bytes_served.clear()
-    env = {"INDEX_REPO": REPO, "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf-home"),
+    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf-home"),
            "HF_HUB_CACHE": str(work / "hf-cache"), "CLIPSEARCH_CACHE": str(work / "app-cache"),
            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     app = App(env, work / log, root=root).__enter__()
@@ -128,22 +129,24 @@ def start(hub: HubServer, root: Path, work: Path, log: str) -> tuple[App, int]:
 
 
 def measure(hub: HubServer, wire: Wire, label: str, root: Path, work: Path, packs: dict[str, int],
-            packs_timeout: float) -> dict:
+            packs_timeout: float, repo: str = REPO) -> dict:
     wire.spans.clear()
     row = {"label": label, "load": Path("/proc/loadavg").read_text().split()[0]}
-    app, _ = start(hub, root, work, "cold.log")
+    app, _ = start(hub, root, work, "cold.log", repo)
     try:
-        model_end = max(end for _, end, path, _ in wire.spans if f"/{MODEL_REPO}/" in path)
+        # the model is loaded from its repo's files, or from the build's serving copy and the repo's configs
+        model_end = max(end for _, end, path, _ in wire.spans if f"/{MODEL_REPO}/" in path
+                        or path.endswith(f"/{SERVING_MODEL}"))
         needed = [span for span in wire.spans if span[0] <= model_end]
         row.update(
             seconds=app.seconds, cpu_s=app.cpu_at_ready, rss=app.logged_rss_mb,
-            artifact_bytes=sum(span[3] for span in needed if f"/{REPO}/" in span[2]),
+            artifact_bytes=sum(span[3] for span in needed if f"/{repo}/" in span[2]),
             model_bytes=sum(span[3] for span in needed if f"/{MODEL_REPO}/" in span[2]),
             download_s=busy_seconds(needed, app.ready_at))
         row["search_s"], row["thumbs_s"], row["thumbs"] = first_search(app.url)
         row["packs_s"] = None
         while time.time() - app.ready_at < packs_timeout and app.process.poll() is None:
-            whole = {path.rsplit("/", 1)[-1] for _, _, path, size in wire.spans if f"/{REPO}/" in path
+            whole = {path.rsplit("/", 1)[-1] for _, _, path, size in wire.spans if f"/{repo}/" in path
                      and packs.get(path.rsplit("/", 1)[-1]) == size}
             if whole >= set(packs):
                 row["packs_s"] = max(end for _, end, path, _ in wire.spans
@@ -153,7 +156,7 @@ def measure(hub: HubServer, wire: Wire, label: str, root: Path, work: Path, pack
         row["rss_packs"] = proc_rss_mb(app.process.pid)
     finally:
         app.stop()
-    warm, row["warm_bytes"] = start(hub, root, work, "warm.log")
+    warm, row["warm_bytes"] = start(hub, root, work, "warm.log", repo)
     warm.stop()
     row.update(warm_s=warm.seconds, warm_cpu_s=warm.cpu_at_ready, warm_rss=warm.logged_rss_mb)
     return row
@@ -185,29 +188,43 @@ def main() -> None:
     parser.add_argument("--hub-latency-ms", type=float, default=0.0, help="every Hub request waits this long first")
     parser.add_argument("--packs-timeout", type=float, default=600.0,
                         help="seconds after serving to wait for every thumbnail pack")
+    parser.add_argument("--serving-copy", default="int8", choices=["int8", "none", "both"],
+                        help="publish the build with the encoder's int8 serving copy (int8, the builder's default), "
+                             "without it (none: the app fetches the checkpoint and converts it), or both, each app "
+                             "measured on each")
     args = parser.parse_args()
     if args.quick:
         args.count = 2000
     report = Report.start("startup", "Start-up: how long until a Space serves")
     folder = synthetic_artifacts(args.cache, args.count, thumbnails="realistic")
+    builds = {"int8": [True], "none": [False], "both": [True, False]}[args.serving_copy]
     hub = HubServer()
     wire = Wire(hub.app, args.hub_latency_ms / 1000, args.bandwidth_mb_s * 1e6)
     hub.app = wire
     rows = []
     with hub:
-        packs = publish(hub, folder, random_model(DEFAULT_MODEL, args.cache))
+        model = random_model(DEFAULT_MODEL, args.cache)
+        repos = {copy: (publish(hub, with_serving_copy(folder) if copy else folder, model, repo := REPO + (
+            "" if copy else "-checkpoint")), repo) for copy in builds}
         scratch = fresh_folder(args.cache / "startup")
         for number, (label, root) in enumerate(subjects(args.label, args.also)):
-            rows.append(measure(hub, wire, label, root, fresh_folder(scratch / str(number)), packs,
-                                args.packs_timeout))
-            print(rows[-1], flush=True)
+            for copy, (packs, repo) in repos.items():
+                name = f"{label}, {'serving copy' if copy else 'checkpoint'}" if len(builds) > 1 else label
+                rows.append(measure(hub, wire, name, root, fresh_folder(scratch / f"{number}-{int(copy)}"), packs,
+                                    args.packs_timeout, repo))
+                print(rows[-1], flush=True)
     manifest = Manifest.read(folder)
+    packs = next(iter(repos.values()))[0]
+    copy = Manifest.read(with_serving_copy(folder)).serving if True in repos else None
     wire_speed = f"{args.bandwidth_mb_s:g} MB/s" if args.bandwidth_mb_s else "unlimited (loopback)"
     body = (f"{args.count:,} rows ({sum(packs.values()) / 1e9:.2f} GB of realistic thumbnails, {len(packs)} pack "
             f"file(s), "
             f"index {manifest.files['index.faiss'].size / 1e6:.0f} MB, `{manifest.index.factory}`) and the default "
             f"model's random-weight stand-in from a loopback Hub; wire {wire_speed}, +{args.hub_latency_ms:g} ms a "
             f"request. Apps: " + "; ".join(f"{label} `{root}`" for label, root in subjects(args.label, args.also))
+            + ". Builds: " + " and ".join(
+                f"with the encoder's int8 serving copy ({copy.size / 1e6:,.0f} MB; the app fetches only the model's "
+                "configs)" if has else "without it (the app fetches the checkpoint and converts it)" for has in repos)
             + f".\n\n{table(rows)}\n\nTargets of the issue: {TARGETS}. 'All packs local': from process start until "
             "every thumbnail pack has arrived whole ('—': not within --packs-timeout). Warm start: the same app "
             "started again on the complete cache, as a Space restarted without sleeping.\n")

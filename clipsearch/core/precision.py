@@ -55,7 +55,7 @@ def choose_precision(encoder, requested: str, min_cosine: float, batch: int | No
         if cosine is not None and cosine >= min_cosine:
             if not race:
                 log.info("precision %s: calibration cosine to fp32 %.5f", candidate, cosine)
-                _release_freed_memory()  # what the calibration passes allocated
+                release_freed_memory()  # what the calibration passes allocated
                 return candidate
             passed.append((pass_seconds(encoder, texts[:1], images, batch), candidate, cosine))
             log.info("candidate %s: calibration cosine to fp32 %.5f, %.1f ms a pass of %d", candidate, cosine,
@@ -67,7 +67,7 @@ def choose_precision(encoder, requested: str, min_cosine: float, batch: int | No
         seconds, best, cosine = min(passed)
         log.info("precision %s: calibration cosine to fp32 %.5f, the fastest here (%s)", best, cosine,
                  ", ".join(f"{name} {s * 1000:.1f} ms" for s, name, _ in sorted(passed)))
-        _release_freed_memory()
+        release_freed_memory()
         return best
     log.warning("no fast path kept (asked for %s); serving in fp32", requested)
     return "fp32"
@@ -117,7 +117,7 @@ def convert(model: torch.nn.Module, precision: str) -> torch.dtype:
     """Turn an fp32 model into `precision` ("bf16" or "int8") in place; returns the dtype its pixel inputs take."""
     if precision == "bf16":
         model.to(torch.bfloat16)
-        _release_freed_memory()
+        release_freed_memory()
         return torch.bfloat16
     # The weights point into the memory-mapped checkpoint; the tensors int8 keeps in fp32 (embeddings, norms, biases)
     # would hold the whole map resident. Own copies of those first (the Linear weights are replaced anyway).
@@ -134,7 +134,7 @@ def convert(model: torch.nn.Module, precision: str) -> torch.dtype:
                     setattr(parent, name, Int8Linear.from_linear(child, full_range))
                 elif type(child) is torch.nn.Embedding and child.weight.numel() >= VOCABULARY_TABLE:
                     setattr(parent, name, HalfEmbedding(child.weight, child.padding_idx))
-    _release_freed_memory()
+    release_freed_memory()
     return torch.float32
 
 
@@ -231,7 +231,7 @@ def calibration_images(size: int) -> list[Image.Image]:
     return [Image.fromarray(gradient.astype(np.uint8)), Image.fromarray(blocks[:size, :size].astype(np.uint8))]
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Hand the replaced fp32 weights back to the OS (glibc keeps freed heap otherwise): resident memory counts."""
 
     gc.collect()  # replaced modules can sit in reference cycles

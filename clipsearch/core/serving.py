@@ -9,6 +9,7 @@ become ~0.57 GB to download, and no conversion runs at start-up."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from safetensors.torch import save_file
 from transformers import AutoModel
 
 from .errors import EncoderError, first_line
-from .precision import HalfEmbedding, Int8Linear, full_range_activations
+from .precision import HalfEmbedding, Int8Linear, full_range_activations, release_freed_memory
 
 FORMAT = "clipsearch-int8/1"  # the file's metadata names its layout; another layout is refused with a sentence
 INT8, SCALES = ".int8", ".scales"  # a quantised Linear's weight: int8 values and float64 scales per output channel
@@ -59,19 +60,7 @@ def load_serving_copy(config, path: Path) -> tuple[torch.nn.Module, dict[str, np
         raise EncoderError(f"{path.name} cannot be read as a serving copy ({first_line(error)}).") from None
     with torch.device("meta"):  # modules only: every weight comes from the file
         model = AutoModel.from_config(config)
-    full_range = full_range_activations()
-    for prefix, parent in list(model.named_modules()):
-        for name, child in list(parent.named_children()):
-            path_of = f"{prefix}.{name}" if prefix else name
-            if type(child) is torch.nn.Linear and path_of + ".weight" + INT8 in tensors:
-                values, scales = tensors.pop(path_of + ".weight" + INT8), tensors.pop(path_of + ".weight" + SCALES)
-                qweight = torch.quantize_per_channel((values.double() * scales[:, None]).float(), scales,
-                                                     torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
-                setattr(parent, name, Int8Linear.from_quantized(qweight, tensors.pop(path_of + ".bias", None),
-                                                                full_range))
-            elif type(child) is torch.nn.Embedding and tensors.get(path_of + ".weight", torch.empty(0)).dtype == \
-                    torch.float16:
-                setattr(parent, name, HalfEmbedding(tensors.pop(path_of + ".weight"), child.padding_idx))
+    _put_fast_modules(model, tensors)
     for name, tensor in _tensors(model):
         if tensor.device.type != "meta":
             continue
@@ -86,6 +75,8 @@ def load_serving_copy(config, path: Path) -> tuple[torch.nn.Module, dict[str, np
             module._buffers[leaf] = tensors[name]
     references = {name[len(REFERENCE):]: tensor.numpy() for name, tensor in tensors.items()
                   if name.startswith(REFERENCE)}
+    del tensors
+    release_freed_memory()  # the file's int8 arrays, now packed into the modules' own layout
     return model.eval(), references
 
 
@@ -93,4 +84,27 @@ def _tensors(model: torch.nn.Module):
     """Every parameter and buffer by its full name, tied ones under each of their names."""
     yield from model.named_parameters(remove_duplicate=False)
     yield from model.named_buffers(remove_duplicate=False)
+
+
+def _put_fast_modules(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace the (still empty) Linears and token tables the file holds in int8 / fp16 by modules made from those
+    tensors, taking them out of `tensors`."""
+    full_range = full_range_activations()
+    with warnings.catch_warnings():  # torch's notice that its quantised tensors move to torchao; they work
+        warnings.simplefilter("ignore")
+        for prefix, parent in list(model.named_modules()):
+            for name, child in list(parent.named_children()):
+                weight = f"{prefix}.{name}.weight" if prefix else f"{name}.weight"
+                if type(child) is torch.nn.Linear and weight + INT8 in tensors:
+                    values, scales = tensors.pop(weight + INT8), tensors.pop(weight + SCALES)
+                    # The quantised tensor made from its int8 values and scales as they are (torch 2.13's
+                    # constructor behind quantize_per_channel): dequantising and quantising again cost ~2 s of a
+                    # start on 2 cores.
+                    qweight = torch._make_per_channel_quantized_tensor(values, scales,
+                                                                       torch.zeros(len(scales), dtype=torch.long), 0)
+                    bias = tensors.pop(weight[:-len("weight")] + "bias", None)
+                    setattr(parent, name, Int8Linear.from_quantized(qweight, bias, full_range))
+                elif type(child) is torch.nn.Embedding and weight in tensors and \
+                        tensors[weight].dtype == torch.float16:
+                    setattr(parent, name, HalfEmbedding(tensors.pop(weight), child.padding_idx))
 
