@@ -193,16 +193,22 @@ class Handlers:
         return self._things_view(lambda: self.searcher.search_region(picture, box, k), feedback_is_open)
 
     @staticmethod
-    def pick_corner(corner, event: gr.SelectData):
-        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, the second closes
-        the box and writes it into the region field."""
+    def pick_corner(drawing: str | None, event: gr.SelectData):
+        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, kept (and drawn) in
+        the region's drawing; the second closes the box and writes it into the region field, which redraws it."""
         point = event.index if isinstance(event.index, (list, tuple)) and len(event.index) == 2 else None
         if point is None:
-            return corner, gr.skip()
-        if corner is None:
-            return list(point), gr.skip()
+            return gr.skip(), gr.skip()
+        try:
+            state = json.loads(drawing) if drawing else {}
+        except ValueError:
+            state = {}
+        corner = state.get("corner") if isinstance(state, dict) else None
+        if not (isinstance(corner, list) and len(corner) == 2):
+            return json.dumps({**(state if isinstance(state, dict) else {}), "corner": list(point)}), gr.skip()
         (ax, ay), (bx, by) = corner, point
-        return None, json.dumps([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
+        box = [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+        return json.dumps({"box": box}), json.dumps(box)
 
     @staticmethod
     def _things_view(search, feedback_is_open: bool) -> PageView:
