@@ -286,6 +286,18 @@ class Handlers:
         """The atlas with the latest results marked and their search placed among them."""
         return self.atlas.value(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep the drawing
 
+    def atlas_marks(self, hits) -> str:
+        """The atlas's state for the results the page shows now, sent by atlas.js while the Map is in view whenever
+        they change (a search, a page, feedback, "More like this"): their rows ringed, the search placed among them;
+        no marks for no results. Only image ids and scores come from the browser; anything else is ignored."""
+        marked = []
+        for hit in hits if isinstance(hits, list) else []:
+            try:
+                marked.append({"image_id": int(hit["image_id"]), "score": float(hit["score"])})
+            except (KeyError, TypeError, ValueError):
+                continue
+        return self.atlas.value(marked)
+
     def atlas_details(self, hits_now, event: gr.SelectData):
         """A picture clicked on the atlas: the details a result shows (with its score when it is one of the latest
         results), and "More like this"."""

@@ -63,7 +63,7 @@ def build_ui(service: Service) -> gr.Blocks:
     on = Handlers(service.searcher, atlas)
     ui = SimpleNamespace(refine=Form(Refine), page=Form(PageView))  # the components events use, by name
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        _search_tabs(ui, service, atlas)
+        _search_tabs(ui, service, atlas, on)
         _results_area(ui, service.searcher)
         _visible_searches(ui, on)
         _api_endpoints(ui, on)
@@ -71,7 +71,7 @@ def build_ui(service: Service) -> gr.Blocks:
     return demo
 
 
-def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
+def _search_tabs(ui, service: Service, atlas: AtlasView | None, on: Handlers) -> None:
     searcher, manifest = service.searcher, service.searcher.gallery.manifest
     if searcher.has_text:
         language = " in any language" if searcher.encoder.info.multilingual else ""
@@ -115,7 +115,7 @@ def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
                     _region_drawing(ui)
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
-            _atlas(ui, atlas)
+            _atlas(ui, atlas, on)
         with gr.Tab("About") as ui.about_tab:
             gr.Markdown(about_markdown(service))
 
@@ -130,9 +130,10 @@ def _region_drawing(ui) -> None:
                          js_on_load=f"window.ClipRegion.mount(element, props, watch, {json.dumps(selectors)});")
 
 
-def _atlas(ui, atlas: AtlasView | None) -> None:
+def _atlas(ui, atlas: AtlasView | None, on: Handlers) -> None:
     """The Map tab: the atlas (a canvas drawn by static/atlas.js, its data fetched once the tab is drawn), or why
-    this build has none."""
+    this build has none. While in view, the atlas asks for its marks itself when the results change
+    (`atlas_marks`, a server function of the component: a hidden Map costs searches nothing)."""
     if atlas is None:
         gr.Markdown("This index was built before the atlas existed (its manifest lists no atlas.npy), so there is no "
                     "map. Rebuild it, or add images with `python -m builder.build --append`, to get one.")
@@ -141,9 +142,12 @@ def _atlas(ui, atlas: AtlasView | None) -> None:
     gr.Markdown(f"All {len(atlas.xy):,} images laid out by similarity (t-SNE of the image vectors, computed when "
                 "the index was built): neighbours look alike. Zoom in to see the pictures; your latest results are "
                 "ringed in orange and the star marks where your search lands. Click a picture for its details.")
+    def atlas_marks(hits):  # a plain function: Gradio marks a server function with an attribute
+        return on.atlas_marks(hits)
+
     ui.atlas = gr.HTML(atlas.value(), html_template=ATLAS_TEMPLATE, css_template="", elem_id="atlas",
-                       head=script_tag("atlas.js"), apply_default_css=False,
-                       js_on_load="window.ClipAtlas.mount(element, props, trigger, watch);")
+                       head=script_tag("atlas.js"), apply_default_css=False, server_functions=[atlas_marks],
+                       js_on_load="window.ClipAtlas.mount(element, props, trigger, watch, server);")
 
 
 def _results_area(ui, searcher) -> None:
@@ -301,6 +305,9 @@ def _selections(ui, on: Handlers, atlas: AtlasView | None) -> None:
     details = [ui.details, ui.selected, ui.more_like_this, ui.similar_k]
     if atlas is not None:
         ui.map_tab.select(on.atlas_value, hits, ui.atlas, api_visibility="private", queue=False)
+        # Whatever changed the results (a search, a page, feedback, "More like this"), a Map in view re-marks them;
+        # in the browser alone, and nothing at all while the Map is hidden (its tab's select marks them on return).
+        results.change(None, hits, None, js="(hits) => { window.clipAtlas && window.clipAtlas.follow(hits); }")
         ui.atlas.select(on.atlas_details, hits, details, api_visibility="private", queue=False)
     for tab in (ui.text_tab, ui.image_tab, ui.map_tab):
         tab.select(lambda: gr.update(visible=True), None, ui.results_area, api_visibility="private", queue=False)
