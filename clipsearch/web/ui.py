@@ -307,7 +307,7 @@ def _selections(ui, on: Handlers, atlas: AtlasView | None) -> None:
         ui.map_tab.select(on.atlas_value, hits, ui.atlas, api_visibility="private", queue=False)
         # Whatever changed the results (a search, a page, feedback, "More like this"), a Map in view re-marks them;
         # in the browser alone, and nothing at all while the Map is hidden (its tab's select marks them on return).
-        results.change(None, hits, None, js="(hits) => { window.clipAtlas && window.clipAtlas.follow(hits); }")
+        hits.change(None, hits, None, js="(hits) => { window.clipAtlas && window.clipAtlas.follow(hits); }")
         ui.atlas.select(on.atlas_details, hits, details, api_visibility="private", queue=False)
     for tab in (ui.text_tab, ui.image_tab, ui.map_tab):
         tab.select(lambda: gr.update(visible=True), None, ui.results_area, api_visibility="private", queue=False)
