@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import re
 
+import gradio as gr
 import pytest
 from playwright.sync_api import Page, expect
 
+from clipsearch.web.handlers import Handlers
 from testkit.axe import assert_accessible
 from testkit.browser import DESKTOP, PHONE, WAIT, shot, wait_for_results
 from testkit.models import draw_shape
@@ -111,3 +113,17 @@ def test_the_region_is_drawn_where_its_pixels_are_shown(open_page, tmp_path, nam
     box = json.loads(region.input_value())
     assert box == pytest.approx([40, 60, 250, 500], abs=2 / at["scale"])
     assert _drawn_box(page) == pytest.approx(_on_screen(at, box), abs=PIXELS)
+
+
+def _tap(drawing, x, y):
+    return Handlers.pick_corner(drawing, gr.SelectData(None, {"index": [x, y], "value": None}))
+
+
+def test_two_taps_make_the_box_and_the_first_is_kept_in_the_drawing_meanwhile():
+    drawing, field = _tap("", 300, 40)
+    assert json.loads(drawing) == {"corner": [300, 40]} and field == gr.skip()  # the field waits for the second
+    drawing, field = _tap(drawing, 20, 200)  # any two opposite corners, in any order
+    assert json.loads(drawing) == {"box": [20, 40, 300, 200]} and json.loads(field) == [20, 40, 300, 200]
+    # A box already drawn stays drawn beside a new first corner; a state that is not ours counts as none.
+    assert json.loads(_tap(drawing, 5, 6)[0]) == {"box": [20, 40, 300, 200], "corner": [5, 6]}
+    assert json.loads(_tap("not json", 5, 6)[0]) == {"corner": [5, 6]}
