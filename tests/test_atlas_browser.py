@@ -137,3 +137,48 @@ def test_atlas_pans_and_pinches_by_touch_on_a_phone(browser, app_server):
         assert pinched["s"] == pytest.approx(view["s"] * 3, rel=0.05)  # fingers 60 -> 180 px apart
     finally:
         context.close()
+
+
+def test_the_map_in_view_follows_every_change_of_the_results(page, app_server):
+    """With the Map open, "More results" and a result's "More like this" ring their results at once (no tab switch
+    needed); while the Map is hidden a search asks the app for no marks, and opening it shows the latest."""
+    searcher = app_server[1].searcher
+    asked = []
+    page.on("request", lambda request: asked.append(request.url) if "component_server" in request.url else None)
+
+    def ringed(hits) -> None:
+        rows = [searcher.gallery.row_of(hit.image_id) for hit in hits]
+        page.wait_for_function("(rows) => JSON.stringify(window.clipAtlas.state.highlight) === JSON.stringify(rows)",
+                               arg=rows)
+
+    box = page.get_by_label("Describe the image")
+    box.fill("a red circle")
+    box.press("Enter")
+    wait_for_results(page)
+    page.get_by_role("tab", name="Map").click()
+    expect(page.locator("#atlas .atlas[data-ready=true]")).to_be_attached(timeout=WAIT)
+    top = searcher.search_text("a red circle", 10)
+    ringed(top[:5])
+
+    page.get_by_role("button", name="More results").click()
+    expect(page.locator("#results")).to_contain_text("Results 6–10", timeout=WAIT)
+    ringed(top[5:])
+    star = page.evaluate("() => window.clipAtlas.state.query")
+    assert star is not None and page.evaluate("() => window.clipAtlas.state.label") == "your search"
+
+    page.locator("#results .thumbnail-item").first.click()
+    page.get_by_role("button", name="More like this").click()
+    ringed(searcher.search_similar(top[5].image_id, 5))
+    assert page.evaluate("() => window.clipAtlas.state.query") != star  # the star moved to the new search
+    assert asked, "the map in view never asked for its marks"
+
+    # Hidden: a search costs no request for marks; the Map shows its results when opened again.
+    page.get_by_role("tab", name="Text → Image").click()
+    asked.clear()
+    box.fill("a blue square")
+    box.press("Enter")
+    wait_for_results(page)
+    expect(page.locator("#results .caption-label").first).to_contain_text("blue square", timeout=WAIT)
+    assert not asked, f"a hidden map asked for marks: {asked}"
+    page.get_by_role("tab", name="Map").click()
+    ringed(searcher.search_text("a blue square", 5))

@@ -16,6 +16,7 @@ from ..core.gallery import LOCAL, PLACEHOLDER, Gallery
 
 STATIC = Path(__file__).resolve().parent / "static"
 SCRIPT = STATIC / "atlas.js"
+SCRIPTS = ("atlas.js", "region.js")  # the page's own scripts in STATIC (region.js: the region drawn on the picture)
 ROUTE = "/atlas/"  # every file the atlas loads is under this path, answered by AtlasFiles before Gradio sees it
 IMMUTABLE = b"public, max-age=31536000, immutable"
 LEGEND = 12  # the most common categories get their own colour; the rest share colour 0
@@ -82,9 +83,9 @@ def atlas_view(gallery: Gallery) -> AtlasView | None:
 
 
 class AtlasFiles:
-    """ASGI middleware answering the atlas's own files: its script, the positions and each image's thumbnail (read
-    from its pack on first request). Plain Starlette-level routing, not a Gradio workaround: Gradio has no route
-    for bytes computed by the app."""
+    """ASGI middleware answering the atlas's own files: the page's scripts (the atlas's and the region drawing's),
+    the positions and each image's thumbnail (read from its pack on first request). Plain Starlette-level routing,
+    not a Gradio workaround: Gradio has no route for bytes computed by the app."""
 
     def __init__(self, app, gallery: Gallery):
         self.app = app
@@ -104,8 +105,8 @@ class AtlasFiles:
         await self.app(scope, receive, send)
 
     async def _answer(self, name: str):
-        if name == "atlas.js":  # the page asks for it with ?v=<its hash>, so a new version is fetched at once
-            return 200, b"text/javascript; charset=utf-8", IMMUTABLE, SCRIPT.read_bytes()
+        if name in SCRIPTS:  # the page asks with ?v=<its hash> (script_tag), so a new version is fetched at once
+            return 200, b"text/javascript; charset=utf-8", IMMUTABLE, (STATIC / name).read_bytes()
         view, named = self.view, _THUMB.fullmatch(name)
         if view is None or not named or named.group(1) != view.key:
             return None
@@ -121,5 +122,11 @@ class AtlasFiles:
         return 200, b"image/jpeg", IMMUTABLE if verified else b"no-cache", path.read_bytes()
 
 
-def script_version() -> str:
-    return hashlib.sha256(SCRIPT.read_bytes()).hexdigest()[:12]
+def script_version(name: str = "atlas.js") -> str:
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:12]
+
+
+def script_tag(name: str) -> str:
+    """A <script> loading one of SCRIPTS from ROUTE, its URL versioned by its content (so cacheable for good)."""
+    return f'<script src="{ROUTE.strip("/")}/{name}?v={script_version(name)}"></script>'
+

@@ -27,6 +27,7 @@ PATCHES = (
     "SESSION_CAPACITY (Blocks.launch's state_session_capacity)",
     "GRADIO_ANALYTICS_CACHE_FREQUENCY",
     "ACCESSIBLE_MARKUP (Gallery's thumbnails, Dataset's example buttons, Empty's placeholder)",
+    "PICTURE_SHOWN (Image's `.image-frame img`, its object-fit, and how a tap maps to the picture's pixels)",
 )
 
 
@@ -223,6 +224,16 @@ ACCESSIBLE_MARKUP = """() => {
   }).observe(document.body, {childList: true, subtree: true, attributes: true, attributeFilter: ['alt', 'aria-label']});
   fix();
 }"""
+
+
+# --- the region drawn on the picture (static/region.js, docs/decisions/0037) ---
+# Gradio 6.31's Image has no way to draw over its picture nor says where the picture lies on screen. It shows the
+# picture as an <img> inside `div.image-frame` (its upload view; the same in ImagePreview), sized 100% x 100% of the
+# frame with `object-fit: scale-down`: centred, scaled down to fit, never up. A tap's `select` event maps the click
+# to the picture's pixels by that same rule (get_coordinates_of_clicked_image: scale = min(width / natural width,
+# height / natural height, 1), centred). region.js finds the picture with this selector inside our own elem_id and
+# reads the fit from the <img>'s computed style, so the drawing lands where Gradio says a tap lands.
+PICTURE_SHOWN = ".image-frame img"
 
 
 # --- thumbnails: Gradio's file route, answered here with caching headers ---

@@ -193,16 +193,22 @@ class Handlers:
         return self._things_view(lambda: self.searcher.search_region(picture, box, k), feedback_is_open)
 
     @staticmethod
-    def pick_corner(corner, event: gr.SelectData):
-        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, the second closes
-        the box and writes it into the region field."""
+    def pick_corner(drawing: str | None, event: gr.SelectData):
+        """A tap on the picture at event.index = [x, y] (its pixels): the first tap is one corner, kept (and drawn) in
+        the region's drawing; the second closes the box and writes it into the region field, which redraws it."""
         point = event.index if isinstance(event.index, (list, tuple)) and len(event.index) == 2 else None
         if point is None:
-            return corner, gr.skip()
-        if corner is None:
-            return list(point), gr.skip()
+            return gr.skip(), gr.skip()
+        try:
+            state = json.loads(drawing) if drawing else {}
+        except ValueError:
+            state = {}
+        corner = state.get("corner") if isinstance(state, dict) else None
+        if not (isinstance(corner, list) and len(corner) == 2):
+            return json.dumps({**(state if isinstance(state, dict) else {}), "corner": list(point)}), gr.skip()
         (ax, ay), (bx, by) = corner, point
-        return None, json.dumps([min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)])
+        box = [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
+        return json.dumps({"box": box}), json.dumps(box)
 
     @staticmethod
     def _things_view(search, feedback_is_open: bool) -> PageView:
@@ -279,6 +285,18 @@ class Handlers:
     def atlas_value(self, hits_now):
         """The atlas with the latest results marked and their search placed among them."""
         return self.atlas.value(hits_now) if hits_now else gr.skip()  # nothing new to mark: keep the drawing
+
+    def atlas_marks(self, hits) -> str:
+        """The atlas's state for the results the page shows now, sent by atlas.js while the Map is in view whenever
+        they change (a search, a page, feedback, "More like this"): their rows ringed, the search placed among them;
+        no marks for no results. Only image ids and scores come from the browser; anything else is ignored."""
+        marked = []
+        for hit in hits if isinstance(hits, list) else []:
+            try:
+                marked.append({"image_id": int(hit["image_id"]), "score": float(hit["score"])})
+            except (KeyError, TypeError, ValueError):
+                continue
+        return self.atlas.value(marked)
 
     def atlas_details(self, hits_now, event: gr.SelectData):
         """A picture clicked on the atlas: the details a result shows (with its score when it is one of the latest

@@ -29,6 +29,9 @@ footer {display: none !important;}
   #text-examples .gallery { flex-wrap: nowrap; overflow-x: auto; }
   #text-examples .gallery-item { flex: 0 0 auto; }
 }
+/* The region drawn over the picture (static/region.js): placed over the painted picture, never in a tap's way. */
+#query-picture {position: relative;}
+#query-picture > svg.region-drawing {position: absolute; pointer-events: none; overflow: visible; z-index: 2;}
 /* Keyboard users see where they are: one ring on whatever has keyboard focus (Gradio removes the outline on
    several controls, the results' thumbnails among them). */
 .gradio-container :focus-visible { outline: 3px solid var(--color-accent, #4f46e5) !important; outline-offset: 2px; }

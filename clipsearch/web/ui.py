@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from types import SimpleNamespace
 
 import gradio as gr
@@ -12,10 +13,11 @@ from starlette.middleware import Middleware
 from ..core.query import MAX_K
 from ..serve.service import Service
 from .atlas import TEMPLATE as ATLAS_TEMPLATE
-from .atlas import AtlasFiles, AtlasView, atlas_view, script_version
+from .atlas import AtlasFiles, AtlasView, atlas_view, script_tag
 from .forms import Form, PageView, Refine
 from .gradio_patches import (
     ACCESSIBLE_MARKUP,
+    PICTURE_SHOWN,
     QueryImage,
     QueryNumber,
     QuerySlider,
@@ -61,7 +63,7 @@ def build_ui(service: Service) -> gr.Blocks:
     on = Handlers(service.searcher, atlas)
     ui = SimpleNamespace(refine=Form(Refine), page=Form(PageView))  # the components events use, by name
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        _search_tabs(ui, service, atlas)
+        _search_tabs(ui, service, atlas, on)
         _results_area(ui, service.searcher)
         _visible_searches(ui, on)
         _api_endpoints(ui, on)
@@ -69,7 +71,7 @@ def build_ui(service: Service) -> gr.Blocks:
     return demo
 
 
-def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
+def _search_tabs(ui, service: Service, atlas: AtlasView | None, on: Handlers) -> None:
     searcher, manifest = service.searcher, service.searcher.gallery.manifest
     if searcher.has_text:
         language = " in any language" if searcher.encoder.info.multilingual else ""
@@ -101,7 +103,7 @@ def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
         with gr.Tab("Image → Image", id="image") as ui.image_tab:
             with gr.Row():
                 ui.picture = QueryImage(type="filepath", image_mode=None, sources=["upload", "webcam", "clipboard"],
-                                        label="Your image", height=260)
+                                        label="Your image", height=260, elem_id="query-picture")
                 with gr.Column():
                     ui.image_k = QuerySlider(1, MAX_K, value=5, step=1, label="Number of results")
                     ui.image_button = gr.Button("Find similar images", variant="primary")
@@ -109,18 +111,29 @@ def _search_tabs(ui, service: Service, atlas: AtlasView | None) -> None:
                     ui.region = gr.Textbox(label="Region [x0, y0, x1, y1] in the picture's pixels",
                                            placeholder="type it, or tap two corners on the picture",
                                            max_length=200)
-                    ui.corner = gr.State(None)  # the first corner tapped, until the second one
                     ui.region_button = gr.Button("Search this region", variant="secondary")
+                    _region_drawing(ui)
             gr.Examples(_example_images(searcher), inputs=ui.picture, label="Or start from a gallery image")
         with gr.Tab("Map") as ui.map_tab:
-            _atlas(ui, atlas)
+            _atlas(ui, atlas, on)
         with gr.Tab("About") as ui.about_tab:
             gr.Markdown(about_markdown(service))
 
 
-def _atlas(ui, atlas: AtlasView | None) -> None:
+def _region_drawing(ui) -> None:
+    """The region drawn over the picture (static/region.js): this hidden component's value is what is drawn, the
+    first corner tapped (kept here until the second tap) and the box, as JSON; its script draws it, decoratively,
+    where the picture is shown."""
+    selectors = {"holder": "#query-picture", "picture": PICTURE_SHOWN}
+    ui.drawing = gr.HTML("", html_template="<span hidden></span>", css_template="", elem_id="region-drawing",
+                         visible="hidden", container=False, apply_default_css=False, head=script_tag("region.js"),
+                         js_on_load=f"window.ClipRegion.mount(element, props, watch, {json.dumps(selectors)});")
+
+
+def _atlas(ui, atlas: AtlasView | None, on: Handlers) -> None:
     """The Map tab: the atlas (a canvas drawn by static/atlas.js, its data fetched once the tab is drawn), or why
-    this build has none."""
+    this build has none. While in view, the atlas asks for its marks itself when the results change
+    (`atlas_marks`, a server function of the component: a hidden Map costs searches nothing)."""
     if atlas is None:
         gr.Markdown("This index was built before the atlas existed (its manifest lists no atlas.npy), so there is no "
                     "map. Rebuild it, or add images with `python -m builder.build --append`, to get one.")
@@ -129,9 +142,12 @@ def _atlas(ui, atlas: AtlasView | None) -> None:
     gr.Markdown(f"All {len(atlas.xy):,} images laid out by similarity (t-SNE of the image vectors, computed when "
                 "the index was built): neighbours look alike. Zoom in to see the pictures; your latest results are "
                 "ringed in orange and the star marks where your search lands. Click a picture for its details.")
+    def atlas_marks(hits):  # a plain function: Gradio marks a server function with an attribute
+        return on.atlas_marks(hits)
+
     ui.atlas = gr.HTML(atlas.value(), html_template=ATLAS_TEMPLATE, css_template="", elem_id="atlas",
-                       head=f'<script src="atlas/atlas.js?v={script_version()}"></script>', apply_default_css=False,
-                       js_on_load="window.ClipAtlas.mount(element, props, trigger, watch);")
+                       head=script_tag("atlas.js"), apply_default_css=False, server_functions=[atlas_marks],
+                       js_on_load="window.ClipAtlas.mount(element, props, trigger, watch, server);")
 
 
 def _results_area(ui, searcher) -> None:
@@ -213,8 +229,13 @@ def _visible_searches(ui, on: Handlers) -> None:
         trigger(**search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
     for trigger in (ui.region_button.click, ui.region.submit):
         trigger(**search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
-    # Two taps (or clicks) on the picture fill the region with the box between them; no round trip to the model.
-    ui.picture.select(on.pick_corner, ui.corner, [ui.corner, ui.region], api_visibility="private", queue=False)
+    # Two taps (or clicks) on the picture fill the region with the box between them; no round trip to the model. The
+    # drawing on the picture (ui.drawing) holds the first corner until the second tap, and shows it.
+    ui.picture.select(on.pick_corner, ui.drawing, [ui.drawing, ui.region], api_visibility="private", queue=False)
+    # The field is the region's truth: its box is drawn, nothing when it is empty or not a box (the search says why).
+    # A new picture (or none) empties both. Both in the browser alone.
+    ui.region.change(None, ui.region, ui.drawing, js="(box) => window.ClipRegion.fromField(box)")
+    ui.picture.change(None, None, [ui.region, ui.drawing], js="() => ['', '']")
     ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
@@ -284,6 +305,9 @@ def _selections(ui, on: Handlers, atlas: AtlasView | None) -> None:
     details = [ui.details, ui.selected, ui.more_like_this, ui.similar_k]
     if atlas is not None:
         ui.map_tab.select(on.atlas_value, hits, ui.atlas, api_visibility="private", queue=False)
+        # Whatever changed the results (a search, a page, feedback, "More like this"), a Map in view re-marks them;
+        # in the browser alone, and nothing at all while the Map is hidden (its tab's select marks them on return).
+        hits.change(None, hits, None, js="(hits) => { window.clipAtlas && window.clipAtlas.follow(hits); }")
         ui.atlas.select(on.atlas_details, hits, details, api_visibility="private", queue=False)
     for tab in (ui.text_tab, ui.image_tab, ui.map_tab):
         tab.select(lambda: gr.update(visible=True), None, ui.results_area, api_visibility="private", queue=False)

@@ -171,6 +171,18 @@
 
     update(state) { this.state = state || this.config; this.request(); }
 
+    // The page's results changed: while the map is in view, ask the app (its server function) to mark them, so the
+    // rings and the star follow every search, page and "More like this"; while hidden, nothing (the Map tab's select
+    // sends the marks when it is opened). Only the newest answer is drawn.
+    follow(hits) {
+      if (!this.server || !this.canvas.getClientRects().length) return;
+      const asked = (this.asked = (this.asked || 0) + 1);
+      const marked = (hits || []).map((hit) => ({ image_id: hit.image_id, score: hit.score }));
+      this.server.atlas_marks(marked).then((value) => {
+        if (asked === this.asked) this.update(parse(value));
+      }, () => {});  // a failed request leaves the previous marks
+    }
+
     request() {
       if (this.pending) return;
       this.pending = true;
@@ -359,10 +371,11 @@
   }
 
   window.ClipAtlas = {
-    mount(element, props, trigger, watch) {
+    mount(element, props, trigger, watch, server) {
       const config = parse(props.value);
       if (!config || !element.querySelector("canvas")) return;
       const atlas = new Atlas(element, trigger, config);
+      atlas.server = server;
       element.atlas = atlas;
       window.clipAtlas = atlas;  // for the browser tests and the frame-time benchmark
       watch("value", () => atlas.update(parse(props.value)));
