@@ -18,6 +18,11 @@ COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000
 # instance boxes an object index of all of COCO holds: ~897k listed, ~450-550k with a shorter side of at least 32 px
 # (builder --object-min-side; an estimate, no COCO annotations here)
 COCO_OBJECTS = 500_000
+# synthetic_objects' default index: builder.index.choose_index's pick for the box count at its starting search effort,
+# kept whatever its recall. "auto" (the builder's own tuning) falls back to exact search on these vectors: their
+# isotropic noise leaves HNSW32 at recall@5 ~0.89 even at efSearch 512, where the image vectors reach 0.999 at 128, so
+# it would measure a 1.5 GB Flat index no real build of COCO's crops is expected to need (decision 0039).
+CHOSEN = "chosen"
 CATEGORIES = ("person", "bicycle", "car", "bus", "dog", "cat", "horse", "giraffe", "pizza", "broccoli", "laptop",
               "surfboard", "frisbee", "bench", "umbrella", "kite", "clock", "train", "boat", "chair")
 WORDS = ("a man", "a woman", "two people", "a dog", "a cat", "a red bus", "a plate of food", "a giraffe",
@@ -125,16 +130,16 @@ def thumbnail_pool(kind: str, seed: int = 0) -> list[bytes]:
 
 
 def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = "tiny", index: str = "auto",
-                        seed: int = 0, atlas: bool = False, objects: int = 0) -> Path:
+                        seed: int = 0, atlas: bool = False, objects: int = 0, object_index: str = CHOSEN) -> Path:
     """A finished artifact folder in the builder's exact format, written by the builder's own shard writer, pack,
     index and manifest functions: `count` rows of clustered synthetic vectors, COCO-like metadata (ids, splits,
     5 captions, categories, urls), `thumbnails` from thumbnail_pool, served with the default model's random-weight
     stand-in (benchmarks.models). `atlas`: with the builder's atlas.npy too (minutes of t-SNE at COCO size).
-    `objects`: with an object index of that many boxes too (synthetic_objects; COCO_OBJECTS is COCO's size).
-    Cached under `cache`."""
+    `objects`: with an object index of that many boxes too (synthetic_objects, `object_index`; COCO_OBJECTS is
+    COCO's size). Cached under `cache`."""
     if objects:
         return _with_objects(cache, synthetic_artifacts(cache, count, thumbnails, index, seed, atlas), objects,
-                             index, seed)
+                             object_index, seed)
     import faiss
 
     from builder.atlas import write_atlas
@@ -214,7 +219,7 @@ def _with_objects(cache: Path, base: Path, objects: int, index: str, seed: int) 
 
     from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
 
-    out = base.with_name(f"{base.name}-objects{objects}")
+    out = base.with_name(f"{base.name}-objects{objects}" + ("" if index == "auto" else f"-{index}"))
     if (out / MANIFEST).exists():
         return out
     parts = synthetic_objects(cache, base, objects, index, seed)
@@ -252,9 +257,12 @@ def synthetic_objects(cache: Path, base: Path, objects: int, index: str = "auto"
     from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE
 
     manifest = Manifest.read(base)
-    factory = choose_index(objects, manifest.dim)[0] if index == AUTO else index
+    factory, params = choose_index(objects, manifest.dim) if index in (AUTO, CHOSEN) else (index, "")
+    name = factory.replace(",", "_") + ("-chosen" if index == CHOSEN else "")
+    if index == AUTO:
+        factory, params = AUTO, ""  # the builder's tuning, falling back to stronger indexes below the recall target
     model = Path(manifest.model["model_id"])  # the random-weight stand-in's folder (synthetic_artifacts)
-    out = cache / f"objects-{manifest.count}-{objects}-{factory.replace(',', '_')}-{model.name}-{seed}"
+    out = cache / f"objects-{manifest.count}-{objects}-{name}-{model.name}-{seed}"
     if (out / OBJECTS_RECORD).exists():
         return out
     started = time.perf_counter()
@@ -289,7 +297,8 @@ def synthetic_objects(cache: Path, base: Path, objects: int, index: str = "auto"
     fresh_folder(out)
     write_objects(packed, out)
     encoder = Encoder.load(str(model), None, "cpu")
-    info = index_objects(packed, out, index, "", encoder, faiss.read_index(str(base / INDEX)), meta["categories"])
+    info = index_objects(packed, out, factory, params, encoder, faiss.read_index(str(base / INDEX)),
+                         meta["categories"])
     record = Manifest(**{**vars(manifest), "objects": info, "files": {},
                          "build_seconds": round(time.perf_counter() - started, 1)})
     write_manifest(out, record)

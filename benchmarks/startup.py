@@ -2,6 +2,7 @@
 bandwidth and latency) and a warm start (restarted with a complete cache): seconds, bytes and resident memory.
 
     python -m benchmarks.startup [--bandwidth-mb-s 100] [--hub-latency-ms 0] [--also before=DIR] [--quick]
+    python -m benchmarks.startup --objects 500000      # and when a COCO-size object index arrives (issue #19)
 
 A loopback Hub (testkit.hub.HubServer, in this process) holds a COCO-size build in the builder's exact format
 (benchmarks.artifacts, 123,287 rows) with thumbnails of REALISTIC byte size (~15 KB each like real 256-px photos:
@@ -16,11 +17,22 @@ byte went out: the app serves once the model is loaded), seconds from process st
 how many of them the wire was busy, the app's CPU seconds to ready (its work, whatever the machine's load), resident
 memory at ready (the app's own log line), a visitor's first search (20 results) and fetching its thumbnails, and when
 every thumbnail pack has arrived. Then the same app is started again on the complete cache: the warm start.
+
+--objects N: the build also has an object index of N boxes (benchmarks.artifacts.synthetic_objects; COCO keeps
+~500,000), which the app fetches in the background once it serves (clipsearch.serve.service.attach_objects). Each app
+is then measured on two builds published side by side, the same build without its object index first, so that the
+time to serving can be compared, and for the build with one: the object-index bytes whose download began before
+the app served (0 when nothing waits for them), when objects.faiss and objects.parquet were fetched, and when an
+object search (/search_objects, asked every 0.25 s after the first text search) first answered. A large
+objects.npy (the builder's copy for --append, which the Space never downloads once the build is over
+clipsearch.serve.download.EAGER_BYTES) is listed in the manifest but left off the loopback Hub: 1.5 GB of memory saved
+at COCO's size, and a request for it would fail the start-up loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -30,10 +42,13 @@ import httpx
 from benchmarks.artifacts import COCO_COUNT, synthetic_artifacts
 from benchmarks.common import App, Report, arguments, call, fresh_folder, proc_rss_mb, subjects
 from benchmarks.models import DEFAULT_MODEL, random_model
-from clipsearch.core.manifest import MANIFEST, Manifest
+from clipsearch.core.manifest import MANIFEST, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, Manifest
+from clipsearch.serve.download import EAGER_BYTES
 from testkit.hub import HubServer
 
 REPO, MODEL_REPO = "bench/coco-startup", "bench/default-model-random-weights"
+OBJECTS_REPO = "bench/coco-startup-objects"  # --objects: the same build with its object index
+OBJECT_FILES = (OBJECTS_INDEX, OBJECTS_META)  # what the Space downloads of an object index
 TARGETS = "downloaded before serving ≤ 1 GB, serving ≤ 30 s at 100 MB/s, resident memory ≤ 1.2 GB"
 
 
@@ -88,18 +103,42 @@ def busy_seconds(spans, until: float) -> float:
     return total
 
 
-def publish(hub: HubServer, folder: Path, model: Path) -> dict[str, int]:
+def publish(hub: HubServer, folder: Path, model: Path, objects_repo: str | None = None) -> dict[str, int]:
     """The model as a model repo, and the build as a tagged dataset commit whose manifest names that model repo at its
-    commit, as a published build names its model. Returns {thumbnail pack: size}."""
+    commit, as a published build names its model. A build with an object index goes to `objects_repo` (a large
+    objects.npy left out, see the module's help), and the same build without it to REPO. Returns {thumbnail pack:
+    size}."""
     model_commit = hub.put_files(MODEL_REPO, {p.name: p.read_bytes() for p in sorted(model.iterdir()) if p.is_file()},
                                  repo_type="model", message="model")
     manifest = Manifest.read(folder)
     manifest.model = {**manifest.model, "model_id": MODEL_REPO, "revision": model_commit}
-    files = {name: (folder / name).read_bytes() for name in manifest.files}
-    files[MANIFEST] = manifest.to_json().encode()
-    hub.put_files(REPO, files, message="build")
-    hub.create_tag(REPO, "build-20000101T000000000000Z")
+    files = {name: (folder / name).read_bytes() for name, entry in manifest.files.items()
+             if name != OBJECTS_VECTORS or entry.size <= EAGER_BYTES}
+    if manifest.objects is not None and objects_repo:
+        _publish_build(hub, objects_repo, manifest, files)  # the same bytes objects: stored once
+    plain = dataclasses.replace(manifest, objects=None, files={
+        name: entry for name, entry in manifest.files.items() if name not in (*OBJECT_FILES, OBJECTS_VECTORS)})
+    _publish_build(hub, REPO, plain, {name: files[name] for name in plain.files})
     return {name: manifest.files[name].size for name in manifest.thumbnails.files}
+
+
+def _publish_build(hub: HubServer, repo: str, manifest: Manifest, files: dict[str, bytes]) -> None:
+    hub.put_files(repo, {**files, MANIFEST: manifest.to_json().encode()}, message="build")
+    hub.create_tag(repo, "build-20000101T000000000000Z")
+
+
+def first_object_search(url: str, began: float, timeout: float = 600) -> float | None:
+    """Seconds from `began` (time.time) until /search_objects first answers with hits (it answers "still loading"
+    with an error event until the object index is attached), asked every 0.25 s; None past `timeout`."""
+    with httpx.Client(base_url=url, timeout=120) as client:
+        while time.time() - began < timeout:
+            try:
+                if call(client, "search_objects", ["a dog on the beach", 5])[1]:
+                    return time.time() - began
+            except RuntimeError:
+                pass
+            time.sleep(0.25)
+    return None
 
 
 def first_search(url: str) -> tuple[float, float, int]:
@@ -117,10 +156,10 @@ def first_search(url: str) -> tuple[float, float, int]:
         return searched, time.perf_counter() - began, len(links)
 
 
-def start(hub: HubServer, root: Path, work: Path, log: str) -> tuple[App, int]:
+def start(hub: HubServer, root: Path, work: Path, log: str, repo: str = REPO) -> tuple[App, int]:
     """The app started on the Hub with its caches in `work`; returns it and the bytes it downloaded meanwhile."""
     hub.bytes_served.clear()
-    env = {"INDEX_REPO": REPO, "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf-home"),
+    env = {"INDEX_REPO": repo, "HF_ENDPOINT": hub.url, "HF_HOME": str(work / "hf-home"),
            "HF_HUB_CACHE": str(work / "hf-cache"), "CLIPSEARCH_CACHE": str(work / "app-cache"),
            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     app = App(env, work / log, root=root).__enter__()
@@ -128,22 +167,29 @@ def start(hub: HubServer, root: Path, work: Path, log: str) -> tuple[App, int]:
 
 
 def measure(hub: HubServer, wire: Wire, label: str, root: Path, work: Path, packs: dict[str, int],
-            packs_timeout: float) -> dict:
+            packs_timeout: float, repo: str = REPO) -> dict:
     wire.spans.clear()
-    row = {"label": label, "load": Path("/proc/loadavg").read_text().split()[0]}
-    app, _ = start(hub, root, work, "cold.log")
+    row = {"label": label, "load": Path("/proc/loadavg").read_text().split()[0], "repo": repo}
+    app, _ = start(hub, root, work, "cold.log", repo)
     try:
         model_end = max(end for _, end, path, _ in wire.spans if f"/{MODEL_REPO}/" in path)
         needed = [span for span in wire.spans if span[0] <= model_end]
         row.update(
             seconds=app.seconds, cpu_s=app.cpu_at_ready, rss=app.logged_rss_mb,
-            artifact_bytes=sum(span[3] for span in needed if f"/{REPO}/" in span[2]),
+            artifact_bytes=sum(span[3] for span in needed if f"/{repo}/" in span[2]),
             model_bytes=sum(span[3] for span in needed if f"/{MODEL_REPO}/" in span[2]),
             download_s=busy_seconds(needed, app.ready_at))
         row["search_s"], row["thumbs_s"], row["thumbs"] = first_search(app.url)
+        if repo != REPO:  # the build with an object index
+            row["objects_s"] = first_object_search(app.url, app.started_at, packs_timeout)
+            fetched = [span for span in wire.spans if span[2].rsplit("/", 1)[-1] in OBJECT_FILES]
+            row["objects_bytes_before_serving"] = sum(span[3] for span in fetched if span[0] <= app.ready_at)
+            row["objects_fetch"] = (min(span[0] for span in fetched) - app.started_at,
+                                    max(span[1] for span in fetched) - app.started_at) if fetched else None
+            row["objects_rss"] = proc_rss_mb(app.process.pid)
         row["packs_s"] = None
         while time.time() - app.ready_at < packs_timeout and app.process.poll() is None:
-            whole = {path.rsplit("/", 1)[-1] for _, _, path, size in wire.spans if f"/{REPO}/" in path
+            whole = {path.rsplit("/", 1)[-1] for _, _, path, size in wire.spans if f"/{repo}/" in path
                      and packs.get(path.rsplit("/", 1)[-1]) == size}
             if whole >= set(packs):
                 row["packs_s"] = max(end for _, end, path, _ in wire.spans
@@ -153,7 +199,7 @@ def measure(hub: HubServer, wire: Wire, label: str, root: Path, work: Path, pack
         row["rss_packs"] = proc_rss_mb(app.process.pid)
     finally:
         app.stop()
-    warm, row["warm_bytes"] = start(hub, root, work, "warm.log")
+    warm, row["warm_bytes"] = start(hub, root, work, "warm.log", repo)
     warm.stop()
     row.update(warm_s=warm.seconds, warm_cpu_s=warm.cpu_at_ready, warm_rss=warm.logged_rss_mb)
     return row
@@ -175,6 +221,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def objects_table(rows: list[dict], boxes: int) -> str:
+    """--objects: each app's time to serving without and with the object index, and when the latter answered."""
+    lines = ["| app | serving after, no object index (s) | serving after, with it (s) | object-index bytes fetched "
+             "before serving | objects.faiss + .parquet on the wire (s after process start) | **first object search "
+             "answered (s after process start)** | RSS then (MB) | warm start, with it (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for plain, full in zip(rows[0::2], rows[1::2]):
+        wire = "—" if full["objects_fetch"] is None else "{:.1f} → {:.1f}".format(*full["objects_fetch"])
+        answered = "— (not within --packs-timeout)" if full["objects_s"] is None else f"**{full['objects_s']:.1f}**"
+        lines.append(f"| {full['label']} | {plain['seconds']:.1f} | {full['seconds']:.1f} | "
+                     f"{full['objects_bytes_before_serving']:,} | {wire} | {answered} | {full['objects_rss']:,.0f} | "
+                     f"{full['warm_s']:.1f} |")
+    return (f"### When the object index ({boxes:,} boxes) arrives\n\n" + "\n".join(lines) + "\n\nThe two builds are "
+            "the same files but for the object index; each app starts on the one without it first. 'Bytes fetched "
+            "before serving': of objects.faiss and objects.parquet, in downloads that began before the app served "
+            "(0: serving waited for none of it). 'First object search answered': the first /search_objects call, "
+            "asked every 0.25 s once the first text search and its thumbnails are done, that returned hits instead "
+            "of \"still loading\".\n")
+
+
 def main() -> None:
     parser = arguments(__doc__, quick="a check that it runs end to end: 2,000 rows (one small pack)")
     parser.add_argument("--label", default="this checkout", help="name of this checkout's app in the table")
@@ -184,24 +250,40 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb-s", type=float, default=100.0, help="the wire's speed in MB/s; 0: unlimited")
     parser.add_argument("--hub-latency-ms", type=float, default=0.0, help="every Hub request waits this long first")
     parser.add_argument("--packs-timeout", type=float, default=600.0,
-                        help="seconds after serving to wait for every thumbnail pack")
+                        help="seconds after serving to wait for every thumbnail pack (and the object index)")
+    parser.add_argument("--objects", type=int, default=0,
+                        help="boxes in the build's object index (0: none; COCO keeps ~500,000): each app is measured "
+                             "on the build without and then with it")
     args = parser.parse_args()
     if args.quick:
         args.count = 2000
+        args.objects = min(args.objects, 8000)
     report = Report.start("startup", "Start-up: how long until a Space serves")
-    folder = synthetic_artifacts(args.cache, args.count, thumbnails="realistic")
+    folder = synthetic_artifacts(args.cache, args.count, thumbnails="realistic", objects=args.objects)
     hub = HubServer()
     wire = Wire(hub.app, args.hub_latency_ms / 1000, args.bandwidth_mb_s * 1e6)
     hub.app = wire
     rows = []
     with hub:
-        packs = publish(hub, folder, random_model(DEFAULT_MODEL, args.cache))
+        packs = publish(hub, folder, random_model(DEFAULT_MODEL, args.cache), OBJECTS_REPO)
         scratch = fresh_folder(args.cache / "startup")
         for number, (label, root) in enumerate(subjects(args.label, args.also)):
-            rows.append(measure(hub, wire, label, root, fresh_folder(scratch / str(number)), packs,
-                                args.packs_timeout))
-            print(rows[-1], flush=True)
+            for repo in (REPO, OBJECTS_REPO) if args.objects else (REPO,):
+                rows.append(measure(hub, wire, label, root, fresh_folder(scratch / f"{number}-{repo[6:]}"), packs,
+                                    args.packs_timeout, repo))
+                print(rows[-1], flush=True)
     manifest = Manifest.read(folder)
+    objects = ""
+    if args.objects:
+        info = manifest.objects
+        sizes = {name: manifest.files[name].size / 1e6 for name in (*OBJECT_FILES, OBJECTS_VECTORS)}
+        objects = (f"\n{objects_table(rows, args.objects)}\nThe object index: {info.count:,} boxes, "
+                   f"`{info.index.factory}` `{info.index.search_params}` (recall@5 {info.index.recall_at_5}); "
+                   f"objects.faiss "
+                   f"{sizes[OBJECTS_INDEX]:,.0f} MB and objects.parquet {sizes[OBJECTS_META]:,.1f} MB downloaded by "
+                   f"the Space, objects.npy {sizes[OBJECTS_VECTORS]:,.0f} MB published for --append only.\n")
+        for row in rows:
+            row["label"] += ", with the object index" if row["repo"] == OBJECTS_REPO else ", without"
     wire_speed = f"{args.bandwidth_mb_s:g} MB/s" if args.bandwidth_mb_s else "unlimited (loopback)"
     body = (f"{args.count:,} rows ({sum(packs.values()) / 1e9:.2f} GB of realistic thumbnails, {len(packs)} pack "
             f"file(s), "
@@ -210,7 +292,7 @@ def main() -> None:
             f"request. Apps: " + "; ".join(f"{label} `{root}`" for label, root in subjects(args.label, args.also))
             + f".\n\n{table(rows)}\n\nTargets of the issue: {TARGETS}. 'All packs local': from process start until "
             "every thumbnail pack has arrived whole ('—': not within --packs-timeout). Warm start: the same app "
-            "started again on the complete cache, as a Space restarted without sleeping.\n")
+            "started again on the complete cache, as a Space restarted without sleeping.\n" + objects)
     report.write(body + ("\n(--quick: a check that the script runs, not figures to quote)\n" if args.quick else ""),
                  args.results)
 
