@@ -183,7 +183,10 @@ def measure(hub: HubServer, wire: Wire, label: str, root: Path, work: Path, pack
         if repo != REPO:  # the build with an object index
             row["objects_s"] = first_object_search(app.url, app.started_at, packs_timeout)
             fetched = [span for span in wire.spans if span[2].rsplit("/", 1)[-1] in OBJECT_FILES]
-            row["objects_bytes_before_serving"] = sum(span[3] for span in fetched if span[0] <= app.ready_at)
+            # what serving needs is down once the model is (the app then loads it and serves): object bytes that
+            # began on the wire before that shared it with the start-up, any later ones did not
+            row["model_down_s"] = model_end - app.started_at
+            row["objects_bytes_before_model"] = sum(span[3] for span in fetched if span[0] <= model_end)
             row["objects_fetch"] = (min(span[0] for span in fetched) - app.started_at,
                                     max(span[1] for span in fetched) - app.started_at) if fetched else None
             row["objects_rss"] = proc_rss_mb(app.process.pid)
@@ -223,21 +226,22 @@ def table(rows: list[dict]) -> str:
 
 def objects_table(rows: list[dict], boxes: int) -> str:
     """--objects: each app's time to serving without and with the object index, and when the latter answered."""
-    lines = ["| app | serving after, no object index (s) | serving after, with it (s) | object-index bytes fetched "
-             "before serving | objects.faiss + .parquet on the wire (s after process start) | **first object search "
-             "answered (s after process start)** | RSS then (MB) | warm start, with it (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| app | serving after, no object index (s) | serving after, with it (s) | model's last byte (s) | "
+             "object-index bytes on the wire before it | objects.faiss + .parquet on the wire (s after process "
+             "start) | **first object search answered (s after process start)** | RSS then (MB) | warm start, with "
+             "it (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for plain, full in zip(rows[0::2], rows[1::2]):
         wire = "—" if full["objects_fetch"] is None else "{:.1f} → {:.1f}".format(*full["objects_fetch"])
         answered = "— (not within --packs-timeout)" if full["objects_s"] is None else f"**{full['objects_s']:.1f}**"
         lines.append(f"| {full['label']} | {plain['seconds']:.1f} | {full['seconds']:.1f} | "
-                     f"{full['objects_bytes_before_serving']:,} | {wire} | {answered} | {full['objects_rss']:,.0f} | "
-                     f"{full['warm_s']:.1f} |")
+                     f"{full['model_down_s']:.1f} | {full['objects_bytes_before_model']:,} | {wire} | {answered} | "
+                     f"{full['objects_rss']:,.0f} | {full['warm_s']:.1f} |")
     return (f"### When the object index ({boxes:,} boxes) arrives\n\n" + "\n".join(lines) + "\n\nThe two builds are "
-            "the same files but for the object index; each app starts on the one without it first. 'Bytes fetched "
-            "before serving': of objects.faiss and objects.parquet, in downloads that began before the app served "
-            "(0: serving waited for none of it). 'First object search answered': the first /search_objects call, "
-            "asked every 0.25 s once the first text search and its thumbnails are done, that returned hits instead "
+            "the same files but for the object index; each app starts on the one without it first. 'Model's last "
+            "byte': when everything serving needs was down (the app then loads the model and serves). 'Object-index "
+            "bytes on the wire before it': of objects.faiss and objects.parquet, in downloads that began before "
+            "then (0: they never shared the wire with what serving waits for). 'First object search answered': the "
+            "first /search_objects call, asked every 0.25 s once the first text search and its thumbnails are done, that returned hits instead "
             "of \"still loading\".\n")
 
 
