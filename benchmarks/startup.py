@@ -241,8 +241,8 @@ def objects_table(rows: list[dict], boxes: int) -> str:
             "byte': when everything serving needs was down (the app then loads the model and serves). 'Object-index "
             "bytes on the wire before it': of objects.faiss and objects.parquet, in downloads that began before "
             "then (0: they never shared the wire with what serving waits for). 'First object search answered': the "
-            "first /search_objects call, asked every 0.25 s once the first text search and its thumbnails are done, that returned hits instead "
-            "of \"still loading\".\n")
+            "first /search_objects call, asked every 0.25 s once the first text search and its thumbnails are done, "
+            "that returned hits instead of \"still loading\".\n")
 
 
 def main() -> None:
