@@ -237,10 +237,11 @@ def _with_objects(cache: Path, base: Path, objects: int, index: str, seed: int) 
     return out
 
 
-def synthetic_objects(cache: Path, base: Path, objects: int, index: str = "auto", seed: int = 0) -> Path:
+def synthetic_objects(cache: Path, base: Path, objects: int, index: str = CHOSEN, seed: int = 0) -> Path:
     """A folder holding objects.faiss, objects.parquet and objects.npy for the images of `base`, written by the
-    builder's own functions (builder.pack.write_objects, builder.objects.index_objects: the index chosen and tuned as
-    a build chooses it, its evaluation and calibration), and OBJECTS_RECORD describing them. `objects` boxes spread
+    builder's own functions (builder.pack.write_objects, builder.objects.index_objects: its evaluation, calibration
+    and measured recall), and OBJECTS_RECORD describing them. `index`: CHOSEN (see there), "auto" (the builder's
+    tuning and fallbacks) or a FAISS factory string. `objects` boxes spread
     over the images at random (~4 an image at COCO's size), each with a plausible box inside its 640x480 image (sides
     of 32 px, the builder's cut-off, to 90% of the picture), a category among its image's own (as in COCO, where an
     image's categories are those of its boxes; all of them COCO categories) and a vector near its image's (cosine
