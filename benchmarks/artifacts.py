@@ -16,6 +16,14 @@ from benchmarks.common import fresh_folder
 from benchmarks.models import DEFAULT_MODEL, random_model
 
 COCO_COUNT = 123_287  # train2017 118,287 + val2017 5,000
+# instance boxes an object index of all of COCO holds: ~897k listed, ~450-550k with a shorter side of at least 32 px
+# (builder --object-min-side; an estimate, no COCO annotations here)
+COCO_OBJECTS = 500_000
+# synthetic_objects' default index: builder.index.choose_index's pick for the box count at its starting search effort,
+# kept whatever its recall. "auto" (the builder's own tuning) falls back to exact search on these vectors: their
+# isotropic noise leaves HNSW32 at recall@5 ~0.89 even at efSearch 512, where the image vectors reach 0.999 at 128, so
+# it would measure a 1.5 GB Flat index no real build of COCO's crops is expected to need (decision 0039).
+CHOSEN = "chosen"
 CATEGORIES = ("person", "bicycle", "car", "bus", "dog", "cat", "horse", "giraffe", "pizza", "broccoli", "laptop",
               "surfboard", "frisbee", "bench", "umbrella", "kite", "clock", "train", "boat", "chair")
 WORDS = ("a man", "a woman", "two people", "a dog", "a cat", "a red bus", "a plate of food", "a giraffe",
@@ -123,12 +131,16 @@ def thumbnail_pool(kind: str, seed: int = 0) -> list[bytes]:
 
 
 def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = "tiny", index: str = "auto",
-                        seed: int = 0, atlas: bool = False) -> Path:
+                        seed: int = 0, atlas: bool = False, objects: int = 0, object_index: str = CHOSEN) -> Path:
     """A finished artifact folder in the builder's exact format, written by the builder's own shard writer, pack,
     index and manifest functions: `count` rows of clustered synthetic vectors, COCO-like metadata (ids, splits,
     5 captions, categories, urls), `thumbnails` from thumbnail_pool, served with the default model's random-weight
-    stand-in (benchmarks.models). `atlas`: with the builder's atlas.npy too (minutes of t-SNE at COCO size). Cached
-    under `cache`."""
+    stand-in (benchmarks.models). `atlas`: with the builder's atlas.npy too (minutes of t-SNE at COCO size).
+    `objects`: with an object index of that many boxes too (synthetic_objects, `object_index`; COCO_OBJECTS is
+    COCO's size). Cached under `cache`."""
+    if objects:
+        return _with_objects(cache, synthetic_artifacts(cache, count, thumbnails, index, seed, atlas), objects,
+                             object_index, seed)
     import faiss
 
     from builder.atlas import write_atlas
@@ -217,3 +229,101 @@ def with_serving_copy(folder: Path) -> Path:
     write_manifest(out, manifest)
     return out
 
+# --- an object index beside them ----------------------------------------------------------------------------------
+OBJECT_FILES = ("objects.faiss", "objects.parquet", "objects.npy")  # clipsearch.core.manifest's OBJECTS_* names
+OBJECTS_RECORD = "objects-manifest.json"  # a manifest carrying the cached object index's ObjectsInfo
+
+
+def _with_objects(cache: Path, base: Path, objects: int, index: str, seed: int) -> Path:
+    """`base` (a synthetic_artifacts folder) with an object index of `objects` boxes: base's files hard-linked (the
+    same bytes, no copy), the object files of synthetic_objects linked beside them, a manifest listing them all."""
+    import os
+
+    from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
+
+    out = base.with_name(f"{base.name}-objects{objects}" + ("" if index == "auto" else f"-{index}"))
+    if (out / MANIFEST).exists():
+        return out
+    parts = synthetic_objects(cache, base, objects, index, seed)
+    manifest = Manifest.read(base)
+    fresh_folder(out)
+    for folder, names in ((base, list(manifest.files)), (parts, list(OBJECT_FILES))):
+        for name in names:
+            try:
+                os.link(folder / name, out / name)
+            except OSError:  # another file system: a copy
+                shutil.copy2(folder / name, out / name)
+    manifest.objects = Manifest.from_json((parts / OBJECTS_RECORD).read_text()).objects
+    manifest.files = {**manifest.files, **hash_files(out, list(OBJECT_FILES))}
+    write_manifest(out, manifest)
+    return out
+
+
+def synthetic_objects(cache: Path, base: Path, objects: int, index: str = CHOSEN, seed: int = 0) -> Path:
+    """A folder holding objects.faiss, objects.parquet and objects.npy for the images of `base`, written by the
+    builder's own functions (builder.pack.write_objects, builder.objects.index_objects: its evaluation, calibration
+    and measured recall), and OBJECTS_RECORD describing them. `index`: CHOSEN (see there), "auto" (the builder's
+    tuning and fallbacks) or a FAISS factory string. `objects` boxes spread
+    over the images at random (~4 an image at COCO's size), each with a plausible box inside its 640x480 image (sides
+    of 32 px, the builder's cut-off, to 90% of the picture), a category among its image's own (as in COCO, where an
+    image's categories are those of its boxes; all of them COCO categories) and a vector near its image's (cosine
+    ~0.8) and its category's. Cached under `cache`, shared by every thumbnail kind of the same rows."""
+    import faiss
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from builder.index import AUTO, choose_index
+    from builder.objects import index_objects
+    from builder.pack import OBJECT_SCHEMA, PackedObjects, write_objects
+    from clipsearch.core.encoder import Encoder
+    from clipsearch.core.manifest import EMBEDDINGS, INDEX, METADATA, Manifest, write_manifest
+    from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE
+
+    manifest = Manifest.read(base)
+    factory, params = choose_index(objects, manifest.dim) if index in (AUTO, CHOSEN) else (index, "")
+    name = factory.replace(",", "_") + ("-chosen" if index == CHOSEN else "")
+    if index == AUTO:
+        factory, params = AUTO, ""  # the builder's tuning, falling back to stronger indexes below the recall target
+    model = Path(manifest.model["model_id"])  # the random-weight stand-in's folder (synthetic_artifacts)
+    out = cache / f"objects-{manifest.count}-{objects}-{name}-{model.name}-{seed}"
+    if (out / OBJECTS_RECORD).exists():
+        return out
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed + 1)
+    images = np.load(base / EMBEDDINGS, mmap_mode="r")
+    meta = pq.read_table(base / METADATA, columns=["image_id", "width", "height", "categories"]).to_pydict()
+    rows = np.sort(rng.integers(0, manifest.count, objects)).astype(np.int32)  # image rows in order, as pack writes
+    width = np.asarray(meta["width"], np.float32)[rows]
+    height = np.asarray(meta["height"], np.float32)[rows]
+    # log-uniform sides from the cut-off to 90% of the picture: many small things, some filling the frame
+    box_w = np.exp(rng.uniform(np.log(MIN_BOX_SIDE), np.log(0.9 * width)))
+    box_h = np.exp(rng.uniform(np.log(MIN_BOX_SIDE), np.log(0.9 * height)))
+    x0, y0 = rng.uniform(0, width - box_w), rng.uniform(0, height - box_h)
+    names = [meta["categories"][row][rng.integers(len(meta["categories"][row]))] if meta["categories"][row]
+             else "person" for row in rows]
+    kinds = sorted(set(names))
+    centres = rng.standard_normal((len(kinds), manifest.dim), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    kind_of = np.searchsorted(kinds, names)
+    vectors = np.empty((objects, manifest.dim), dtype=np.float32)
+    for start in range(0, objects, 65536):  # in blocks: a few hundred MB less at peak
+        end = min(objects, start + 65536)
+        jitter = rng.standard_normal((end - start, manifest.dim), dtype=np.float32) / np.sqrt(manifest.dim)
+        block = 0.8 * images[rows[start:end]] + 0.3 * centres[kind_of[start:end]] + 0.45 * jitter
+        vectors[start:end] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    table = pa.table({"image_row": rows, "image_id": np.asarray(meta["image_id"], np.int64)[rows],
+                      "x0": x0.astype(np.float32).round(2), "y0": y0.astype(np.float32).round(2),
+                      "x1": (x0 + box_w).astype(np.float32).round(2), "y1": (y0 + box_h).astype(np.float32).round(2),
+                      "category": names}, schema=OBJECT_SCHEMA)
+    packed = PackedObjects(vectors, table, boxes_total=objects, boxes_kept=objects, min_side=MIN_BOX_SIDE,
+                           context=CONTEXT)
+    fresh_folder(out)
+    write_objects(packed, out)
+    encoder = Encoder.load(str(model), None, "cpu")
+    info = index_objects(packed, out, factory, params, encoder, faiss.read_index(str(base / INDEX)),
+                         meta["categories"])
+    record = Manifest(**{**vars(manifest), "objects": info, "files": {},
+                         "build_seconds": round(time.perf_counter() - started, 1)})
+    write_manifest(out, record)
+    (out / "manifest.json").rename(out / OBJECTS_RECORD)
+    return out
