@@ -326,6 +326,24 @@ def test_a_cold_start_answers_whole_images_before_the_object_index_arrives_verif
     assert (folder / OBJECTS_INDEX).exists() and not (folder / OBJECTS_VECTORS).exists()
 
 
+def test_a_small_build_is_fetched_whole_but_the_object_vectors_and_a_restart_fetches_nothing(hub, built, tmp_path,
+                                                                                           monkeypatch):
+    """EAGER_BYTES as shipped (the test build is tiny, so everything is fetched before serving): everything but
+    objects.npy, which only --append reads; the app restarted on that cache downloads not a byte."""
+    manifest = Manifest.read(built)
+    push(built, manifest, "tester/small", api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
+    monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
+    settings = service_module.Settings(index_dir=None, index_repo="tester/small", index_revision=None,
+                                       endpoint=hub.url, token=None)
+    hub.bytes_served.clear()
+    service = service_module.start(settings)
+    assert set(hub.downloaded("tester/small")) == set(manifest.files) - {OBJECTS_VECTORS} | {"manifest.json"}
+    assert service.searcher.search_objects("a red circle", 3)[0].category == "red circle"
+    hub.bytes_served.clear()
+    service_module.start(settings)
+    assert sum(hub.bytes_served.values()) == 0
+
+
 def test_the_page_finds_things_by_text_and_by_a_region_on_desktop_and_phone(served, scenes, tmp_path):
     """In Chromium: the text tab's "Things in pictures" answers with object hits (labelled by category, box on the
     thumbnail, box in the details); the image tab searches a typed region of the chosen picture; both on a phone,

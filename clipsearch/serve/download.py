@@ -84,7 +84,8 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
     lazy (the app's cold start): fetch now only what serving needs: the index, the metadata, and embeddings.npy
     unless the index stores the vectors itself (then it is never fetched); the thumbnail packs are left to
     `source.remote`, which fetches them in the background once the app serves (range requests meanwhile). When all
-    that is missing totals at most EAGER_BYTES, everything is fetched now. Each file is hashed as soon as it is down,
+    that is missing totals at most EAGER_BYTES, everything is fetched now, but objects.npy (for --append only).
+    Each file is hashed as soon as it is down,
     while the others still download, and stamped verified in `stamp_dir`, so opening it does not read it again.
     `on_manifest` is called with the manifest before the other files are fetched (the prefetch starts the model's
     download there). Without `serving_copy` (an app that loads the model's checkpoint), the build's int8 serving
@@ -109,16 +110,16 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
     if on_manifest:
         on_manifest(manifest)
     unwanted = {manifest.serving.file} if manifest.serving and not serving_copy else set()
+    if lazy:  # the object vectors are for --append only: an app never reads them, however small
+        unwanted.add(OBJECTS_VECTORS)
     now, later = sorted(set(manifest.files) - unwanted), []
     if lazy:
         missing = [name for name in now if not (folder / name).exists()]  # in manifest order (sorted)
         if sum(manifest.files[name].size for name in missing) > EAGER_BYTES:
             later = [name for name in manifest.thumbnails.files if name in missing]
-            # the object index arrives after the page answers whole-image searches (see serve.service); its float
-            # vectors are for --append only
-            unused = ({EMBEDDINGS} if holds_vectors(manifest.index) else set()) | {OBJECTS_INDEX, OBJECTS_META,
-                                                                                    OBJECTS_VECTORS}
-            now = [name for name in missing if name not in set(later) | unused]
+            # the object index arrives after the page answers whole-image searches (see serve.service)
+            unused = {EMBEDDINGS} if holds_vectors(manifest.index) else set()
+            now = [name for name in missing if name not in {*later, *unused, OBJECTS_INDEX, OBJECTS_META}]
 
     def fetch_and_hash(name: str) -> None:
         path, entry = fetch(name), manifest.files[name]
