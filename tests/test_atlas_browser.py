@@ -95,7 +95,9 @@ def test_atlas_shows_the_gallery_places_the_search_and_opens_a_clicked_picture(p
 
     # Click a picture: its details, as a result shows them. A picture wholly inside the canvas: one drawn across
     # its right or bottom edge can have its middle outside it, where the click reaches the page, not the map.
+    # Two frames first: `drawn` describes the last frame painted, and the one after the "+" may not have run yet.
     whole_picture = "(d) => d[4] && d[1] > 0 && d[2] > 0 && d[1] + d[3] < a.w && d[2] + d[3] < a.h"
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
     page.wait_for_function(f"() => {{ const a = window.clipAtlas; return a.drawn.some({whole_picture}); }}")
     row, left, top_edge, side, _ = page.evaluate(
         f"() => {{ const a = window.clipAtlas; return a.drawn.filter({whole_picture}).pop(); }}")

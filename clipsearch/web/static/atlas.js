@@ -12,8 +12,12 @@
   const MAX_LOADING = 8;  // thumbnail requests in flight
   const MAX_CACHED = 800; // decoded thumbnails kept
   const GRID = 256;       // buckets per side of the spatial index (culling and hit tests)
+  // Zoomed out, the map's dots are painted once per scale on a layer of at most LAYER_VIEWS canvases (and
+  // LAYER_PIXELS): a pan is then one blit, and a repaint costs about as much as one direct frame, never ~16 MB.
   const LAYER_PIXELS = 4e6;
-  const SHARPEN_MS = 120;  // a zoom stretches the painted layer; it is repainted at the new scale once this still  // zoomed out, the map's dots are painted once per scale on a layer up to this size
+  const LAYER_VIEWS = 1.5;
+  const STRETCH = 2;       // mid-zoom the painted layer is stretched (up to this ratio either way), not repainted
+  const SHARPEN_MS = 120;  // ... and repainted sharp at the new scale and density once the zoom is this still
 
   function parse(value) {
     if (!value) return null;
@@ -215,11 +219,11 @@
       const dot = Math.max(1, Math.round(dpr * Math.min(5, Math.max(1.5, spacing / 6))));
       const stride = Math.max(1, Math.ceil(n / Math.max(20000, (v.s * v.s) / 8)));
       let count;
-      if (stride > 1 && s * s <= LAYER_PIXELS) {  // zoomed out: the whole map's dots, drawn once per scale
+      if (stride > 1 && s * s <= Math.min(LAYER_PIXELS, LAYER_VIEWS * W * H)) {  // zoomed out: the layer
         const key = `${s}/${dot}/${stride}`, layer = this.layer, ratio = layer ? s / layer.s : 0;
-        if (!layer || (layer.key !== key && (ratio > 1.5 || ratio < 0.67 || layer.stride !== stride))) {
+        if (!layer || (layer.key !== key && (ratio > STRETCH || ratio < 1 / STRETCH))) {
           this.layer = this.paintLayer(s, dot, stride);
-        } else if (layer.key !== key) {  // mid-zoom: stretch the painted layer now, repaint it sharp once still
+        } else if (layer.key !== key) {  // mid-zoom (a new density too): stretch it now, repaint it once still
           clearTimeout(this.sharpen);
           this.sharpen = setTimeout(() => { this.layer = null; this.request(); }, SHARPEN_MS);
         }
@@ -284,8 +288,8 @@
         wanted.push(i);
         const left = x - THUMB / 2, top = y - THUMB / 2;
         if (image && image.ok) {
-          const img = image.img, side = Math.min(img.naturalWidth, img.naturalHeight);
-          ctx.drawImage(img, (img.naturalWidth - side) / 2, (img.naturalHeight - side) / 2, side, side,
+          const bitmap = image.bitmap, side = Math.min(bitmap.width, bitmap.height);
+          ctx.drawImage(bitmap, (bitmap.width - side) / 2, (bitmap.height - side) / 2, side, side,
             left, top, THUMB, THUMB);
           ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 2; ctx.strokeRect(left, top, THUMB, THUMB);
         }
@@ -311,17 +315,27 @@
       this.pump();
     }
 
+    // Each thumbnail is decoded off the main thread (createImageBitmap on the fetched bytes): an <img> decodes on
+    // its first drawImage, inside a frame, which is what made panning among pictures stutter on a phone.
     pump() {
       while (this.loading < MAX_LOADING && this.queue.length) {
-        const row = this.queue.shift(), img = new Image(), entry = { img, ok: false };
+        const row = this.queue.shift(), entry = { bitmap: null, ok: false };
         this.images.set(row, entry);
         this.loading++;
-        img.onload = () => { entry.ok = true; this.loading--; this.pump(); this.request(); };
-        img.onerror = () => { this.loading--; this.pump(); };
-        img.decoding = "async";
-        img.src = this.config.thumb + row + ".jpg";
+        fetch(this.config.thumb + row + ".jpg")
+          .then((response) => (response.ok ? response.blob() : Promise.reject(response.status)))
+          .then((blob) => createImageBitmap(blob))
+          .then((bitmap) => {
+            if (this.images.get(row) === entry) { entry.bitmap = bitmap; entry.ok = true; this.request(); }
+            else bitmap.close();  // evicted while it loaded
+          }, () => {})
+          .finally(() => { this.loading--; this.pump(); });
       }
-      while (this.images.size > MAX_CACHED) this.images.delete(this.images.keys().next().value);
+      while (this.images.size > MAX_CACHED) {
+        const [row, entry] = this.images.entries().next().value;
+        if (entry.bitmap) entry.bitmap.close();
+        this.images.delete(row);
+      }
     }
 
     marks() {
