@@ -193,16 +193,22 @@
       requestAnimationFrame(() => { this.pending = false; this.draw(); });
     }
 
-    visibleRows() {  // rows in the buckets overlapping the view (a superset of what is in view)
+    // The rows in the buckets overlapping the view (a superset of what is in view) as flat pairs begin, end of
+    // this.rows, one per bucket row: a frame walks them in place instead of copying up to every row into an array.
+    visibleSpans() {
       const v = this.view, toCell = (p) => Math.max(0, Math.min(GRID - 1, Math.floor(p * GRID)));
       const x0 = toCell(-v.tx / v.s), x1 = toCell((this.w - v.tx) / v.s);
       const y0 = toCell(-v.ty / v.s), y1 = toCell((this.h - v.ty) / v.s);
-      if (x0 === 0 && y0 === 0 && x1 === GRID - 1 && y1 === GRID - 1) return this.rows;
-      const out = [];
-      for (let cy = y0; cy <= y1; cy++) {
-        for (let c = cy * GRID + x0, end = this.start[cy * GRID + x1 + 1], i = this.start[c]; i < end; i++) {
-          out.push(this.rows[i]);
-        }
+      if (x0 === 0 && y0 === 0 && x1 === GRID - 1 && y1 === GRID - 1) return [0, this.rows.length];
+      const spans = [];
+      for (let cy = y0; cy <= y1; cy++) spans.push(this.start[cy * GRID + x0], this.start[cy * GRID + x1 + 1]);
+      return spans;
+    }
+
+    visibleRows() {
+      const spans = this.visibleSpans(), out = [];
+      for (let k = 0; k < spans.length; k += 2) {
+        for (let i = spans[k]; i < spans[k + 1]; i++) out.push(this.rows[i]);
       }
       return out;
     }
@@ -211,7 +217,7 @@
       if (!this.x) return;
       const t0 = performance.now();
       const v = this.view, dpr = this.dpr, W = this.canvas.width, H = this.canvas.height, words = this.words;
-      const rows = this.visibleRows(), s = v.s * dpr, tx = v.tx * dpr, ty = v.ty * dpr;
+      const spans = this.visibleSpans(), s = v.s * dpr, tx = v.tx * dpr, ty = v.ty * dpr;
       // Dot size and subset follow the zoom alone (never the pan, so a pan can reuse the painted layer): dots grow
       // as images spread apart, and zoomed out, where one dot per 8 CSS px² of map already paints a solid field,
       // only every stride-th row is drawn (a stable subset: row order carries no meaning).
@@ -231,10 +237,12 @@
         this.ctx.fillStyle = `rgb(${BACKGROUND})`;
         this.ctx.fillRect(0, 0, W, H);
         this.ctx.drawImage(this.layer.canvas, Math.round(tx), Math.round(ty), side, side);  // a pan is one blit
-        count = Math.ceil(rows.length / stride);
+        let spanned = 0;
+        for (let k = 0; k < spans.length; k += 2) spanned += spans[k + 1] - spans[k];
+        count = Math.ceil(spanned / stride);
       } else {
         words.fill((255 << 24) | (BACKGROUND[2] << 16) | (BACKGROUND[1] << 8) | BACKGROUND[0]);
-        count = this.paintDots(rows, s, tx, ty, dot, stride, words, W, H);
+        count = this.paintDots(spans, s, tx, ty, dot, stride, words, W, H);
         this.ctx.putImageData(this.pixels, 0, 0);
       }
       const inView = count <= THUMB_POINTS ? Array.from(this.picked.subarray(0, count)) : null;
@@ -248,20 +256,22 @@
       if (this.frames.length > 2000) this.frames.splice(0, 1000);
     }
 
-    paintDots(rows, s, tx, ty, dot, stride, words, W, H) {  // into `words`; the rows in view go to this.picked
+    paintDots(spans, s, tx, ty, dot, stride, words, W, H) {  // into `words`; the rows in view go to this.picked
       const xs = this.x, ys = this.y, colours = this.colour, packed = this.packed, picked = this.picked;
-      const right = W - dot, bottom = H - dot;
+      const rows = this.rows, right = W - dot, bottom = H - dot;
       let count = 0;
-      for (let k = 0; k < rows.length; k++) {
-        const i = rows[k];
-        if (stride > 1 && i % stride) continue;
-        const px = (xs[i] * s + tx) | 0, py = (ys[i] * s + ty) | 0;
-        if (px < 0 || py < 0 || px >= right || py >= bottom) continue;
-        if (count <= THUMB_POINTS) picked[count] = i;
-        count++;
-        const colour = packed[colours[i]];
-        for (let dy = 0, o = py * W + px; dy < dot; dy++, o += W) {
-          for (let dx = 0; dx < dot; dx++) words[o + dx] = colour;
+      for (let k = 0; k < spans.length; k += 2) {
+        for (let r = spans[k], end = spans[k + 1]; r < end; r++) {
+          const i = rows[r];
+          if (stride > 1 && i % stride) continue;
+          const px = (xs[i] * s + tx) | 0, py = (ys[i] * s + ty) | 0;
+          if (px < 0 || py < 0 || px >= right || py >= bottom) continue;
+          if (count <= THUMB_POINTS) picked[count] = i;
+          count++;
+          const colour = packed[colours[i]];
+          for (let dy = 0, o = py * W + px; dy < dot; dy++, o += W) {
+            for (let dx = 0; dx < dot; dx++) words[o + dx] = colour;
+          }
         }
       }
       return count;
@@ -271,7 +281,7 @@
       const side = Math.ceil(s) + dot + 1, canvas = document.createElement("canvas");
       canvas.width = side; canvas.height = side;
       const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(side, side);
-      this.paintDots(this.rows, s, 0, 0, dot, stride, new Uint32Array(pixels.data.buffer), side, side);
+      this.paintDots([0, this.rows.length], s, 0, 0, dot, stride, new Uint32Array(pixels.data.buffer), side, side);
       ctx.putImageData(pixels, 0, 0);
       return { key: `${s}/${dot}/${stride}`, canvas, s, stride };
     }
