@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .batcher import ModelThread
+from .early import EarlyVectors
 from .encoder import Encoder
 from .errors import QueryError
 from .gallery import Gallery
@@ -75,6 +76,8 @@ class Searcher:
                                                     image_batch)
         self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # LRU, see text_vector
         self._text_lock = threading.Lock()
+        # Uploaded pictures are embedded from the moment they are stored (web.gradio_patches.EarlyPictures).
+        self.early = EarlyVectors(lambda path: np.array(self._encode_image(self.load_image(path)), dtype=np.float32))
         # The object index, attached by the service when its files are local and verified (a cold start serves whole
         # images before it arrives); the build's manifest says whether there is one to wait for.
         self.objects: ObjectIndex | None = None
@@ -99,8 +102,7 @@ class Searcher:
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         plan = Plan.checked(k)
-        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
-        return self.search(self._encode_image(picture), plan)
+        return self.search(self.image_vector(image), plan)
 
     def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
         """'More like this': the stored vector of a gallery image, no re-encoding."""
@@ -217,6 +219,16 @@ class Searcher:
                     self._text_vectors.popitem(last=False)
         return vector
 
+    def image_vector(self, image: Image.Image | str | Path | bytes) -> np.ndarray:
+        """A query picture as a unit vector: an uploaded file's from its early embedding where one was begun (see
+        core.early), anything else decoded and embedded now, micro-batched on the model thread."""
+        if isinstance(image, (str, Path)):
+            vector = self.early.vector(str(image))
+            if vector is not None:
+                return vector
+        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
+        return self._encode_image(picture)
+
     def load_image(self, image) -> Image.Image:
         """Decode a query image (raises clipsearch.core.images.ImageError with a sentence when it is unusable)."""
         return open_image(image, draft_size=self.encoder.info.image_size)
@@ -236,7 +248,7 @@ class Searcher:
         check_weights(query)
         parts = []
         if images:
-            picture = _unit(np.mean([self._encode_image(self.load_image(image)) for image in images], axis=0))
+            picture = _unit(np.mean([self.image_vector(image) for image in images], axis=0))
             parts.append((float(query.image_weight) if text else 1.0, picture))
         if text:
             parts.append((1.0 - float(query.image_weight) if images else 1.0, self.text_vector(text)))

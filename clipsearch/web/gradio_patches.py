@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ PATCHES = (
     "GRADIO_ANALYTICS_CACHE_FREQUENCY",
     "ACCESSIBLE_MARKUP (Gallery's thumbnails, Dataset's example buttons, Empty's placeholder)",
     "PICTURE_SHOWN (Image's `.image-frame img`, its object-fit, and how a tap maps to the picture's pixels)",
+    "EarlyPictures (the upload route /gradio_api/upload and its JSON list of stored paths)",
 )
 
 
@@ -294,6 +296,49 @@ class ThumbnailFiles:
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
         return True
 
+
+UPLOAD_ROUTE = "/gradio_api/upload"  # gradio.routes (6.31): @router.post("/upload") under API_PREFIX
+
+
+class EarlyPictures:
+    """ASGI middleware that hands every file stored by Gradio's upload route to `prepare` (core.early), so a picture
+    is embedded from the moment it is stored rather than when its search event arrives.
+
+    Written for gradio 6.31, where a picture chosen in the browser is first POSTed to /gradio_api/upload (the answer
+    is a JSON list of the stored files' paths; a background task of that request moves them into place), and only
+    after the answer, the preview and the queue join does the search event reach the app (~40 ms on 2 vCPU, median
+    of benchmarks/results/search_latency_early.md). Gradio then passes the same path to the event (gr.Image with
+    type="filepath" and no image_mode returns it as it is), so the search finds the vector ready or under way.
+    `prepare` is called once the request (background task included) is over; it only starts work in the
+    background. Anything but a 200 answer holding a list of strings is left alone."""
+
+    def __init__(self, app, prepare):
+        self.app = app
+        self.prepare = prepare
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith(UPLOAD_ROUTE):
+            await self.app(scope, receive, send)
+            return
+        answer = {"status": 0, "body": []}
+
+        async def watch(message):
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body" and answer["status"] == 200:
+                answer["body"].append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if answer["status"] != 200:
+            return
+        try:
+            paths = json.loads(b"".join(answer["body"]))
+        except ValueError:
+            return
+        for path in paths if isinstance(paths, list) else []:
+            if isinstance(path, str):
+                self.prepare(path)
 
 
 def busy_handler(queue_size: int):

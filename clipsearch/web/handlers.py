@@ -106,7 +106,9 @@ class Handlers:
             image: the example picture.
             k: how many results, 1 to 50.
         """
-        return _outputs(lambda: self.searcher.search_image(self.decoded.pop(image) or image, k))
+        decoded = self.decoded.pop(image)  # the validator's; an upload embedded since it arrived is not decoded again
+        return _outputs(lambda: self.searcher.search_image(
+            image if decoded is None or self.searcher.early.begun(image) else decoded, k))
 
     def search_objects(self, text: str, k: int):
         """Find things in the COCO images (instance boxes, e.g. the umbrella rather than the street) that best match

@@ -18,6 +18,7 @@ from .forms import Form, PageView, Refine
 from .gradio_patches import (
     ACCESSIBLE_MARKUP,
     PICTURE_SHOWN,
+    EarlyPictures,
     QueryImage,
     QueryNumber,
     QuerySlider,
@@ -332,7 +333,8 @@ def launch(demo: gr.Blocks, service: Service, *, queue_size: int = 128, **kwargs
                                         HTTPException: busy_handler(queue_size)}
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []),
                                 Middleware(ThumbnailFiles, store=service.searcher.gallery.thumbnails),
-                                Middleware(AtlasFiles, gallery=service.searcher.gallery)]
+                                Middleware(AtlasFiles, gallery=service.searcher.gallery),
+                                Middleware(EarlyPictures, prepare=service.searcher.early.prepare)]
     # No run history: Gradio would rewrite up to 100 past runs in the visitor's localStorage several times per click
     # (slower with every search), and a visitor's queries stay out of the browser's storage.
     kwargs = {"run_history": False, **session_capacity(), **kwargs}  # the caller's own cap wins
