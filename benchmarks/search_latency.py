@@ -24,7 +24,7 @@ run at once and every part alternates its queries between them, so a machine tha
   (GRADIO_PROFILING=1); the CPU time the app and the browser used per search says how much work a search is,
   however busy the machine.
 - http: one query at a time over raw HTTP on a kept-alive connection (POST /gradio_api/call/<endpoint> + its result
-  stream): /search_text, /search_image (the upload not timed) and /search_similar, and /search_objects and
+  stream): /search_text, /search_image (timed from its upload) and /search_similar, and /search_objects and
   /search_region when the artifacts have an object index (--objects). What the Space's CPU spends per
   visitor without a browser on the same cores; the difference to the browser figure is the page's own work.
 - load (only when asked): --clients clients with their own connections, back to back for --seconds, a share of them
@@ -250,11 +250,14 @@ TIMELINE_JS = r"""
 """
 
 
-def page_setup(browser, url: str):
+def page_setup(browser, url: str, rtt_ms: float = 0):
     context = browser.new_context(viewport=DESKTOP)
     context.set_default_timeout(60_000)
     context.add_init_script(PAGE_JS)
     page = context.new_page()
+    if rtt_ms:  # a visitor far from the Space: Chromium delays every response by this much (DevTools' throttling)
+        context.new_cdp_session(page).send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": rtt_ms, "downloadThroughput": -1, "uploadThroughput": -1})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(url + "/", wait_until="domcontentloaded")
@@ -454,7 +457,7 @@ def browser_part(args, subjects: list[Subject], loads: list[str]) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         for subject in subjects:
-            subject.context, subject.page, subject.errors = page_setup(browser, subject.app.url)
+            subject.context, subject.page, subject.errors = page_setup(browser, subject.app.url, args.rtt_ms)
         pids = {subject.label: subject.app.process.pid for subject in subjects}
         time.sleep(1)  # let the pages settle (fonts, lazy chunks) before the first search
 
@@ -607,8 +610,11 @@ def http_part(args, subjects: list[Subject], warmup: int = 3) -> None:
     try:
         for i in range(n):
             for subject, client in zip(subjects, clients):
-                picture = upload(client, pictures[i])  # not timed
-                for endpoint, data in (("search_text", [texts[i], K]), ("search_image", [picture, K]),
+                # /search_image is timed from its upload, as a script's call (gradio_client) uploads, then searches
+                uploading = time.perf_counter()
+                picture = upload(client, pictures[i])
+                uploaded_ms = (time.perf_counter() - uploading) * 1000
+                for endpoint, data in (("search_image", [picture, K]), ("search_text", [texts[i], K]),
                                        ("search_similar", [9 + 3 * ((i * 7919) % args.count), K]),
                                        ("search_objects", [things[i], K]),
                                        ("search_region", [picture, json.dumps(boxes[i]), K])):
@@ -617,7 +623,8 @@ def http_part(args, subjects: list[Subject], warmup: int = 3) -> None:
                     began = time.perf_counter()
                     call(client, endpoint, data)
                     if i >= warmup:
-                        subject.http[endpoint].append((time.perf_counter() - began) * 1000)
+                        subject.http[endpoint].append((time.perf_counter() - began) * 1000
+                                                      + (uploaded_ms if endpoint == "search_image" else 0))
     finally:
         for client in clients:
             client.close()
@@ -729,6 +736,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=COCO_COUNT, help="gallery rows (default COCO's 123,287)")
     parser.add_argument("--queries", type=int, default=30, help="browser: timed queries per mode (after warm-up)")
     parser.add_argument("--warmup", type=int, default=5, help="browser: warm-up queries per mode")
+    parser.add_argument("--rtt-ms", type=float, default=0,
+                        help="browser: every request's answer delayed this long, as for a visitor far from the Space "
+                             "(Chromium's network emulation; 0: loopback)")
     parser.add_argument("--modes", default="text,image",
                         help="browser: comma-separated: text, image, objects (things by a description), region "
                              "(things by a region of a picture)")
@@ -786,14 +796,16 @@ def main() -> None:
             "compute). "
             f"Apps served at once, queries alternating between them:\n\n{apps}\n")
     if "browser" in parts:
+        far = f", every request's answer delayed {args.rtt_ms:g} ms (a visitor's round trip)" if args.rtt_ms else ""
         body += (f"\n## In the browser\n\nChromium headless via Playwright, 1280×900, app and browser on the same "
-                 f"machine; {args.queries} distinct queries per mode after {args.warmup} warm-up. t0: the Search "
+                 f"machine{far}; {args.queries} distinct queries per mode after {args.warmup} warm-up. t0: the Search "
                  "click (text) or the file input's change event (picture); end: five result thumbnails loaded, "
                  f"decoded and painted.{OBJECT_NOTE if args.modes & OBJECT_MODES else ''}\n\n"
                  f"{browser_table(measured, loads, args.modes)}\n")
     if "http" in parts:
         body += ("\n## Over raw HTTP, one query at a time\n\nKept-alive connection, the result stream read to its end; "
-                 f"pictures uploaded before the timed call.\n\n{http_table(measured)}\n")
+                 "/search_image timed from the start of its upload (a script's call uploads, then searches); the "
+                 f"other picture endpoints reuse that upload.\n\n{http_table(measured)}\n")
     if "load" in parts:
         body += (f"\n## {args.clients} clients at once\n\n{args.seconds:.0f} s per app after "
                  f"{args.warmup_seconds:.0f} s of warm-up, {args.image_share:.0%} picture queries, k={K}, raw HTTP "
