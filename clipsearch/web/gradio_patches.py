@@ -306,9 +306,10 @@ class EarlyPictures:
 
     Written for gradio 6.31, where a picture chosen in the browser is first POSTed to /gradio_api/upload (the answer
     is a JSON list of the stored files' paths; a background task of that request moves them into place), and only
-    after the answer, the preview and the queue join does the search event reach the app (~40 ms on 2 vCPU, median
-    of benchmarks/results/search_latency_early.md). Gradio then passes the same path to the event (gr.Image with
-    type="filepath" and no image_mode returns it as it is), so the search finds the vector ready or under way.
+    after the answer, the preview and the queue join does the search event reach the app (~40 ms on loopback, a
+    round trip more per step for a distant visitor; docs/decisions/0042). Gradio then passes the same path to the
+    event (gr.Image with type="filepath" and no image_mode returns it as it is), so the search finds the vector
+    ready or under way.
     `prepare` is called once the request (background task included) is over; it only starts work in the
     background. Anything but a 200 answer holding a list of strings is left alone."""
 
