@@ -1,7 +1,12 @@
 """The Space entry point: read settings, load the verified index and its model, serve the Gradio UI."""
 
 import logging
+import os
 import sys
+
+# The encoder's OpenMP threads sleep between parallel regions instead of spinning (before torch loads OpenMP): on
+# 2 vCPU the spinning took the cores Gradio and other visitors' requests needed (docs/decisions/0043).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from clipsearch.core.errors import ArtifactError, EncoderError
 from clipsearch.serve import prefetch
