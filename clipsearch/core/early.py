@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 # come first): embedding starts at the upload instead. At most this many run ahead at once; more uploads than that
 # (a flood, or many visitors) are embedded when their search arrives, as before, so uploads never queue model work.
 MAX_AHEAD = 2
-KEPT = 32  # finished vectors kept (3 KB each): a picture searched again, or by region after, reuses it
+KEPT = 32  # finished vectors kept (3 KB each): a picture searched again (a second click) reuses it
 
 
 class EarlyVectors:

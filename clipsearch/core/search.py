@@ -102,7 +102,8 @@ class Searcher:
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         plan = Plan.checked(k)
-        return self.search(self.image_vector(image), plan)
+        decoded = isinstance(image, Image.Image) and image.mode == "RGB"  # the validator's, through load_image
+        return self.search(self._encode_image(image) if decoded else self.image_vector(image), plan)
 
     def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
         """'More like this': the stored vector of a gallery image, no re-encoding."""
@@ -226,8 +227,7 @@ class Searcher:
             vector = self.early.vector(str(image))
             if vector is not None:
                 return vector
-        picture = image if isinstance(image, Image.Image) and image.mode == "RGB" else self.load_image(image)
-        return self._encode_image(picture)
+        return self._encode_image(self.load_image(image))
 
     def load_image(self, image) -> Image.Image:
         """Decode a query image (raises clipsearch.core.images.ImageError with a sentence when it is unusable)."""

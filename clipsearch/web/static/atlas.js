@@ -283,7 +283,7 @@
       const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(side, side);
       this.paintDots([0, this.rows.length], s, 0, 0, dot, stride, new Uint32Array(pixels.data.buffer), side, side);
       ctx.putImageData(pixels, 0, 0);
-      return { key: `${s}/${dot}/${stride}`, canvas, s, stride };
+      return { key: `${s}/${dot}/${stride}`, canvas, s };
     }
 
     thumbnails(inView) {
