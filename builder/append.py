@@ -145,7 +145,7 @@ def _combine(plan: BuildPlan, source: Source, encoder: Encoder, work: Path, stag
     new_files = [THUMBS_PATTERN.format(first_pack + n) for n in range(len(packed.thumb_files))]
     for name, target in reversed(list(zip(packed.thumb_files, new_files))):  # reversed: never overwrite a source
         os.replace(stage / name, stage / target)
-    for name in base.thumbnails.files + ([base.serving.file] if base.serving else []):  # the same bytes: linked
+    for name in base.thumbnails.files + (base.serving.files if base.serving else []):  # the same bytes: linked
         _link_or_copy(plan.out / name, stage / name)
     added = pq.read_table(stage / METADATA)
     added = added.set_column(added.schema.get_field_index("thumb_shard"), "thumb_shard",

@@ -75,7 +75,7 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
     serving = base.serving if base else write_serving_copy(encoder.info, folder) if plan.serving_copy else None
     # exactly what was written, never a listing of the folder
     names = sorted([INDEX, atlas, *packed.files, *([OBJECTS_INDEX] if objects else []),
-                    *([serving.file] if serving else [])])
+                    *(serving.files if serving else [])])
     fields = dict(
         count=len(packed.vectors), index=index_info, sources=sources, skipped=packed.skipped, evaluation=evaluation,
         thumbnails=ThumbnailInfo(files=packed.thumb_files, max_side=base.thumbnails.max_side if base else THUMB_SIDE),

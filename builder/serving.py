@@ -1,14 +1,17 @@
-"""The build's serving copy of its encoder (clipsearch.core.serving): int8 weights the Space loads, not fp32."""
+"""The build's serving copy of its encoder (clipsearch.core.serving, core.image_graph): int8 weights the Space loads."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from clipsearch.core.encoder import ModelInfo
+import numpy as np
+
+from clipsearch.core.encoder import Encoder, ModelInfo
 from clipsearch.core.errors import EncoderError, first_line
-from clipsearch.core.manifest import SERVING_MODEL, ServingInfo
-from clipsearch.core.precision import MIN_CALIBRATION_COSINE, agreement, reference_vectors
+from clipsearch.core.image_graph import export_image_graph
+from clipsearch.core.manifest import IMAGE_GRAPH, SERVING_MODEL, ImageGraphInfo, ServingInfo
+from clipsearch.core.precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, reference_vectors
 from clipsearch.core.serving import save_serving_copy
 from clipsearch.hub.encoders import load_encoder
 
@@ -23,6 +26,7 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
         # encoder may be on a GPU, or in a CPU fast path, and it is the fp32 vectors the copy must reproduce.
         encoder = load_encoder(info.model_id, info.revision, "cpu", precision="fp32")
         references = reference_vectors(encoder)
+        image_graph = write_image_graph(encoder, folder, references["images"])
         encoder.use_precision("int8")
         cosine = agreement(encoder, references)
     except (EncoderError, RuntimeError, NotImplementedError) as error:  # int8 kernels missing on this CPU build
@@ -36,5 +40,27 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
     save_serving_copy(encoder.model, folder / SERVING_MODEL, references)
     size = (folder / SERVING_MODEL).stat().st_size
     log.info("serving copy: %s, %.0f MB (int8), cosine to fp32 %.5f", SERVING_MODEL, size / 1e6, cosine)
-    return ServingInfo(file=SERVING_MODEL, precision="int8", cosine=round(cosine, 6), size=size)
+    return ServingInfo(file=SERVING_MODEL, precision="int8", cosine=round(cosine, 6), size=size,
+                       image_graph=image_graph)
+
+
+def write_image_graph(encoder: Encoder, folder: Path, references: np.ndarray) -> ImageGraphInfo | None:
+    """Export the fp32 `encoder`'s image tower as an int8 ONNX graph (core.image_graph) to `folder` and check it as
+    the Space will; None (the Space then embeds pictures with the serving copy's torch tower) where that fails."""
+    path = folder / IMAGE_GRAPH
+    if set(encoder.preprocess(calibration_images(encoder.info.image_size))) != {"pixel_values"}:
+        log.info("no image graph: %s takes more than pixels (a NaFlex processor)", encoder.info.model_id)
+        return None
+    try:
+        export_image_graph(encoder, path, references)
+        cosine = encoder.use_image_graph(path)  # the app's own check: the graph's vectors against fp32's
+    except Exception as error:  # noqa: BLE001 - the tracer and onnxruntime raise many types; the copy still serves
+        log.warning("no image graph: the ONNX export failed here (%s: %s); the Space embeds pictures with the "
+                    "serving copy's torch tower", type(error).__name__, first_line(error))
+        path.unlink(missing_ok=True)
+        return None
+    encoder.image_graph = None  # the serving copy is converted from the torch tower
+    size = path.stat().st_size
+    log.info("image graph: %s, %.0f MB (onnxruntime int8), cosine to fp32 %.5f", IMAGE_GRAPH, size / 1e6, cosine)
+    return ImageGraphInfo(file=IMAGE_GRAPH, cosine=round(cosine, 6), size=size)
 

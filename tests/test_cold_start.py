@@ -16,7 +16,16 @@ import clipsearch.serve.download as hub_module
 from builder.publish import push
 from clipsearch.core.atlas import ATLAS
 from clipsearch.core.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
-from clipsearch.core.manifest import EMBEDDINGS, INDEX, MANIFEST, METADATA, SERVING_MODEL, Manifest, _read_stamps
+from clipsearch.core.manifest import (
+    EMBEDDINGS,
+    IMAGE_GRAPH,
+    INDEX,
+    MANIFEST,
+    METADATA,
+    SERVING_MODEL,
+    Manifest,
+    _read_stamps,
+)
 from clipsearch.serve.download import RemotePacks, open_gallery
 from testkit import HUB_TOKEN
 from testkit.helpers import run_build
@@ -88,8 +97,9 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     fetched = hub.downloaded(REPO)
     # The index is flat: it stores the vectors, so embeddings.npy is not needed at all; the packs come later. The
     # atlas (the Map tab's positions, 8 bytes an image: ~1 MB for COCO, ~10 ms at 100 MB/s) comes with the index,
-    # and so does the encoder's int8 serving copy, which the app loads instead of the model's checkpoint.
-    assert set(fetched) == {MANIFEST, INDEX, METADATA, ATLAS, SERVING_MODEL}, fetched
+    # and so does the encoder's int8 serving copy, which the app loads instead of the model's checkpoint, with its
+    # image tower's ONNX graph, which embeds the pictures of queries.
+    assert set(fetched) == {MANIFEST, INDEX, METADATA, ATLAS, SERVING_MODEL, IMAGE_GRAPH}, fetched
     assert fetched[INDEX] == manifest.files[INDEX].size and fetched[METADATA] == manifest.files[METADATA].size
     assert all(r.range is None for r in hub.requests if "/resolve/" in r.path)  # whole files, each fetched once
     assert not (source.folder / EMBEDDINGS).exists()
@@ -251,14 +261,15 @@ def test_a_hub_that_ignores_the_range_header_is_not_read_whole(hub, published, p
     assert not (gallery.thumbnails.cache_dir / f"{row}.jpg").exists()
 
 
-@pytest.mark.parametrize("precision", ["auto", "fp32"])
+@pytest.mark.parametrize("precision", ["auto", "int8", "fp32"])
 def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_nothing(hub, packed_artifacts,
                                                                                        tmp_path, monkeypatch,
                                                                                        precision):
     """app.py starts the downloads before importing torch and Gradio (clipsearch.serve.prefetch): every file the
     start needs arrives once, the model's as soon as the manifest names it, and start() then fetches nothing more.
     With the build's serving copy (precision auto) the model's checkpoint is never fetched, only its configs; an app
-    that must load the checkpoint (CLIPSEARCH_PRECISION=fp32) fetches it, and not the serving copy."""
+    that must load the checkpoint (CLIPSEARCH_PRECISION=fp32) fetches it, and not the serving copy; one held to
+    torch's int8 (CLIPSEARCH_PRECISION=int8) fetches the serving copy and not its ONNX image graph."""
     import dataclasses
     import shutil
 
@@ -286,7 +297,7 @@ def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_
             thread.join(60)
     assert [thread.name for thread in threads] == ["prefetch-artifacts", "prefetch-model"]
     artifacts = {name: entry.size for name, entry in Manifest.read(served).files.items()
-                 if precision == "auto" or name != SERVING_MODEL}
+                 if name not in {"auto": set(), "int8": {IMAGE_GRAPH}, "fp32": {SERVING_MODEL, IMAGE_GRAPH}}[precision]}
     assert {k: v for k, v in hub.downloaded(REPO).items() if k != MANIFEST} == artifacts  # each file once, whole
     fetched = hub.downloaded(model_repo)
     assert "config.json" in fetched and "tokenizer_config.json" in fetched
@@ -297,7 +308,8 @@ def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_
     service = start(settings)
     assert dict(hub.bytes_served) == before  # start() found every file in the cache
     assert service.searcher.gallery.manifest.model["model_id"] == model_repo
-    assert service.searcher.encoder.precision == ("int8" if precision == "auto" else "fp32")
+    assert service.searcher.encoder.precision == ("fp32" if precision == "fp32" else "int8")
+    assert (service.searcher.encoder.image_graph is not None) == (precision == "auto")
     assert len(service.searcher.search_text("a red circle", 3)) == 3
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from .errors import EncoderError, first_line
+from .image_graph import ImageGraph
 from .manifest import PRECISIONS
 from .precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, choose_precision, convert
 from .serving import load_serving_copy
@@ -92,6 +93,7 @@ class Encoder:
         self.precision = precision
         self._input_dtype = torch.float32
         self._reload_fp32 = reload_fp32  # fresh fp32 weights: every CPU fast path is converted from fp32
+        self.image_graph: ImageGraph | None = None  # the build's ONNX image tower, where the app runs it instead
 
     @classmethod
     def load(cls, folder: str | Path, revision: str | None = None, device: str | torch.device = "auto",
@@ -148,6 +150,7 @@ class Encoder:
     def use_precision(self, precision: str) -> None:
         """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path is
         reloaded in fp32 first: each fast path is converted from the fp32 weights."""
+        self.image_graph = None  # pictures too are computed in `precision`
         if precision == self.precision:
             return
         if self._reload_fp32 is None:
@@ -167,14 +170,38 @@ class Encoder:
     @torch.inference_mode()
     def encode_pixels(self, inputs: dict[str, torch.Tensor]) -> np.ndarray:
         """Vectors for preprocessed images (preprocess()'s dict, batched)."""
+        if self.image_graph is not None:
+            return _normalise(torch.from_numpy(self.image_graph(inputs["pixel_values"].numpy())))
         inputs = {name: value.to(self.device, dtype=self._input_dtype if name == "pixel_values" else None,
                                  non_blocking=True) for name, value in inputs.items()}
         with self._autocast():
-            if self.info.has_text:
-                features = self.model.get_image_features(**inputs).pooler_output
-            else:
-                features = _pool(self.model(**inputs), self.info.pooling)
-        return _normalise(features)
+            return _normalise(self.image_features(inputs))
+
+    def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image tower's output for model inputs, before normalisation (what core.image_graph exports)."""
+        if self.info.has_text:
+            return self.model.get_image_features(**inputs).pooler_output
+        return _pool(self.model(**inputs), self.info.pooling)
+
+    def use_image_graph(self, path: Path) -> float:
+        """Embed pictures with the build's ONNX image graph (core.image_graph) from now on, if its vectors agree with
+        the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
+        otherwise (torch keeps them)."""
+        graph = ImageGraph.open(path, threads=torch.get_num_threads())
+        mine = self.preprocess(calibration_images(self.info.image_size))["pixel_values"].numpy()
+        try:
+            vectors = _normalise(torch.from_numpy(graph(mine)))
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
+            raise EncoderError(f"{path.name} does not run on this model's pictures ({first_line(error)}).") from None
+        cosine = float(np.min(np.sum(vectors * graph.references, axis=1))) \
+            if vectors.shape == graph.references.shape else float("-inf")
+        if not cosine >= MIN_CALIBRATION_COSINE:
+            raise EncoderError(f"the image graph {path.name} agrees with the build's fp32 vectors only to cosine "
+                               f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")
+        self.image_graph = graph
+        log.info("pictures embedded by the image graph %s (onnxruntime int8), cosine to the build's fp32 vectors "
+                 "%.5f", path.name, cosine)
+        return cosine
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.encode_pixels(self.preprocess(images))

@@ -27,16 +27,25 @@ def served_encoder(manifest: Manifest, artifacts: Path, precision: str) -> Encod
     """The app's CPU encoder for a build: exactly the model its manifest names. Where the build published a serving
     copy, `artifacts` holds it and `precision` is auto or int8, its int8 weights with the model's config and
     processor files (the checkpoint is never fetched); otherwise, or if that copy does not reproduce the build's
-    fp32 vectors on this CPU, the checkpoint in `precision` (see Encoder.load)."""
+    fp32 vectors on this CPU, the checkpoint in `precision` (see Encoder.load). With `precision` auto, pictures go
+    through the build's ONNX image graph where it has one that agrees with fp32 here (core.image_graph)."""
     spec = manifest.model
     model_id, revision = spec["model_id"], spec.get("revision")
     copy = artifacts / manifest.serving.file if manifest.serving else None
     if copy is not None and precision in ("auto", "int8") and copy.is_file():
         folder, resolved = resolve_model(model_id, revision, weights=False)
         try:
-            return Encoder.load(folder, resolved, "cpu", model_id=model_id, serving_copy=copy)
+            encoder = Encoder.load(folder, resolved, "cpu", model_id=model_id, serving_copy=copy)
         except EncoderError as error:
             log.warning("%s; loading the checkpoint of %s instead", error, model_id)
+        else:
+            graph = manifest.serving.image_graph
+            if graph is not None and precision == "auto" and (artifacts / graph.file).is_file():
+                try:
+                    encoder.use_image_graph(artifacts / graph.file)
+                except EncoderError as error:
+                    log.warning("%s; pictures are embedded by the serving copy's torch tower", error)
+            return encoder
     folder, resolved = resolve_model(model_id, revision)
     return Encoder.load(folder, resolved, "cpu", model_id=model_id, precision=precision,
                         batch=1)  # auto, on AMX: the faster for one query

@@ -77,7 +77,7 @@ def latest_tag(api: HfApi, repo_id: str) -> str | None:
 
 def download(repo_id: str, revision: str | None, *, endpoint: str | None = None, token: str | None = None,
              cache_dir: Path | None = None, lazy: bool = False, stamp_dir: Path | None = None,
-             on_manifest: Callable[[Manifest], None] | None = None, serving_copy: bool = True) -> IndexSource:
+             on_manifest: Callable[[Manifest], None] | None = None, precision: str = "auto") -> IndexSource:
     """Fetch the artifacts at `revision` (default: the newest build tag, else main) into the HF cache: the manifest,
     then exactly the files it lists, all at one commit (whatever else the repo holds is not downloaded).
 
@@ -88,8 +88,8 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
     Each file is hashed as soon as it is down,
     while the others still download, and stamped verified in `stamp_dir`, so opening it does not read it again.
     `on_manifest` is called with the manifest before the other files are fetched (the prefetch starts the model's
-    download there). Without `serving_copy` (an app that loads the model's checkpoint), the build's int8 serving
-    copy is not fetched."""
+    download there). The serving files an app computing in `precision` never loads are not fetched (see
+    Manifest.unused_serving_files)."""
     api = HfApi(endpoint=endpoint, token=token)
     newest = latest_tag(api, repo_id)
     ref = revision or newest or "main"
@@ -109,7 +109,7 @@ def download(repo_id: str, revision: str | None, *, endpoint: str | None = None,
     manifest = Manifest.read(folder)
     if on_manifest:
         on_manifest(manifest)
-    unwanted = {manifest.serving.file} if manifest.serving and not serving_copy else set()
+    unwanted = manifest.unused_serving_files(precision)
     if lazy:  # the object vectors are for --append only: an app never reads them, however small
         unwanted.add(OBJECTS_VECTORS)
     now, later = sorted(set(manifest.files) - unwanted), []
@@ -241,9 +241,9 @@ def cached_snapshots(repo_id: str, revision: str | None, cache_dir: Path | None 
 
 def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, endpoint: str | None = None,
                  token: str | None = None, cache_dir: Path | None = None, work_dir: Path | None = None,
-                 serving_copy: bool = True) -> tuple[Gallery, IndexSource]:
+                 precision: str = "auto") -> tuple[Gallery, IndexSource]:
     """The verified gallery to serve: INDEX_DIR, else the Hub, else the newest cached copy that verifies
-    (`serving_copy`: whether the app will load the build's serving copy, see download)."""
+    (`precision`: what the app computes in, which decides the serving files it needs, see download)."""
     work_dir = work_folder(work_dir)
     if index_dir:
         folder = Path(index_dir)
@@ -253,7 +253,7 @@ def open_gallery(*, index_dir: str | None, repo_id: str, revision: str | None, e
         return _open(source, work_dir), source
     try:
         source = download(repo_id, revision, endpoint=endpoint, token=token, cache_dir=cache_dir, lazy=True,
-                          stamp_dir=work_dir, serving_copy=serving_copy)
+                          stamp_dir=work_dir, precision=precision)
         return _open(source, work_dir), source
     except (RepositoryNotFoundError, GatedRepoError):
         raise IndexRepoNotFound(f"INDEX_REPO={repo_id}: no such dataset repo, or it is private (set the HF_TOKEN "

@@ -30,7 +30,7 @@ def begin(settings: Settings) -> list[threading.Thread]:
 
     def artifacts() -> None:
         download(settings.index_repo, settings.index_revision, endpoint=settings.endpoint, token=settings.token,
-                 lazy=True, stamp_dir=work_folder(), on_manifest=model, serving_copy=settings.serving_copy)
+                 lazy=True, stamp_dir=work_folder(), on_manifest=model, precision=settings.precision)
 
     threads.append(_background("prefetch-artifacts", artifacts))
     return threads

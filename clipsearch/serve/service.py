@@ -50,7 +50,7 @@ def open_index(settings: Settings) -> tuple[Gallery, IndexSource]:
     try:
         return open_gallery(index_dir=settings.index_dir, repo_id=settings.index_repo,
                             revision=settings.index_revision, endpoint=settings.endpoint, token=settings.token,
-                            serving_copy=settings.serving_copy)
+                            precision=settings.precision)
     except IndexRepoNotFound:
         if not settings.default_repo or settings.index_revision or settings.index_dir:
             raise
