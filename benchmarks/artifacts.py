@@ -209,13 +209,13 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
 
 
 def with_serving_copy(folder: Path) -> Path:
-    """The artifacts in `folder` plus the encoder's int8 serving copy, as a build publishes them by default
-    (builder.serving): a sibling folder whose other files are hard links, made once."""
+    """The artifacts in `folder` plus the encoder's int8 serving copy and image graph, as a build publishes them
+    by default (builder.serving): a sibling folder whose other files are hard links, made once."""
     from builder.serving import write_serving_copy
     from clipsearch.core.encoder import ModelInfo
     from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
 
-    out = folder.with_name(folder.name + "-int8")
+    out = folder.with_name(folder.name + "-serving")  # the int8 copy and its ONNX image graph
     if (out / MANIFEST).exists():
         return out
     fresh_folder(out)
@@ -225,7 +225,7 @@ def with_serving_copy(folder: Path) -> Path:
     serving = write_serving_copy(ModelInfo(**manifest.model), out)
     if serving is None:
         raise RuntimeError("the stand-in's int8 serving copy failed its check against fp32; see the log")
-    manifest.serving, manifest.files = serving, {**manifest.files, **hash_files(out, [serving.file])}
+    manifest.serving, manifest.files = serving, {**manifest.files, **hash_files(out, serving.files)}
     write_manifest(out, manifest)
     return out
 

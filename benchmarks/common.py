@@ -175,6 +175,7 @@ def subjects(label: str, also: list[str]) -> list[tuple[str, Path]]:
 # --- `python app.py`, started and timed ----------------------------------------------------------------------------
 READY = re.compile(r"started in ([\d.]+) s, resident memory (\d+) MB")  # the app's own log line when ready
 PRECISION = r"precision \w+(-\w+)?"  # what the app logs once its encoder has chosen
+IMAGE_GRAPH_LOG = r"pictures embedded by the image graph"  # the app logs it where pictures run in onnxruntime
 
 
 def free_port() -> int:
@@ -230,6 +231,11 @@ class App:
 
     def rss_mb(self) -> float:
         return proc_rss_mb(self.process.pid)
+
+    def encoder_line(self) -> str:
+        """What the app's encoder computes in, as its log says: "precision int8", "+ pictures in onnxruntime"."""
+        graph = " + pictures in onnxruntime int8" if self.log_line(IMAGE_GRAPH_LOG) else ""
+        return (self.log_line(PRECISION) or "precision ?") + graph
 
     def log_line(self, pattern: str) -> str:
         found = re.search(pattern, self.log.read_text())

@@ -48,9 +48,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.artifacts import COCO_COUNT, COCO_OBJECTS, coco_like_jpegs, synthetic_artifacts, text_queries
+from benchmarks.artifacts import (
+    COCO_COUNT,
+    COCO_OBJECTS,
+    coco_like_jpegs,
+    synthetic_artifacts,
+    text_queries,
+    with_serving_copy,
+)
 from benchmarks.common import (
-    PRECISION,
     App,
     Report,
     arguments,
@@ -634,7 +640,7 @@ def http_table(subjects: list[Subject]) -> str:
     lines = ["| app | encoder | endpoint | p50 ms | p90 ms | n |", "|---|---|---|---:|---:|---:|"]
     for s in subjects:
         for endpoint, times in s.http.items():
-            lines.append(f"| {s.label} | {s.app.log_line(PRECISION) or '?'} | /{endpoint} | "
+            lines.append(f"| {s.label} | {s.app.encoder_line()} | /{endpoint} | "
                          f"{statistics.median(times):.1f} | {percentile(times, 0.9):.1f} | {len(times)} |")
     return "\n".join(lines)
 
@@ -771,7 +777,8 @@ def main() -> None:
         label, _, setting = item.partition(":")
         key, _, value = setting.partition("=")
         settings.setdefault(label, {})[key] = value
-    folder = synthetic_artifacts(args.cache, args.count, objects=args.objects)
+    # as a build publishes them: with the encoder's serving copy and image graph, which the app then loads
+    folder = with_serving_copy(synthetic_artifacts(args.cache, args.count, objects=args.objects))
     args.work = fresh_folder(args.cache / "search_latency")
     measured = [Subject(number, label, root) for number, (label, root) in enumerate(subjects(args.label, args.also))]
     for subject in measured if args.objects else []:
@@ -789,7 +796,7 @@ def main() -> None:
         if "load" in parts:
             load_part(args, measured)
     apps = "\n".join(f"- **{s.label}**: `{s.root}` ({report.code if s.root == measured[0].root else 'another copy'})"
-                     f"; {s.app.log_line(PRECISION) or 'precision ?'}; serving {s.app.seconds:.1f} s after process "
+                     f"; {s.app.encoder_line()}; serving {s.app.seconds:.1f} s after process "
                      f"start, {s.app.logged_rss_mb:.0f} MB at ready" for s in measured)
     things = (f" with an object index of {args.objects:,} boxes" if args.objects else "")
     body = (f"{args.count:,}-row synthetic artifacts{things}, the default model's random-weight stand-in (same "

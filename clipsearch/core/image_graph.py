@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,8 +41,13 @@ def export_image_graph(encoder, path: Path, references: np.ndarray) -> None:
                               output_names=["features"], dynamic_axes={"pixel_values": {0: "batch"}},
                               opset_version=OPSET, dynamo=False)  # the TorchScript tracer: no onnxscript needed
         # MatMuls only: the patch embedding's ConvInteger has no CPU kernel in onnxruntime 1.23
-        quantize_dynamic(traced, Path(work) / "int8.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
-                         weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level, _ = root.level, root.setLevel(logging.ERROR)  # its notes on the root logger: a line per tensor
+        try:
+            quantize_dynamic(traced, Path(work) / "int8.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         graph = onnx.load(str(Path(work) / "int8.onnx"))
     vectors = np.ascontiguousarray(references, dtype=np.float32)
     stored = {"format": FORMAT, REFERENCE: json.dumps({"shape": vectors.shape,

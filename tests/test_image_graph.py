@@ -1,0 +1,99 @@
+"""The image tower's ONNX graph: a build exports it beside the serving copy, the app embeds pictures with it and ranks
+them as torch does; a graph that disagrees with the build's fp32 vectors, or cannot be loaded, is refused with a
+sentence and the serving copy's torch tower answers. Tiny real checkpoints of each family (testkit.models)."""
+
+from __future__ import annotations
+
+import logging
+
+import faiss
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from builder.serving import write_image_graph
+from clipsearch.core.encoder import Encoder
+from clipsearch.core.errors import EncoderError
+from clipsearch.core.image_graph import export_image_graph
+from clipsearch.core.manifest import IMAGE_GRAPH, INDEX, Manifest, sha256_file
+from clipsearch.core.precision import calibration_images, reference_vectors
+from clipsearch.hub.encoders import served_encoder
+from testkit.helpers import run_build
+from testkit.models import EXTRA_KINDS, KINDS, draw_shape, save_tiny_clip
+from testkit.models.shapes import combos
+
+
+def _pictures(count: int = 5) -> list[Image.Image]:
+    return [draw_shape(color, shape, size=64, seed=n) for n, (color, shape) in enumerate(combos()[:count])]
+
+
+@pytest.mark.parametrize("kind", [*KINDS, *EXTRA_KINDS])
+def test_the_graph_embeds_pictures_as_the_fp32_model_does(tmp_path, kind):
+    folder = save_tiny_clip(tmp_path / kind, kind)
+    encoder = Encoder.load(folder, device="cpu")
+    fp32 = encoder.encode_images(_pictures())
+    info = write_image_graph(encoder, tmp_path, reference_vectors(encoder)["images"])
+    if set(encoder.preprocess(_pictures(1))) != {"pixel_values"}:  # NaFlex: patches and their mask, not exported
+        assert info is None and not (tmp_path / IMAGE_GRAPH).exists()
+        return
+    assert info.file == IMAGE_GRAPH and info.cosine >= 0.99 and info.size == (tmp_path / IMAGE_GRAPH).stat().st_size
+    assert encoder.image_graph is None  # the builder's encoder computes as before
+    served = Encoder.load(folder, device="cpu")
+    assert served.use_image_graph(tmp_path / IMAGE_GRAPH) >= 0.99
+    batch = served.encode_images(_pictures())
+    one_by_one = np.concatenate([served.encode_images([picture]) for picture in _pictures()])
+    # the batch axis is free (the app's micro-batches); activations are quantised per call, so a batch shares a scale
+    assert np.min(np.sum(batch * one_by_one, axis=1)) >= 0.999
+    assert np.min(np.sum(batch * fp32, axis=1)) >= 0.99
+    served.use_precision("fp32")  # another precision: pictures are computed in it again, not by the graph
+    assert served.image_graph is None and np.abs(served.encode_images(_pictures()) - fp32).max() < 1e-5
+
+
+def test_a_build_publishes_the_graph_and_the_app_ranks_pictures_as_torch_does(shapes_artifacts, shapes_folder):
+    manifest = Manifest.read(shapes_artifacts)
+    graph = manifest.serving.image_graph
+    assert graph.file == IMAGE_GRAPH and manifest.files[IMAGE_GRAPH].size == graph.size
+    assert manifest.files[IMAGE_GRAPH].sha256 == sha256_file(shapes_artifacts / IMAGE_GRAPH)
+    by_graph = served_encoder(manifest, shapes_artifacts, "auto")
+    by_torch = served_encoder(manifest, shapes_artifacts, "int8")  # CLIPSEARCH_PRECISION=int8: torch's tower only
+    assert by_graph.image_graph is not None and by_torch.image_graph is None
+    assert by_graph.precision == by_torch.precision == "int8"
+    index = faiss.read_index(str(shapes_artifacts / INDEX))
+    rows = shapes_folder[1]
+    pictures = [Image.open(shapes_folder[0] / row["file_name"]).convert("RGB") for row in rows]
+    _, graph_ids = index.search(by_graph.encode_images(pictures), 5)
+    _, torch_ids = index.search(by_torch.encode_images(pictures), 5)
+    # every gallery picture finds itself first either way, and the rest of the top 5 is the same images
+    assert graph_ids[:, 0].tolist() == torch_ids[:, 0].tolist() == list(range(len(rows)))
+    assert [set(row) for row in graph_ids] == [set(row) for row in torch_ids]
+
+
+def test_a_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(tmp_path, shapes_folder, caplog, capsys):
+    model = save_tiny_clip(tmp_path / "tiny", "clip")
+    out = tmp_path / "artifacts"
+    assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
+    assert f"pictures: {IMAGE_GRAPH} (" in capsys.readouterr().out  # the build summary says what the Space runs
+    manifest = Manifest.read(out)
+    fp32 = Encoder.load(model, device="cpu")
+    # the same architecture with other weights (seed 1): its pictures' vectors disagree with the build's fp32 ones
+    other = Encoder.load(save_tiny_clip(tmp_path / "other", "clip", seed=1), device="cpu")
+    export_image_graph(other, out / IMAGE_GRAPH, reference_vectors(fp32)["images"])
+    with caplog.at_level(logging.WARNING, logger="clipsearch.hub.encoders"):
+        encoder = served_encoder(manifest, out, "auto")
+    assert encoder.image_graph is None
+    assert "agrees with the build's fp32 vectors only to cosine" in caplog.text
+    assert "pictures are embedded by the serving copy's torch tower" in caplog.text
+    pictures = _pictures()
+    assert np.min(np.sum(encoder.encode_images(pictures) * fp32.encode_images(pictures), axis=1)) >= 0.99
+
+    foreign = onnx.load(str(out / IMAGE_GRAPH))
+    del foreign.metadata_props[:]  # someone else's ONNX model of the tower
+    onnx.save(foreign, str(out / IMAGE_GRAPH))
+    with pytest.raises(EncoderError, match="is not an image graph this app can load"):
+        encoder.use_image_graph(out / IMAGE_GRAPH)
+    (out / IMAGE_GRAPH).write_bytes(b"not an ONNX file at all")
+    with pytest.raises(EncoderError, match=f"{IMAGE_GRAPH} cannot be loaded by onnxruntime"):
+        encoder.use_image_graph(out / IMAGE_GRAPH)
+    assert encoder.image_graph is None
+    assert encoder.encode_images(calibration_images(encoder.info.image_size)).shape == (2, encoder.info.dim)
