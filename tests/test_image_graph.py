@@ -41,12 +41,13 @@ def test_the_graph_embeds_pictures_as_the_fp32_model_does(tmp_path, kind):
     assert encoder.image_graph is None  # the builder's encoder computes as before
     served = Encoder.load(folder, device="cpu")
     assert served.use_image_graph(tmp_path / IMAGE_GRAPH) >= 0.99
+    served.release_image_tower()  # as the app does: the torch tower's weights are freed
     batch = served.encode_images(_pictures())
     one_by_one = np.concatenate([served.encode_images([picture]) for picture in _pictures()])
     # the batch axis is free (the app's micro-batches); activations are quantised per call, so a batch shares a scale
     assert np.min(np.sum(batch * one_by_one, axis=1)) >= 0.999
     assert np.min(np.sum(batch * fp32, axis=1)) >= 0.99
-    served.use_precision("fp32")  # another precision: pictures are computed in it again, not by the graph
+    served.use_precision("fp32")  # another precision: pictures are computed in it again (reloaded), not by the graph
     assert served.image_graph is None and np.abs(served.encode_images(_pictures()) - fp32).max() < 1e-5
 
 
@@ -59,6 +60,9 @@ def test_a_build_publishes_the_graph_and_the_app_ranks_pictures_as_torch_does(sh
     by_torch = served_encoder(manifest, shapes_artifacts, "int8")  # CLIPSEARCH_PRECISION=int8: torch's tower only
     assert by_graph.image_graph is not None and by_torch.image_graph is None
     assert by_graph.precision == by_torch.precision == "int8"
+    pixels = by_graph.preprocess(calibration_images(by_graph.info.image_size))
+    with pytest.raises(EncoderError, match="the torch image tower was released"):  # its memory is handed back
+        by_graph.image_features(pixels)
     index = faiss.read_index(str(shapes_artifacts / INDEX))
     rows = shapes_folder[1]
     pictures = [Image.open(shapes_folder[0] / row["file_name"]).convert("RGB") for row in rows]

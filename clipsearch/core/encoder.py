@@ -20,7 +20,14 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenize
 from .errors import EncoderError, first_line
 from .image_graph import ImageGraph
 from .manifest import PRECISIONS
-from .precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, choose_precision, convert
+from .precision import (
+    MIN_CALIBRATION_COSINE,
+    agreement,
+    calibration_images,
+    choose_precision,
+    convert,
+    release_freed_memory,
+)
 from .serving import load_serving_copy
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,7 @@ class Encoder:
         self._input_dtype = torch.float32
         self._reload_fp32 = reload_fp32  # fresh fp32 weights: every CPU fast path is converted from fp32
         self.image_graph: ImageGraph | None = None  # the build's ONNX image tower, where the app runs it instead
+        self._tower_released = False  # see release_image_tower
 
     @classmethod
     def load(cls, folder: str | Path, revision: str | None = None, device: str | torch.device = "auto",
@@ -148,15 +156,16 @@ class Encoder:
         return encoder
 
     def use_precision(self, precision: str) -> None:
-        """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path is
-        reloaded in fp32 first: each fast path is converted from the fp32 weights."""
+        """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path, or whose
+        image tower was released, is reloaded in fp32 first: each fast path is converted from the fp32 weights."""
         self.image_graph = None  # pictures too are computed in `precision`
-        if precision == self.precision:
+        if precision == self.precision and not self._tower_released:
             return
         if self._reload_fp32 is None:
             raise EncoderError(f"precision {precision}: this encoder was loaded from a serving copy (int8), which "
                                "cannot be converted; set CLIPSEARCH_PRECISION to load the full checkpoint.")
-        if self.precision != "fp32":
+        if self.precision != "fp32" or self._tower_released:
+            self._tower_released = False
             self.model, self.precision, self._input_dtype = self._reload_fp32(), "fp32", torch.float32
         if precision != "fp32":
             self.precision = precision  # before converting: a conversion that fails half-way is reloaded next time
@@ -205,6 +214,17 @@ class Encoder:
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.encode_pixels(self.preprocess(images))
+
+    def release_image_tower(self) -> None:
+        """Free the torch image tower of a paired model once its image graph embeds the pictures (the app: ~0.1 GB
+        resident for SigLIP 2 B/16). Calling it afterwards is a bug, said so; use_precision reloads it."""
+        if self.image_graph is None or not self.info.has_text:
+            return
+        for name in IMAGE_TOWER:
+            if isinstance(getattr(self.model, name, None), torch.nn.Module):
+                setattr(self.model, name, _ReleasedTower())
+        self._tower_released = True
+        release_freed_memory()
 
     # --- text ---------------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -305,6 +325,17 @@ def _model_info(model_id: str, revision: str | None, config, model, image_proces
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
+
+
+# The modules of a paired model that only pictures go through (CLIP and SigLIP; SigLIP's head is in vision_model).
+IMAGE_TOWER = ("vision_model", "visual_projection")
+
+
+class _ReleasedTower(torch.nn.Module):
+    """Stands in for an image tower whose work the image graph does."""
+
+    def forward(self, *args, **kwargs):
+        raise EncoderError("the torch image tower was released: pictures go through the image graph")
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

@@ -43,6 +43,7 @@ def served_encoder(manifest: Manifest, artifacts: Path, precision: str) -> Encod
             if graph is not None and precision == "auto" and (artifacts / graph.file).is_file():
                 try:
                     encoder.use_image_graph(artifacts / graph.file)
+                    encoder.release_image_tower()
                 except EncoderError as error:
                     log.warning("%s; pictures are embedded by the serving copy's torch tower", error)
             return encoder
