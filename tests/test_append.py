@@ -23,7 +23,7 @@ def test_append_embeds_only_new_images_and_keeps_ids(tmp_path, tiny_clip, capsys
     before = Manifest.read(out)
     old_vectors = np.load(out / "embeddings.npy")
     old_rows = pq.read_table(out / "metadata.parquet").select(["image_id", "file_name"]).to_pylist()
-    old_packs = {name: (out / name).read_bytes() for name in before.thumbnails.files + [before.serving.file]}
+    old_packs = {name: (out / name).read_bytes() for name in before.thumbnails.files + before.serving.files}
 
     assert run_build("--append", "--images", second, "--out", out, "--eval", "none") == 0
     after = Manifest.read(out)
@@ -35,7 +35,8 @@ def test_append_embeds_only_new_images_and_keeps_ids(tmp_path, tiny_clip, capsys
     assert rows[:before.count] == old_rows
     assert [r["image_id"] for r in rows[before.count:]] == [before.count + 1, before.count + 2, before.count + 3]
     assert all((out / name).read_bytes() == data for name, data in old_packs.items())  # the serving copy too
-    assert after.serving == before.serving and after.files[after.serving.file] == before.files[before.serving.file]
+    assert after.serving == before.serving and after.serving.image_graph is not None  # and its image graph
+    assert all(after.files[name] == before.files[name] for name in before.serving.files)
     assert len(after.thumbnails.files) == len(before.thumbnails.files) + 1
     gallery = Gallery.open(out)
     new_row = gallery.row_of(before.count + 1)  # new ids follow the sorted paths
