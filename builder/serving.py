@@ -32,10 +32,12 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
     except (EncoderError, RuntimeError, NotImplementedError) as error:  # int8 kernels missing on this CPU build
         log.warning("no serving copy: the int8 conversion failed here (%s); the Space will convert the checkpoint",
                     first_line(error))
-        return None
-    if not cosine >= MIN_CALIBRATION_COSINE:
+        cosine = None
+    if cosine is not None and not cosine >= MIN_CALIBRATION_COSINE:
         log.warning("no serving copy: int8 agrees with fp32 only to cosine %.5f (< %g) for this model; the Space "
                     "will serve it in another precision", cosine, MIN_CALIBRATION_COSINE)
+    if cosine is None or not cosine >= MIN_CALIBRATION_COSINE:
+        (folder / IMAGE_GRAPH).unlink(missing_ok=True)  # the app loads the graph only beside the copy
         return None
     save_serving_copy(encoder.model, folder / SERVING_MODEL, references)
     size = (folder / SERVING_MODEL).stat().st_size

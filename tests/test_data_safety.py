@@ -55,7 +55,7 @@ def test_an_index_inside_the_image_folder_works_and_a_rebuild_keeps_every_pictur
         manifest = Manifest.read(out)
         assert manifest.count == 6
     assert {name: data for name, data in _tree(photos).items() if not name.startswith("index/")} == before
-    serving = [manifest.serving.file] if manifest.serving else []  # the int8 copy, where this CPU can make one
+    serving = manifest.serving.files if manifest.serving else []  # int8 copy and image graph, where made here
     assert set(manifest.files) == {"index.faiss", "embeddings.npy", "metadata.parquet", "atlas.npy",
                                    *manifest.thumbnails.files, *serving}
 

@@ -101,3 +101,16 @@ def test_a_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(tmp_p
         encoder.use_image_graph(out / IMAGE_GRAPH)
     assert encoder.image_graph is None
     assert encoder.encode_images(calibration_images(encoder.info.image_size)).shape == (2, encoder.info.dim)
+
+
+def test_a_build_without_a_serving_copy_leaves_no_graph_behind(tmp_path, shapes_folder, monkeypatch, caplog):
+    import builder.serving
+
+    monkeypatch.setattr(builder.serving, "MIN_CALIBRATION_COSINE", 1.01)  # no int8 copy can pass: none is written
+    out = tmp_path / "artifacts"
+    with caplog.at_level(logging.WARNING, logger="builder"):
+        assert run_build("--images", shapes_folder[0], "--model", save_tiny_clip(tmp_path / "tiny", "clip"),
+                         "--out", out) == 0
+    assert "no serving copy: int8 agrees with fp32 only to cosine" in caplog.text
+    manifest = Manifest.read(out)
+    assert manifest.serving is None and IMAGE_GRAPH not in manifest.files and not (out / IMAGE_GRAPH).exists()
