@@ -20,7 +20,9 @@ log = logging.getLogger("builder")
 
 def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
     """Convert the build's model to int8 on the CPU as the Space would, check it against fp32 as the Space will,
-    and write it to `folder`; None (the Space then converts the checkpoint itself) where that fails here."""
+    and write it to `folder`, with its image graph; None (the Space then converts the checkpoint itself) where that
+    fails here."""
+    image_graph = None
     try:
         # A CPU fp32 copy of exactly the build's model (its files are in the cache already): the build's own
         # encoder may be on a GPU, or in a CPU fast path, and it is the fp32 vectors the copy must reproduce.
@@ -32,18 +34,18 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
     except (EncoderError, RuntimeError, NotImplementedError) as error:  # int8 kernels missing on this CPU build
         log.warning("no serving copy: the int8 conversion failed here (%s); the Space will convert the checkpoint",
                     first_line(error))
-        cosine = None
-    if cosine is not None and not cosine >= MIN_CALIBRATION_COSINE:
+    else:
+        if cosine >= MIN_CALIBRATION_COSINE:
+            save_serving_copy(encoder.model, folder / SERVING_MODEL, references)
+            size = (folder / SERVING_MODEL).stat().st_size
+            log.info("serving copy: %s, %.0f MB (int8), cosine to fp32 %.5f", SERVING_MODEL, size / 1e6, cosine)
+            return ServingInfo(file=SERVING_MODEL, precision="int8", cosine=round(cosine, 6), size=size,
+                               image_graph=image_graph)
         log.warning("no serving copy: int8 agrees with fp32 only to cosine %.5f (< %g) for this model; the Space "
                     "will serve it in another precision", cosine, MIN_CALIBRATION_COSINE)
-    if cosine is None or not cosine >= MIN_CALIBRATION_COSINE:
-        (folder / IMAGE_GRAPH).unlink(missing_ok=True)  # the app loads the graph only beside the copy
-        return None
-    save_serving_copy(encoder.model, folder / SERVING_MODEL, references)
-    size = (folder / SERVING_MODEL).stat().st_size
-    log.info("serving copy: %s, %.0f MB (int8), cosine to fp32 %.5f", SERVING_MODEL, size / 1e6, cosine)
-    return ServingInfo(file=SERVING_MODEL, precision="int8", cosine=round(cosine, 6), size=size,
-                       image_graph=image_graph)
+    if image_graph is not None:  # the graph written above: the app loads it only beside the copy
+        (folder / image_graph.file).unlink()
+    return None
 
 
 def write_image_graph(encoder: Encoder, folder: Path, references: np.ndarray) -> ImageGraphInfo | None:
@@ -54,12 +56,16 @@ def write_image_graph(encoder: Encoder, folder: Path, references: np.ndarray) ->
         log.info("no image graph: %s takes more than pixels (a NaFlex processor)", encoder.info.model_id)
         return None
     try:
-        export_image_graph(encoder, path, references)
-        cosine = encoder.use_image_graph(path)  # the app's own check: the graph's vectors against fp32's
+        export_image_graph(encoder, path, references)  # writes `path` last, once the graph is whole
     except Exception as error:  # noqa: BLE001 - the tracer and onnxruntime raise many types; the copy still serves
         log.warning("no image graph: the ONNX export failed here (%s: %s); the Space embeds pictures with the "
                     "serving copy's torch tower", type(error).__name__, first_line(error))
-        path.unlink(missing_ok=True)
+        return None
+    try:
+        cosine = encoder.use_image_graph(path)  # the app's own check: the graph's vectors against fp32's
+    except EncoderError as error:
+        log.warning("no image graph: %s; the Space embeds pictures with the serving copy's torch tower", error)
+        path.unlink()  # the graph just written
         return None
     encoder.image_graph = None  # the serving copy is converted from the torch tower
     size = path.stat().st_size

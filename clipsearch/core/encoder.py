@@ -27,6 +27,7 @@ from .precision import (
     choose_precision,
     convert,
     release_freed_memory,
+    worst_cosine,
 )
 from .serving import load_serving_copy
 
@@ -197,13 +198,12 @@ class Encoder:
         the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
         otherwise (torch keeps them)."""
         graph = ImageGraph.open(path, threads=torch.get_num_threads())
-        mine = self.preprocess(calibration_images(self.info.image_size))["pixel_values"].numpy()
+        pixels = self.preprocess(calibration_images(self.info.image_size))["pixel_values"].numpy()
         try:
-            vectors = _normalise(torch.from_numpy(graph(mine)))
+            vectors = _normalise(torch.from_numpy(graph(pixels)))
         except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
             raise EncoderError(f"{path.name} does not run on this model's pictures ({first_line(error)}).") from None
-        cosine = float(np.min(np.sum(vectors * graph.references, axis=1))) \
-            if vectors.shape == graph.references.shape else float("-inf")
+        cosine = worst_cosine(vectors, graph.references)
         if not cosine >= MIN_CALIBRATION_COSINE:
             raise EncoderError(f"the image graph {path.name} agrees with the build's fp32 vectors only to cosine "
                                f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")

@@ -28,8 +28,8 @@ OPSET = 17
 def export_image_graph(encoder, path: Path, references: np.ndarray) -> None:
     """Write `encoder`'s image tower (fp32, on the CPU) as an int8 ONNX graph to `path`, with the fp32 vectors of
     the calibration pictures (`references`) the app checks it against. Needs the onnx package (the builder's)."""
-    import onnx  # the builder's dependency; the app only runs the graph
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # lazy: the builder's dependency only (not in the Space); the app only runs the graph
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: it imports onnx
 
     pixels = encoder.preprocess(calibration_images(encoder.info.image_size))["pixel_values"]
     with tempfile.TemporaryDirectory() as work:
@@ -69,7 +69,7 @@ class ImageGraph:
         """Load the graph at `path` to run on `threads` threads; EncoderError with a sentence for a file of another
         layout or one onnxruntime cannot load."""
         try:
-            import onnxruntime
+            import onnxruntime  # lazy: an app without it still serves, with torch's tower (the ImportError below)
         except ImportError:
             raise EncoderError("onnxruntime is not installed (pip install -r requirements.txt)") from None
         options = onnxruntime.SessionOptions()

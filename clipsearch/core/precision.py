@@ -84,9 +84,17 @@ def reference_vectors(encoder) -> dict[str, np.ndarray]:
 def agreement(encoder, references: dict[str, np.ndarray]) -> float:
     """The worst cosine between the encoder's vectors of the calibration batch and `references` (fp32's)."""
     mine = reference_vectors(encoder)
-    if set(mine) != set(references) or any(mine[kind].shape != references[kind].shape for kind in mine):
-        return float("-inf")  # another model's vectors, or another batch
-    return min(float(np.min(np.sum(references[kind] * mine[kind], axis=1))) for kind in mine)
+    if set(mine) != set(references):
+        return float("-inf")  # another model's vectors
+    return min(worst_cosine(mine[kind], references[kind]) for kind in mine)
+
+
+def worst_cosine(vectors: np.ndarray, references: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two sets of unit vectors; -inf for sets of different shapes (another
+    model's vectors, or another batch)."""
+    if vectors.shape != references.shape:
+        return float("-inf")
+    return float(np.min(np.sum(vectors * references, axis=1)))
 
 
 def _calibrate(encoder, candidate: str, reference: dict[str, np.ndarray]) -> float | None:
