@@ -112,18 +112,21 @@ def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(
         call(url, "search", search_data(url, text="", k=3))
 
     storm(0)  # warm-up: first-time allocations, caches, thread pools
-    before = measured_app.rss_mb()
-    for round_ in range(1, 5):
+    readings = [measured_app.rss_mb()]
+    for round_ in range(1, 9):
         storm(round_)
-    settled = measured_app.rss_mb()  # new worker threads' malloc arenas add a one-off step (30-50 MB) somewhere here
-    for round_ in range(5, 9):
-        storm(round_)
-    after = measured_app.rss_mb()
-    grown, total = after - settled, after - before
+        readings.append(measured_app.rss_mb())
     kind, outputs = call(url, "search_text", ["a yellow triangle", 3])
     assert kind == "complete" and len(outputs[1]) == 3, (kind, outputs)
-    assert grown < 20, f"resident memory grew {grown:.0f} MB over rounds 5-8 of bad requests (a leak: it keeps growing)"
-    assert total < 120, f"resident memory grew {total:.0f} MB over 8 rounds of bad requests"
+    # One step is forgiven: a worker thread's first malloc arena adds ~25 MB once, in any round (seen in rounds 2-7,
+    # with or without the image graph, sometimes handed back later). A leak grows every round instead.
+    steps = [later - earlier for earlier, later in zip(readings, readings[1:])]
+    one_off = max(0.0, *steps)
+    grown = readings[-1] - readings[0] - one_off
+    shown = ", ".join(f"{mb:.0f}" for mb in readings)
+    assert one_off < 64, f"resident memory jumped {one_off:.0f} MB in one round of bad requests (MB: {shown})"
+    assert grown < 20, f"resident memory grew {grown:.0f} MB over 8 rounds of bad requests besides one step, " \
+                       f"a leak: it keeps growing (MB after each round: {shown})"
 
 
 # === 2. Load shedding ==============================================================================================
