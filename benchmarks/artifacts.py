@@ -209,13 +209,13 @@ def synthetic_artifacts(cache: Path, count: int = COCO_COUNT, thumbnails: str = 
 
 
 def with_serving_copy(folder: Path) -> Path:
-    """The artifacts in `folder` plus the encoder's int8 serving copy and image graph, as a build publishes them
+    """The artifacts in `folder` plus the encoder's int8 serving copy and tower graphs, as a build publishes them
     by default (builder.serving): a sibling folder whose other files are hard links, made once."""
     from builder.serving import write_serving_copy
     from clipsearch.core.encoder import ModelInfo
     from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
 
-    out = folder.with_name(folder.name + "-serving")  # the int8 copy and its ONNX image graph
+    out = folder.with_name(folder.name + "-served")  # the int8 copy and its ONNX image and text graphs
     if (out / MANIFEST).exists():
         return out
     fresh_folder(out)

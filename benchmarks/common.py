@@ -176,6 +176,7 @@ def subjects(label: str, also: list[str]) -> list[tuple[str, Path]]:
 READY = re.compile(r"started in ([\d.]+) s, resident memory (\d+) MB")  # the app's own log line when ready
 PRECISION = r"precision \w+(-\w+)?"  # what the app logs once its encoder has chosen
 IMAGE_GRAPH_LOG = r"pictures embedded by the image graph"  # the app logs it where pictures run in onnxruntime
+TEXT_GRAPH_LOG = r"texts embedded by the text graph"  # likewise for texts
 
 
 def free_port() -> int:
@@ -234,8 +235,10 @@ class App:
 
     def encoder_line(self) -> str:
         """What the app's encoder computes in, as its log says: "precision int8", "+ pictures in onnxruntime"."""
-        graph = " + pictures in onnxruntime int8" if self.log_line(IMAGE_GRAPH_LOG) else ""
-        return (self.log_line(PRECISION) or "precision ?") + graph
+        graphs = [what for what, line in (("pictures", IMAGE_GRAPH_LOG), ("texts", TEXT_GRAPH_LOG))
+                  if self.log_line(line)]
+        return (self.log_line(PRECISION) or "precision ?") + (f" + {' and '.join(graphs)} in onnxruntime int8"
+                                                               if graphs else "")
 
     def log_line(self, pattern: str) -> str:
         found = re.search(pattern, self.log.read_text())

@@ -163,11 +163,15 @@ def serving_line(manifest: Manifest) -> str:
     serving = manifest.serving
     if serving is None:
         return "none: the Space downloads the model's checkpoint and converts it at start-up"
-    graph = serving.image_graph
     return (f"{serving.file} ({serving.size / 1e6:.0f} MB, {serving.precision}, cosine to fp32 {serving.cosine:.5f}): "
             "the Space loads it instead of the model's checkpoint; pictures: " +
-            (f"{graph.file} ({graph.size / 1e6:.0f} MB, onnxruntime int8, cosine to fp32 {graph.cosine:.5f})" if graph
-             else "its torch int8 image tower (no ONNX graph)"))
+            _graph_line(serving.image_graph, "image") +
+            ("; texts: " + _graph_line(serving.text_graph, "text") if manifest.model.get("has_text", True) else ""))
+
+
+def _graph_line(graph, kind: str) -> str:
+    return (f"{graph.file} ({graph.size / 1e6:.0f} MB, onnxruntime int8, cosine to fp32 {graph.cosine:.5f})" if graph
+            else f"its torch int8 {kind} tower (no ONNX graph)")
 
 
 def objects_line(manifest: Manifest) -> str:

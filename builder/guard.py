@@ -16,6 +16,7 @@ from clipsearch.core.manifest import (
     OBJECTS_META,
     OBJECTS_VECTORS,
     SERVING_MODEL,
+    TEXT_GRAPH,
     ArtifactError,
     Manifest,
 )
@@ -53,7 +54,7 @@ def check_writable(out: Path) -> None:
 def artifact_names(out: Path) -> list[str]:
     """The files in `out` that a build of ours wrote, by their known names: what a rebuild may replace."""
     names = {MANIFEST, INDEX, EMBEDDINGS, METADATA, ATLAS, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS,
-             SERVING_MODEL, IMAGE_GRAPH}
+             SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH}
     names.update(p.name for p in out.glob("thumbs-*.bin") if THUMBS_RE.fullmatch(p.name))
     try:
         names.update(Manifest.read(out).files)  # older builds may have listed other names

@@ -166,6 +166,7 @@ def test_searcher_finds_the_shapes_in_both_languages(searcher):
     EXPECTED TO FAIL on the ENCODER SPEC assertion until clipsearch.core.encoder tokenizes SigLIP 2 text as
     big_vision does (what the model was trained with); test_direct_encoding_... checks the same bounds without it."""
     assert searcher.encoder.info.model_type == "siglip" and type(searcher.encoder.model).__name__ == "SiglipModel"
+    assert searcher.encoder.text_graph is not None  # as the Space serves SigLIP: texts through the build's text graph
     precision = {lang: _precision_at_5({combo: [_kind(hit.file_name) for hit in searcher.search_text(query, 5)]
                                         for combo, query in queries.items()})
                  for lang, queries in QUERIES.items()}

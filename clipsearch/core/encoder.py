@@ -18,9 +18,9 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
 from .errors import EncoderError, first_line
-from .image_graph import ImageGraph
 from .manifest import PRECISIONS
 from .precision import (
+    CALIBRATION_TEXTS,
     MIN_CALIBRATION_COSINE,
     agreement,
     calibration_images,
@@ -30,6 +30,7 @@ from .precision import (
     worst_cosine,
 )
 from .serving import load_serving_copy
+from .tower_graphs import TowerGraph
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ class Encoder:
         self.precision = precision
         self._input_dtype = torch.float32
         self._reload_fp32 = reload_fp32  # fresh fp32 weights: every CPU fast path is converted from fp32
-        self.image_graph: ImageGraph | None = None  # the build's ONNX image tower, where the app runs it instead
+        self.image_graph: TowerGraph | None = None  # the build's ONNX image tower, where the app runs it instead
+        self.text_graph: TowerGraph | None = None  # likewise its text tower (SigLIP family)
         self._tower_released = False  # see release_image_tower
 
     @classmethod
@@ -157,9 +159,9 @@ class Encoder:
         return encoder
 
     def use_precision(self, precision: str) -> None:
-        """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path, or whose
-        image tower was released, is reloaded in fp32 first: each fast path is converted from the fp32 weights."""
-        self.image_graph = None  # pictures too are computed in `precision`
+        """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path, or with a
+        tower released, is reloaded in fp32 first: each fast path is converted from the fp32 weights."""
+        self.image_graph = self.text_graph = None  # pictures and texts too are computed in `precision`
         if precision == self.precision and not self._tower_released:
             return
         if self._reload_fp32 is None:
@@ -188,16 +190,16 @@ class Encoder:
             return _normalise(self.image_features(inputs))
 
     def image_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The image tower's output for model inputs, before normalisation (what core.image_graph exports)."""
+        """The image tower's output for model inputs, before normalisation (what core.tower_graphs exports)."""
         if self.info.has_text:
             return self.model.get_image_features(**inputs).pooler_output
         return _pool(self.model(**inputs), self.info.pooling)
 
     def use_image_graph(self, path: Path) -> float:
-        """Embed pictures with the build's ONNX image graph (core.image_graph) from now on, if its vectors agree with
+        """Embed pictures with the build's ONNX image graph (core.tower_graphs) from now on, if its vectors agree with
         the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
         otherwise (torch keeps them)."""
-        graph = ImageGraph.open(path, threads=torch.get_num_threads())
+        graph = TowerGraph.open(path, threads=torch.get_num_threads(), kind="image")
         pixels = self.preprocess(calibration_images(self.info.image_size))["pixel_values"].numpy()
         try:
             vectors = _normalise(torch.from_numpy(graph(pixels)))
@@ -226,6 +228,16 @@ class Encoder:
         self._tower_released = True
         release_freed_memory()
 
+    def release_text_tower(self) -> None:
+        """Free the torch text tower after its token embeddings once the text graph embeds the texts (the app:
+        ~0.1 GB resident for SigLIP 2 B/16); use_precision reloads it."""
+        if self.text_graph is None:
+            return
+        for name in TEXT_TOWER:
+            setattr(self.model.text_model, name, _ReleasedTower("text"))
+        self._tower_released = True
+        release_freed_memory()
+
     # --- text ---------------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if not self.info.has_text:
@@ -239,10 +251,36 @@ class Encoder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        if self.text_graph is not None:
+            return _normalise(torch.from_numpy(self.text_graph(self.text_embeddings(texts).numpy())))
         tokens = {name: value.to(self.device) for name, value in self.tokenize(texts).items()}
         with self._autocast():
             features = self.model.get_text_features(**tokens).pooler_output
         return _normalise(features)
+
+    @torch.inference_mode()
+    def text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        """The SigLIP text model's token and position embeddings of `texts` (fp32, on the CPU): what the text graph
+        takes (core.tower_graphs)."""
+        return self.model.text_model.embeddings(input_ids=self.tokenize(texts)["input_ids"]).float()
+
+    def use_text_graph(self, path: Path) -> float:
+        """Embed texts with the build's ONNX text graph (core.tower_graphs) from now on, if its vectors agree with
+        the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
+        otherwise (torch keeps them)."""
+        graph = TowerGraph.open(path, threads=torch.get_num_threads(), kind="text")
+        try:
+            vectors = _normalise(torch.from_numpy(graph(self.text_embeddings(list(CALIBRATION_TEXTS)).numpy())))
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
+            raise EncoderError(f"{path.name} does not run on this model's texts ({first_line(error)}).") from None
+        cosine = worst_cosine(vectors, graph.references)
+        if not cosine >= MIN_CALIBRATION_COSINE:
+            raise EncoderError(f"the text graph {path.name} agrees with the build's fp32 vectors only to cosine "
+                               f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")
+        self.text_graph = graph
+        log.info("texts embedded by the text graph %s (onnxruntime int8), cosine to the build's fp32 vectors %.5f",
+                 path.name, cosine)
+        return cosine
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -329,13 +367,19 @@ IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
 # The modules of a paired model that only pictures go through (CLIP and SigLIP; SigLIP's head is in vision_model).
 IMAGE_TOWER = ("vision_model", "visual_projection")
+# The modules of a SigLIP text model that the text graph replaces (its token embeddings stay: they feed the graph).
+TEXT_TOWER = ("encoder", "final_layer_norm", "head")
 
 
 class _ReleasedTower(torch.nn.Module):
-    """Stands in for an image tower whose work the image graph does."""
+    """Stands in for a tower whose work its graph does."""
+
+    def __init__(self, kind: str = "image"):
+        super().__init__()
+        self.kind = kind
 
     def forward(self, *args, **kwargs):
-        raise EncoderError("the torch image tower was released: pictures go through the image graph")
+        raise EncoderError(f"the torch {self.kind} tower was released: {self.kind}s go through the {self.kind} graph")
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:

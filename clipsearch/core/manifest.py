@@ -28,7 +28,8 @@ OBJECTS_INDEX = "objects.faiss"
 OBJECTS_META = "objects.parquet"
 OBJECTS_VECTORS = "objects.npy"
 SERVING_MODEL = "model-int8.safetensors"  # the encoder's int8 serving copy (core.serving): the app loads it, not fp32
-IMAGE_GRAPH = "image-int8.onnx"  # its image tower as an ONNX Runtime graph (core.image_graph): picture queries
+IMAGE_GRAPH = "image-int8.onnx"  # its image tower as an ONNX Runtime graph (core.tower_graphs): picture queries
+TEXT_GRAPH = "text-int8.onnx"  # its text tower likewise (SigLIP family): text queries
 # Where builds are published: the project's Hub dataset repo (the builder's --push default, the app's INDEX_REPO
 # default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
@@ -84,21 +85,27 @@ class ServingInfo:
     precision: str  # "int8"
     cosine: float  # worst cosine to the build's fp32 vectors on the calibration batch, on the build's CPU
     size: int  # bytes to download instead of the fp32 checkpoint's
-    # the image tower as an ONNX Runtime int8 graph (core.image_graph), what the app embeds pictures with; None:
+    # the image tower as an ONNX Runtime int8 graph (core.tower_graphs), what the app embeds pictures with; None:
     # built before it existed, or the export failed for this model (the serving copy's torch tower then answers)
-    image_graph: ImageGraphInfo | None = None
+    image_graph: GraphInfo | None = None
+    # the text tower likewise, what the app embeds texts with; None: not the SigLIP family, or built before it existed
+    text_graph: GraphInfo | None = None
+
+    @property
+    def graphs(self) -> list[str]:
+        return [graph.file for graph in (self.image_graph, self.text_graph) if graph]
 
     @property
     def files(self) -> list[str]:
-        return [self.file, *([self.image_graph.file] if self.image_graph else [])]
+        return [self.file, *self.graphs]
 
 
 @dataclass
-class ImageGraphInfo:
-    """The image tower's ONNX graph published with the serving copy, and how well it agreed with fp32 there."""
+class GraphInfo:
+    """A tower's ONNX graph published with the serving copy, and how well it agreed with fp32 there."""
 
     file: str
-    cosine: float  # worst cosine to the build's fp32 vectors on the calibration pictures, on the build's CPU
+    cosine: float  # worst cosine to the build's fp32 vectors on the calibration inputs, on the build's CPU
     size: int
 
 
@@ -146,12 +153,12 @@ class Manifest:
 
     def unused_serving_files(self, precision: str) -> set[str]:
         """The serving files an app computing in `precision` never loads: the serving copy serves auto and int8
-        (fp32 and bf16 need the checkpoint), its image graph auto only."""
+        (fp32 and bf16 need the checkpoint), its graphs auto only."""
         if self.serving is None:
             return set()
         if precision not in ("auto", "int8"):
             return set(self.serving.files)
-        return {self.serving.image_graph.file} if self.serving.image_graph and precision != "auto" else set()
+        return set(self.serving.graphs) if precision != "auto" else set()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

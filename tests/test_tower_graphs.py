@@ -1,5 +1,6 @@
-"""The image tower's ONNX graph: a build exports it beside the serving copy, the app embeds pictures with it and ranks
-them as torch does; a graph that disagrees with the build's fp32 vectors, or cannot be loaded, is refused with a
+"""The towers' ONNX graphs: a build exports them beside the serving copy (the image graph for every family that takes
+pixels alone, the text graph for the SigLIP family), the app embeds pictures and texts with them as fp32 does and
+ranks as torch does; a graph that disagrees with the build's fp32 vectors, or cannot be loaded, is refused with a
 sentence and the serving copy's torch tower answers. Tiny real checkpoints of each family (testkit.models)."""
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import onnx
 import pytest
 from PIL import Image
 
-from builder.serving import write_image_graph
+from builder.serving import write_image_graph, write_text_graph
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.errors import EncoderError
-from clipsearch.core.image_graph import export_image_graph
-from clipsearch.core.manifest import IMAGE_GRAPH, INDEX, Manifest, sha256_file
+from clipsearch.core.manifest import IMAGE_GRAPH, INDEX, SERVING_MODEL, TEXT_GRAPH, Manifest, sha256_file
 from clipsearch.core.precision import calibration_images, reference_vectors
+from clipsearch.core.tower_graphs import export_image_graph, export_text_graph
 from clipsearch.hub.encoders import served_encoder
 from testkit.helpers import run_build
 from testkit.models import EXTRA_KINDS, KINDS, draw_shape, save_tiny_clip
 from testkit.models.shapes import combos
+
+# What visitors type: other scripts, emoji, a text past the 64 tokens, one word.
+TEXTS = ["a red circle", "КРАСНЫЙ КРУГ на белом фоне", "红色的圆形", "دائرة حمراء", "लाल वृत्त", "🔴🟥", "circle",
+         " ".join(["a photo of a big blue square on a plain background"] * 10)]
 
 
 def _pictures(count: int = 5) -> list[Image.Image]:
@@ -114,3 +119,70 @@ def test_a_build_without_a_serving_copy_leaves_no_graph_behind(tmp_path, shapes_
     assert "no serving copy: int8 agrees with fp32 only to cosine" in caplog.text
     manifest = Manifest.read(out)
     assert manifest.serving is None and IMAGE_GRAPH not in manifest.files and not (out / IMAGE_GRAPH).exists()
+
+
+@pytest.mark.parametrize("kind", [*KINDS, *EXTRA_KINDS])
+def test_the_text_graph_embeds_texts_as_the_fp32_model_does(tmp_path, kind):
+    folder = save_tiny_clip(tmp_path / kind, kind)
+    encoder = Encoder.load(folder, device="cpu")
+    fp32 = encoder.encode_texts(TEXTS)
+    info = write_text_graph(encoder, tmp_path, reference_vectors(encoder)["texts"])
+    if kind == "clip":  # its pooling reads the ids (the end token's place): no text graph, torch answers
+        assert info is None and not (tmp_path / TEXT_GRAPH).exists()
+        return
+    assert info.file == TEXT_GRAPH and info.cosine >= 0.99 and info.size == (tmp_path / TEXT_GRAPH).stat().st_size
+    assert encoder.text_graph is None  # the builder's encoder computes as before
+    served = Encoder.load(folder, device="cpu")
+    assert served.use_text_graph(tmp_path / TEXT_GRAPH) >= 0.99
+    served.release_text_tower()  # as the app does: the torch tower's weights after the token table are freed
+    with pytest.raises(EncoderError, match="the torch text tower was released"):
+        served.model.get_text_features(**served.tokenize(TEXTS[:1]))
+    batch = served.encode_texts(TEXTS)
+    one_by_one = np.concatenate([served.encode_texts([text]) for text in TEXTS])
+    assert np.min(np.sum(batch * one_by_one, axis=1)) >= 0.999  # the app's micro-batches of any size
+    assert np.min(np.sum(batch * fp32, axis=1)) >= 0.99
+    served.use_precision("fp32")  # another precision: texts are computed in it again (reloaded), not by the graph
+    assert served.text_graph is None and np.abs(served.encode_texts(TEXTS) - fp32).max() < 1e-5
+
+
+def test_a_siglip_build_publishes_both_graphs_and_the_app_embeds_texts_with_one(tmp_path, shapes_folder, tiny_siglip,
+                                                                                   capsys):
+    out = tmp_path / "artifacts"
+    assert run_build("--images", shapes_folder[0], "--model", tiny_siglip, "--out", out) == 0
+    assert f"texts: {TEXT_GRAPH} (" in capsys.readouterr().out  # the build summary says what the Space runs
+    manifest = Manifest.read(out)
+    graph = manifest.serving.text_graph
+    assert graph.file == TEXT_GRAPH and manifest.files[TEXT_GRAPH].sha256 == sha256_file(out / TEXT_GRAPH)
+    assert manifest.unused_serving_files("auto") == set()  # what a default app downloads: both graphs
+    assert manifest.unused_serving_files("int8") == {IMAGE_GRAPH, TEXT_GRAPH}
+    assert manifest.unused_serving_files("fp32") == {SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH}
+    by_graph = served_encoder(manifest, out, "auto")
+    by_torch = served_encoder(manifest, out, "int8")
+    assert by_graph.text_graph is not None and by_torch.text_graph is None
+    fp32 = Encoder.load(tiny_siglip, device="cpu").encode_texts(TEXTS)
+    assert np.min(np.sum(by_graph.encode_texts(TEXTS) * fp32, axis=1)) >= 0.99
+    assert np.min(np.sum(by_torch.encode_texts(TEXTS) * fp32, axis=1)) >= 0.99
+
+
+def test_a_text_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(tmp_path, shapes_folder, caplog):
+    model = save_tiny_clip(tmp_path / "tiny", "siglip")
+    out = tmp_path / "artifacts"
+    assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
+    manifest = Manifest.read(out)
+    fp32 = Encoder.load(model, device="cpu")
+    # the same architecture with other weights (seed 1): its texts' vectors disagree with the build's fp32 ones
+    other = Encoder.load(save_tiny_clip(tmp_path / "other", "siglip", seed=1), device="cpu")
+    export_text_graph(other, out / TEXT_GRAPH, reference_vectors(fp32)["texts"])
+    with caplog.at_level(logging.WARNING, logger="clipsearch.hub.encoders"):
+        encoder = served_encoder(manifest, out, "auto")
+    assert encoder.text_graph is None and encoder.image_graph is not None  # each graph is checked on its own
+    assert "the text graph text-int8.onnx agrees with the build's fp32 vectors only to cosine" in caplog.text
+    assert "texts are embedded by the serving copy's torch tower" in caplog.text
+    assert np.min(np.sum(encoder.encode_texts(TEXTS) * fp32.encode_texts(TEXTS), axis=1)) >= 0.99
+
+    with pytest.raises(EncoderError, match=f"{IMAGE_GRAPH} is not a text graph this app can load"):
+        encoder.use_text_graph(out / IMAGE_GRAPH)  # the files swapped
+    (out / TEXT_GRAPH).write_bytes(b"not an ONNX file at all")
+    with pytest.raises(EncoderError, match=f"{TEXT_GRAPH} cannot be loaded by onnxruntime"):
+        encoder.use_text_graph(out / TEXT_GRAPH)
+    assert encoder.text_graph is None and encoder.encode_texts(TEXTS).shape == (len(TEXTS), encoder.info.dim)
