@@ -199,19 +199,8 @@ class Encoder:
         """Embed pictures with the build's ONNX image graph (core.tower_graphs) from now on, if its vectors agree with
         the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
         otherwise (torch keeps them)."""
-        graph = TowerGraph.open(path, threads=torch.get_num_threads(), kind="image")
         pixels = self.preprocess(calibration_images(self.info.image_size))["pixel_values"].numpy()
-        try:
-            vectors = _normalise(torch.from_numpy(graph(pixels)))
-        except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
-            raise EncoderError(f"{path.name} does not run on this model's pictures ({first_line(error)}).") from None
-        cosine = worst_cosine(vectors, graph.references)
-        if not cosine >= MIN_CALIBRATION_COSINE:
-            raise EncoderError(f"the image graph {path.name} agrees with the build's fp32 vectors only to cosine "
-                               f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")
-        self.image_graph = graph
-        log.info("pictures embedded by the image graph %s (onnxruntime int8), cosine to the build's fp32 vectors "
-                 "%.5f", path.name, cosine)
+        self.image_graph, cosine = _checked_graph(path, "image", "pictures", pixels)
         return cosine
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -268,18 +257,8 @@ class Encoder:
         """Embed texts with the build's ONNX text graph (core.tower_graphs) from now on, if its vectors agree with
         the build's fp32 vectors as any fast path must (returns that worst cosine); EncoderError with a sentence
         otherwise (torch keeps them)."""
-        graph = TowerGraph.open(path, threads=torch.get_num_threads(), kind="text")
-        try:
-            vectors = _normalise(torch.from_numpy(graph(self.text_embeddings(list(CALIBRATION_TEXTS)).numpy())))
-        except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
-            raise EncoderError(f"{path.name} does not run on this model's texts ({first_line(error)}).") from None
-        cosine = worst_cosine(vectors, graph.references)
-        if not cosine >= MIN_CALIBRATION_COSINE:
-            raise EncoderError(f"the text graph {path.name} agrees with the build's fp32 vectors only to cosine "
-                               f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")
-        self.text_graph = graph
-        log.info("texts embedded by the text graph %s (onnxruntime int8), cosine to the build's fp32 vectors %.5f",
-                 path.name, cosine)
+        embeddings = self.text_embeddings(list(CALIBRATION_TEXTS)).numpy()
+        self.text_graph, cosine = _checked_graph(path, "text", "texts", embeddings)
         return cosine
 
     def _autocast(self):
@@ -380,6 +359,23 @@ class _ReleasedTower(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         raise EncoderError(f"the torch {self.kind} tower was released: {self.kind}s go through the {self.kind} graph")
+
+
+def _checked_graph(path: Path, kind: str, what: str, inputs: np.ndarray) -> tuple[TowerGraph, float]:
+    """The `kind` graph at `path` and its worst cosine to the build's fp32 vectors of the calibration `inputs`, if it
+    agrees as any fast path must; EncoderError with a sentence otherwise."""
+    graph = TowerGraph.open(path, threads=torch.get_num_threads(), kind=kind)
+    try:
+        vectors = _normalise(torch.from_numpy(graph(inputs)))
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types (a graph of another shape)
+        raise EncoderError(f"{path.name} does not run on this model's {what} ({first_line(error)}).") from None
+    cosine = worst_cosine(vectors, graph.references)
+    if not cosine >= MIN_CALIBRATION_COSINE:
+        raise EncoderError(f"the {kind} graph {path.name} agrees with the build's fp32 vectors only to cosine "
+                           f"{cosine:.5f} (< {MIN_CALIBRATION_COSINE:g}) on this CPU")
+    log.info("%s embedded by the %s graph %s (onnxruntime int8), cosine to the build's fp32 vectors %.5f", what, kind,
+             path.name, cosine)
+    return graph, cosine
 
 
 def _normalise(features: torch.Tensor) -> np.ndarray:
