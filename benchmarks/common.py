@@ -48,6 +48,19 @@ def loadavg() -> str:
         return "?"
 
 
+def host_speed() -> str:
+    """ms for a fixed pure-Python loop, best of 3: the same machine type runs it slower when its host is busy or
+    throttled (a neighbour's steal, a lower clock), which makes figures from two runs comparable or not."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for step in range(2_000_000):
+            total += step
+        best = min(best, time.perf_counter() - start)
+    return f"{best * 1000:.0f}"
+
+
 def _cpuinfo() -> tuple[str, set[str]]:
     model, flags = platform.processor() or "unknown CPU", set()
     try:
@@ -117,13 +130,15 @@ class Report:
     machine: str
     code: str
     load_start: str
+    speed_start: str = ""
     load_end: str = ""
+    speed_end: str = ""
 
     @classmethod
     def start(cls, name: str, title: str) -> Report:
         return cls(name=name, title=title, command=f"python -m benchmarks.{name} {shlex.join(sys.argv[1:])}".strip(),
                    date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), machine=machine(),
-                   code=code_version(), load_start=loadavg())
+                   code=code_version(), load_start=loadavg(), speed_start=host_speed())
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,12 +146,15 @@ class Report:
     def header(self) -> str:
         return (f"# {self.title}\n\n- machine: {self.machine}\n- date: {self.date}; code: {self.code}\n"
                 f"- load average (1, 5, 15 min): {self.load_start} at start, {self.load_end or loadavg()} at the end\n"
+                f"- host speed (a fixed Python loop, ms; lower is faster): {self.speed_start} at start, "
+                f"{self.speed_end or '?'} at the end\n"
                 f"- command: `{self.command}`\n")
 
     def write(self, body: str, results: Path = RESULTS, final: bool = True) -> Path:
         """Print the page and write it to results/NAME.md (a partial page says so)."""
         if final:
             self.load_end = self.load_end or loadavg()
+            self.speed_end = self.speed_end or host_speed()
         page = self.header() + "\n" + body.strip() + "\n" + ("" if final else "\n(partial: still running)\n")
         results.mkdir(parents=True, exist_ok=True)
         path = results / f"{self.name}.md"

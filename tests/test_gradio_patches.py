@@ -31,6 +31,26 @@ def test_lazy_session_configs_equal_what_gradio_computes(app_server):
     assert session.config_values[first_key] == {"replaced": True}
 
 
+def test_api_schemas_are_computed_once_per_data_model_and_stay_each_components_own():
+    """Every gr.update in an answer is a new component asking for its API schema; the patch computes it once per
+    data model. A single and a multiple gr.File have different models and must keep different schemas."""
+    import gradio as gr
+    from gradio.components.base import Component
+
+    from clipsearch.web.gradio_patches import shared_api_schemas
+
+    shared_api_schemas()
+    shared_api_schemas()  # installing twice keeps one layer
+    original = Component.api_info.original
+    assert not getattr(original, "shared", False)
+    makers = [gr.Gallery, lambda: gr.Gallery(label="another"), lambda: gr.File(file_count="single"),
+              lambda: gr.File(file_count="multiple"), gr.Image]
+    for make in makers:
+        assert make().api_info() == original(make())  # a fresh instance: Gradio's own computation
+    assert makers[0]().api_info() is makers[1]().api_info()
+    assert makers[2]().api_info() != makers[3]().api_info()
+
+
 @pytest.mark.memory
 def test_raw_api_calls_do_not_pile_up_sessions(measured_app):
     """Every raw-HTTP call is a new Gradio session holding a copy of the UI's config (~135 KB); only the newest 500

@@ -13,6 +13,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse
 from gradio import state_holder
 from gradio.blocks import BlocksConfig
+from gradio.components.base import Component
 from starlette.exceptions import HTTPException
 
 from ..core.gallery import LOCAL, PLACEHOLDER, ThumbnailStore
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 WRITTEN_FOR = "6.31"  # the gradio major.minor whose internals every patch below was read from
 PATCHES = (
     "lazy_session_configs (SessionState.__init__, BlocksConfig.config_for_block)",
+    "shared_api_schemas (Component.api_info, its per-instance _api_info_cache)",
     "QueryImage/QueryNumber/QuerySlider (Component.preprocess, get_block_name)",
     "ThumbnailFiles (the file route /gradio_api/file=)",
     "busy_handler (the queue-full HTTPException's 'Queue is full' detail)",
@@ -151,6 +153,30 @@ def lazy_session_configs() -> None:
 
     __init__.lazy_configs = True
     state_holder.SessionState.__init__ = __init__
+
+
+def shared_api_schemas() -> None:
+    """Component.api_info's JSON schema computed once per data model for the process, not once per search.
+
+    Gradio caches it per component instance, but each gr.update in an answer is a new instance whose config
+    (SessionState._update_config) asks for it again: a pydantic model_json_schema, 2-4 ms of a search's postprocess
+    on 2 vCPU (py-spy). The schema depends on the data model alone (File's differs with file_count, so the model
+    is the key); components that override api_info are untouched."""
+    original = Component.api_info
+    if getattr(original, "shared", False):
+        return
+    schemas: dict[object, dict] = {}
+
+    def api_info(self):
+        model = self.data_model
+        if model is None:
+            return original(self)
+        if model not in schemas:
+            schemas[model] = original(self)
+        return schemas[model]
+
+    api_info.shared, api_info.original = True, original
+    Component.api_info = api_info
 
 
 class QueryImage(gr.Image):

@@ -26,6 +26,7 @@ from .gradio_patches import (
     busy_handler,
     lazy_session_configs,
     session_capacity,
+    shared_api_schemas,
 )
 from .handlers import PICTURES, THINGS, Handlers
 from .theme import ATLAS_CSS, CSS, THEME
@@ -55,6 +56,7 @@ CONCURRENCY = 16
 
 def build_ui(service: Service) -> gr.Blocks:
     lazy_session_configs()
+    shared_api_schemas()
     # Thumbnails never change under a given cache folder (it is named by the manifest's hash), so Gradio may serve
     # them where they are instead of copying each result (and each example) into its cache: ~4 ms less per search,
     # and only uploads ever land in the cache, which delete_cache below empties of hour-old files.
