@@ -49,16 +49,26 @@ def loadavg() -> str:
 
 
 def host_speed() -> str:
-    """ms for a fixed pure-Python loop, best of 3: the same machine type runs it slower when its host is busy or
-    throttled (a neighbour's steal, a lower clock), which makes figures from two runs comparable or not."""
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
+    """Two fixed workloads, best of 3, in ms: a pure-Python loop (one core's scalar speed) and 20 float32 512³
+    matrix products in numpy (the vector units, on every core). The same machine type runs them slower when its
+    host is busy or throttled (a neighbour, a lower clock), which says whether figures from two runs compare."""
+    import numpy as np
+
+    def best(work) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return min(times) * 1000
+
+    def loop() -> None:
         total = 0
         for step in range(2_000_000):
             total += step
-        best = min(best, time.perf_counter() - start)
-    return f"{best * 1000:.0f}"
+
+    matrix = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    return f"loop {best(loop):.0f}, matmul {best(lambda: [matrix @ matrix for _ in range(20)]):.0f}"
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -146,7 +156,7 @@ class Report:
     def header(self) -> str:
         return (f"# {self.title}\n\n- machine: {self.machine}\n- date: {self.date}; code: {self.code}\n"
                 f"- load average (1, 5, 15 min): {self.load_start} at start, {self.load_end or loadavg()} at the end\n"
-                f"- host speed (a fixed Python loop, ms; lower is faster): {self.speed_start} at start, "
+                f"- host speed (fixed workloads, ms; lower is faster): {self.speed_start} at start, "
                 f"{self.speed_end or '?'} at the end\n"
                 f"- command: `{self.command}`\n")
 
