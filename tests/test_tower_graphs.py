@@ -79,17 +79,8 @@ def test_a_build_publishes_the_graph_and_the_app_ranks_pictures_as_torch_does(sh
 
 
 def test_a_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(tmp_path, shapes_folder, caplog, capsys):
-    model = save_tiny_clip(tmp_path / "tiny", "clip")
-    out = tmp_path / "artifacts"
-    assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
+    out, fp32, encoder = _served_beside_a_foreign_graph(tmp_path, shapes_folder, "clip", "images", caplog)
     assert f"pictures: {IMAGE_GRAPH} (" in capsys.readouterr().out  # the build summary says what the Space runs
-    manifest = Manifest.read(out)
-    fp32 = Encoder.load(model, device="cpu")
-    # the same architecture with other weights (seed 1): its pictures' vectors disagree with the build's fp32 ones
-    other = Encoder.load(save_tiny_clip(tmp_path / "other", "clip", seed=1), device="cpu")
-    export_image_graph(other, out / IMAGE_GRAPH, reference_vectors(fp32)["images"])
-    with caplog.at_level(logging.WARNING, logger="clipsearch.hub.encoders"):
-        encoder = served_encoder(manifest, out, "auto")
     assert encoder.image_graph is None
     assert "agrees with the build's fp32 vectors only to cosine" in caplog.text
     assert "pictures are embedded by the serving copy's torch tower" in caplog.text
@@ -165,16 +156,7 @@ def test_a_siglip_build_publishes_both_graphs_and_the_app_embeds_texts_with_one(
 
 
 def test_a_text_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(tmp_path, shapes_folder, caplog):
-    model = save_tiny_clip(tmp_path / "tiny", "siglip")
-    out = tmp_path / "artifacts"
-    assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
-    manifest = Manifest.read(out)
-    fp32 = Encoder.load(model, device="cpu")
-    # the same architecture with other weights (seed 1): its texts' vectors disagree with the build's fp32 ones
-    other = Encoder.load(save_tiny_clip(tmp_path / "other", "siglip", seed=1), device="cpu")
-    export_text_graph(other, out / TEXT_GRAPH, reference_vectors(fp32)["texts"])
-    with caplog.at_level(logging.WARNING, logger="clipsearch.hub.encoders"):
-        encoder = served_encoder(manifest, out, "auto")
+    out, fp32, encoder = _served_beside_a_foreign_graph(tmp_path, shapes_folder, "siglip", "texts", caplog)
     assert encoder.text_graph is None and encoder.image_graph is not None  # each graph is checked on its own
     assert "the text graph text-int8.onnx agrees with the build's fp32 vectors only to cosine" in caplog.text
     assert "texts are embedded by the serving copy's torch tower" in caplog.text
@@ -186,3 +168,18 @@ def test_a_text_graph_that_disagrees_or_is_damaged_is_refused_and_torch_answers(
     with pytest.raises(EncoderError, match=f"{TEXT_GRAPH} cannot be loaded by onnxruntime"):
         encoder.use_text_graph(out / TEXT_GRAPH)
     assert encoder.text_graph is None and encoder.encode_texts(TEXTS).shape == (len(TEXTS), encoder.info.dim)
+
+
+def _served_beside_a_foreign_graph(tmp_path, shapes_folder, kind: str, inputs: str, caplog):
+    """A build of a tiny `kind` model whose published graph for `inputs` ("images" or "texts") was replaced by the
+    same architecture's with other weights (seed 1), whose vectors disagree with the build's fp32 ones; the build's
+    folder, its fp32 encoder, and the app's encoder for it (warnings in caplog)."""
+    model = save_tiny_clip(tmp_path / "tiny", kind)
+    out = tmp_path / "artifacts"
+    assert run_build("--images", shapes_folder[0], "--model", model, "--out", out) == 0
+    fp32 = Encoder.load(model, device="cpu")
+    other = Encoder.load(save_tiny_clip(tmp_path / "other", kind, seed=1), device="cpu")
+    export, file = {"images": (export_image_graph, IMAGE_GRAPH), "texts": (export_text_graph, TEXT_GRAPH)}[inputs]
+    export(other, out / file, reference_vectors(fp32)[inputs])
+    with caplog.at_level(logging.WARNING, logger="clipsearch.hub.encoders"):
+        return out, fp32, served_encoder(Manifest.read(out), out, "auto")
