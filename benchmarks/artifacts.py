@@ -215,7 +215,9 @@ def with_serving_copy(folder: Path) -> Path:
     from clipsearch.core.encoder import ModelInfo
     from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
 
-    out = folder.with_name(folder.name + "-served")  # the int8 copy and its ONNX image and text graphs
+    # the int8 copy, its ONNX image and text graphs and the torch towers they replace, each in a file of its own
+    # (the layout of 2026-12-06: folders named "-served" hold the towers inside the copy)
+    out = folder.with_name(folder.name + "-served-towers-apart")
     if (out / MANIFEST).exists():
         return out
     fresh_folder(out)

@@ -165,13 +165,19 @@ def serving_line(manifest: Manifest) -> str:
         return "none: the Space downloads the model's checkpoint and converts it at start-up"
     return (f"{serving.file} ({serving.size / 1e6:.0f} MB, {serving.precision}, cosine to fp32 {serving.cosine:.5f}): "
             "the Space loads it instead of the model's checkpoint; pictures: " +
-            _graph_line(serving.image_graph, "image") +
-            ("; texts: " + _graph_line(serving.text_graph, "text") if manifest.model.get("has_text", True) else ""))
+            _graph_line(serving.image_graph, "image", manifest) +
+            ("; texts: " + _graph_line(serving.text_graph, "text", manifest)
+             if manifest.model.get("has_text", True) else ""))
 
 
-def _graph_line(graph, kind: str) -> str:
-    return (f"{graph.file} ({graph.size / 1e6:.0f} MB, onnxruntime int8, cosine to fp32 {graph.cosine:.5f})" if graph
-            else f"its torch int8 {kind} tower (no ONNX graph)")
+def _graph_line(graph, kind: str, manifest: Manifest) -> str:
+    if not graph:
+        return f"its torch int8 {kind} tower (no ONNX graph)"
+    line = f"{graph.file} ({graph.size / 1e6:.0f} MB, onnxruntime int8, cosine to fp32 {graph.cosine:.5f})"
+    if graph.tower:
+        line += (f", its torch tower apart in {graph.tower} ({manifest.files[graph.tower].size / 1e6:.0f} MB, "
+                 "fetched only where the graph fails its check)")
+    return line
 
 
 def objects_line(manifest: Manifest) -> str:

@@ -9,6 +9,7 @@ from clipsearch.core.atlas import ATLAS
 from clipsearch.core.manifest import (
     EMBEDDINGS,
     IMAGE_GRAPH,
+    IMAGE_TOWER_FILE,
     INDEX,
     MANIFEST,
     METADATA,
@@ -17,6 +18,7 @@ from clipsearch.core.manifest import (
     OBJECTS_VECTORS,
     SERVING_MODEL,
     TEXT_GRAPH,
+    TEXT_TOWER_FILE,
     ArtifactError,
     Manifest,
 )
@@ -54,7 +56,7 @@ def check_writable(out: Path) -> None:
 def artifact_names(out: Path) -> list[str]:
     """The files in `out` that a build of ours wrote, by their known names: what a rebuild may replace."""
     names = {MANIFEST, INDEX, EMBEDDINGS, METADATA, ATLAS, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS,
-             SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH}
+             SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH, IMAGE_TOWER_FILE, TEXT_TOWER_FILE}
     names.update(p.name for p in out.glob("thumbs-*.bin") if THUMBS_RE.fullmatch(p.name))
     try:
         names.update(Manifest.read(out).files)  # older builds may have listed other names

@@ -9,19 +9,29 @@ import numpy as np
 
 from clipsearch.core.encoder import Encoder, ModelInfo
 from clipsearch.core.errors import EncoderError, first_line
-from clipsearch.core.manifest import IMAGE_GRAPH, SERVING_MODEL, TEXT_GRAPH, GraphInfo, ServingInfo
+from clipsearch.core.manifest import (
+    IMAGE_GRAPH,
+    IMAGE_TOWER_FILE,
+    SERVING_MODEL,
+    TEXT_GRAPH,
+    TEXT_TOWER_FILE,
+    GraphInfo,
+    ServingInfo,
+)
 from clipsearch.core.precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, reference_vectors
 from clipsearch.core.serving import save_serving_copy
 from clipsearch.core.tower_graphs import export_image_graph, export_text_graph, has_text_graph
 from clipsearch.hub.encoders import load_encoder
 
 log = logging.getLogger("builder")
+TOWERS = {"image": IMAGE_TOWER_FILE, "text": TEXT_TOWER_FILE}  # where each torch tower a graph replaces is kept
 
 
 def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
     """Convert the build's model to int8 on the CPU as the Space would, check it against fp32 as the Space will,
-    and write it to `folder`, with its tower graphs; None (the Space then converts the checkpoint itself) where
-    that fails here."""
+    and write it to `folder`, with its tower graphs, each torch tower a graph replaces in a file of its own (the Space
+    fetches it only where that graph fails its check there); None (the Space then converts the checkpoint itself)
+    where that fails here."""
     graphs: list[GraphInfo] = []
     try:
         # A CPU fp32 copy of exactly the build's model (its files are in the cache already): the build's own
@@ -38,9 +48,15 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
                     first_line(error))
     else:
         if cosine >= MIN_CALIBRATION_COSINE:
-            save_serving_copy(encoder.model, folder / SERVING_MODEL, references)
+            apart = {kind: graph for kind, graph in (("image", image_graph), ("text", text_graph)) if graph}
+            for kind, graph in apart.items():
+                graph.tower = TOWERS[kind]
+            save_serving_copy(encoder.model, folder / SERVING_MODEL, references,
+                              {kind: folder / graph.tower for kind, graph in apart.items()})
             size = (folder / SERVING_MODEL).stat().st_size
-            log.info("serving copy: %s, %.0f MB (int8), cosine to fp32 %.5f", SERVING_MODEL, size / 1e6, cosine)
+            log.info("serving copy: %s, %.0f MB (int8), cosine to fp32 %.5f%s", SERVING_MODEL, size / 1e6, cosine,
+                     "".join(f"; {kind} tower apart: {graph.tower}, {(folder / graph.tower).stat().st_size / 1e6:.0f} "
+                             "MB" for kind, graph in apart.items()))
             return ServingInfo(file=SERVING_MODEL, precision="int8", cosine=round(cosine, 6), size=size,
                                image_graph=image_graph, text_graph=text_graph)
         log.warning("no serving copy: int8 agrees with fp32 only to cosine %.5f (< %g) for this model; the Space "

@@ -19,6 +19,7 @@ from clipsearch.core.gallery import LOCAL, PLACEHOLDER, REFUSED, REMOTE, Gallery
 from clipsearch.core.manifest import (
     EMBEDDINGS,
     IMAGE_GRAPH,
+    IMAGE_TOWER_FILE,
     INDEX,
     MANIFEST,
     METADATA,
@@ -98,7 +99,8 @@ def test_the_app_is_ready_with_only_manifest_index_and_metadata_downloaded(hub, 
     # The index is flat: it stores the vectors, so embeddings.npy is not needed at all; the packs come later. The
     # atlas (the Map tab's positions, 8 bytes an image: ~1 MB for COCO, ~10 ms at 100 MB/s) comes with the index,
     # and so does the encoder's int8 serving copy, which the app loads instead of the model's checkpoint, with its
-    # image tower's ONNX graph, which embeds the pictures of queries.
+    # image tower's ONNX graph, which embeds the pictures of queries (the torch image tower it replaces, kept apart,
+    # stays on the Hub).
     assert set(fetched) == {MANIFEST, INDEX, METADATA, ATLAS, SERVING_MODEL, IMAGE_GRAPH}, fetched
     assert fetched[INDEX] == manifest.files[INDEX].size and fetched[METADATA] == manifest.files[METADATA].size
     assert all(r.range is None for r in hub.requests if "/resolve/" in r.path)  # whole files, each fetched once
@@ -225,7 +227,8 @@ def test_small_sets_are_still_fetched_whole_before_serving(hub, packed_artifacts
     push(packed_artifacts, Manifest.read(packed_artifacts), REPO, api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
     hub.bytes_served.clear()
     gallery, source = _open(hub, tmp_path)  # EAGER_BYTES as shipped: a few hundred KB are fetched at once
-    assert set(hub.downloaded(REPO)) == set(Manifest.read(packed_artifacts).files) | {MANIFEST}
+    # all but the torch image tower its graph replaces (fetched only where that graph fails its check)
+    assert set(hub.downloaded(REPO)) == set(Manifest.read(packed_artifacts).files) - {IMAGE_TOWER_FILE} | {MANIFEST}
     assert source.remote is None
     assert all(gallery.thumbnails.state(n) == LOCAL for n in range(len(gallery.manifest.thumbnails.files)))
     assert isinstance(gallery.vectors, np.memmap)  # embeddings.npy, as before
@@ -269,7 +272,8 @@ def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_
     start needs arrives once, the model's as soon as the manifest names it, and start() then fetches nothing more.
     With the build's serving copy (precision auto) the model's checkpoint is never fetched, only its configs; an app
     that must load the checkpoint (CLIPSEARCH_PRECISION=fp32) fetches it, and not the serving copy; one held to
-    torch's int8 (CLIPSEARCH_PRECISION=int8) fetches the serving copy and not its ONNX image graph."""
+    torch's int8 (CLIPSEARCH_PRECISION=int8) fetches the serving copy with its torch image tower and not its ONNX
+    image graph, and the default app (auto) the graph and not that tower."""
     import dataclasses
     import shutil
 
@@ -297,7 +301,8 @@ def test_the_prefetch_fetches_artifacts_and_model_once_and_start_then_downloads_
             thread.join(60)
     assert [thread.name for thread in threads] == ["prefetch-artifacts", "prefetch-model"]
     artifacts = {name: entry.size for name, entry in Manifest.read(served).files.items()
-                 if name not in {"auto": set(), "int8": {IMAGE_GRAPH}, "fp32": {SERVING_MODEL, IMAGE_GRAPH}}[precision]}
+                 if name not in {"auto": {IMAGE_TOWER_FILE}, "int8": {IMAGE_GRAPH},
+                                 "fp32": {SERVING_MODEL, IMAGE_GRAPH, IMAGE_TOWER_FILE}}[precision]}
     assert {k: v for k, v in hub.downloaded(REPO).items() if k != MANIFEST} == artifacts  # each file once, whole
     fetched = hub.downloaded(model_repo)
     assert "config.json" in fetched and "tokenizer_config.json" in fetched

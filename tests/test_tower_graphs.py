@@ -16,7 +16,16 @@ from PIL import Image
 from builder.serving import write_image_graph, write_text_graph
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.errors import EncoderError
-from clipsearch.core.manifest import IMAGE_GRAPH, INDEX, SERVING_MODEL, TEXT_GRAPH, Manifest, sha256_file
+from clipsearch.core.manifest import (
+    IMAGE_GRAPH,
+    IMAGE_TOWER_FILE,
+    INDEX,
+    SERVING_MODEL,
+    TEXT_GRAPH,
+    TEXT_TOWER_FILE,
+    Manifest,
+    sha256_file,
+)
 from clipsearch.core.precision import calibration_images, reference_vectors
 from clipsearch.core.tower_graphs import export_image_graph, export_text_graph
 from clipsearch.hub.encoders import served_encoder
@@ -144,9 +153,11 @@ def test_a_siglip_build_publishes_both_graphs_and_the_app_embeds_texts_with_one(
     manifest = Manifest.read(out)
     graph = manifest.serving.text_graph
     assert graph.file == TEXT_GRAPH and manifest.files[TEXT_GRAPH].sha256 == sha256_file(out / TEXT_GRAPH)
-    assert manifest.unused_serving_files("auto") == set()  # what a default app downloads: both graphs
+    # what a default app downloads: both graphs, and not the torch towers they replace
+    assert manifest.unused_serving_files("auto") == {IMAGE_TOWER_FILE, TEXT_TOWER_FILE}
     assert manifest.unused_serving_files("int8") == {IMAGE_GRAPH, TEXT_GRAPH}
-    assert manifest.unused_serving_files("fp32") == {SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH}
+    assert manifest.unused_serving_files("fp32") == {SERVING_MODEL, IMAGE_GRAPH, TEXT_GRAPH, IMAGE_TOWER_FILE,
+                                                     TEXT_TOWER_FILE}
     by_graph = served_encoder(manifest, out, "auto")
     by_torch = served_encoder(manifest, out, "int8")
     assert by_graph.text_graph is not None and by_torch.text_graph is None

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import string
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,10 +27,9 @@ from .precision import (
     calibration_images,
     choose_precision,
     convert,
-    release_freed_memory,
     worst_cosine,
 )
-from .serving import load_serving_copy
+from .serving import load_serving_copy, release_tower
 from .tower_graphs import TowerGraph
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class Encoder:
     @classmethod
     def load(cls, folder: str | Path, revision: str | None = None, device: str | torch.device = "auto",
              precision: str = "fp32", min_cosine: float = MIN_CALIBRATION_COSINE, batch: int | None = None, *,
-             model_id: str | None = None, serving_copy: Path | None = None) -> Encoder:
+             model_id: str | None = None, serving_copy: Path | None = None, tower_files: Collection[Path] = (),
+             without: Collection[str] = ()) -> Encoder:
         """Load the model saved in the local `folder` for `device`. A Hub model's files are fetched first (see
         clipsearch.hub.models.load_encoder) and ModelInfo records it as `model_id` at `revision`, the commit they
         came from; a local model is recorded by its folder.
@@ -124,7 +125,10 @@ class Encoder:
         `serving_copy` (the app, where the build published one: core.serving): int8 weights loaded from that file
         instead of converting the checkpoint, which `folder` then need not hold (its configs and processor files
         suffice). They are kept only if their vectors agree with the build's fp32 vectors as a conversion made here
-        must (min_cosine); otherwise EncoderError, and the caller loads the checkpoint instead."""
+        must (min_cosine); otherwise EncoderError, and the caller loads the checkpoint instead. The towers the build
+        kept apart from it come from `tower_files`, but those named in `without` ("image" / "text"), which are not
+        loaded at all: their graphs must do their work (use_image_graph, use_text_graph), and only the towers that
+        are loaded are checked here."""
 
         folder = Path(folder).expanduser()
         name = model_id or str(folder)  # as the user named it, in every sentence
@@ -137,7 +141,7 @@ class Encoder:
         if torch_device.type != "cpu" and (precision in ("bf16", "int8") or serving_copy):
             raise EncoderError(f"precision {precision}: the fast paths are for CPU inference; on {torch_device.type} "
                                "the encoder uses bf16 autocast (use precision auto or fp32).")
-        config, model, paired, references = _model(folder, name, serving_copy)
+        config, model, paired, references = _model(folder, name, serving_copy, tower_files, without)
         image_processor, tokenizer = _processors(folder, name, paired)
         model.eval().to(torch_device)
         info = _model_info(name if revision else str(folder), revision, config, model, image_processor, tokenizer)
@@ -145,18 +149,31 @@ class Encoder:
                       "bf16-autocast" if torch_device.type == "cuda" else "int8" if serving_copy else "fp32",
                       None if serving_copy else
                       lambda: AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False).eval())
+        encoder._tower_released = bool(without)
         if serving_copy is not None:
-            cosine = agreement(encoder, references)
-            if not cosine >= min_cosine:
-                raise EncoderError(f"the serving copy {serving_copy.name} agrees with the build's fp32 vectors only "
-                                   f"to cosine {cosine:.5f} (< {min_cosine:g}) on this CPU")
-            log.info("loaded %s from its serving copy (int8), cosine to the build's fp32 vectors %.5f", info.model_id,
-                     cosine)
+            encoder._check_serving_copy(serving_copy.name, references, min_cosine, without)
         elif torch_device.type == "cpu" and precision != "fp32":
             encoder.use_precision(choose_precision(encoder, precision, min_cosine, batch))
         log.info("loaded %s (%s, dim %d) on %s, precision %s", info.model_id, info.architecture, info.dim,
                  torch_device, encoder.precision)
         return encoder
+
+    def _check_serving_copy(self, name: str, references: dict[str, np.ndarray], min_cosine: float,
+                            without: Collection[str]) -> None:
+        """EncoderError unless the towers loaded from the serving copy `name` reproduce the build's fp32 vectors
+        (`references`); the towers left out (`without`) are checked by their graphs instead."""
+        kinds = [kind for kind in ("images", "texts") if kind[:-1] not in without and
+                 (kind == "images" or self.info.has_text)]
+        if not kinds:
+            log.info("loaded %s from its serving copy (int8) without its torch towers: graphs embed both",
+                     self.info.model_id)
+            return
+        cosine = agreement(self, references, kinds)
+        if not cosine >= min_cosine:
+            raise EncoderError(f"the serving copy {name} agrees with the build's fp32 vectors only to cosine "
+                               f"{cosine:.5f} (< {min_cosine:g}) on this CPU")
+        log.info("loaded %s from its serving copy (int8), cosine to the build's fp32 vectors %.5f (%s)",
+                 self.info.model_id, cosine, " and ".join(kinds))
 
     def use_precision(self, precision: str) -> None:
         """Compute in `precision` (on CPU: fp32, bf16 or int8) from now on. A model in another fast path, or with a
@@ -211,21 +228,16 @@ class Encoder:
         resident for SigLIP 2 B/16). Calling it afterwards is a bug, said so; use_precision reloads it."""
         if self.image_graph is None or not self.info.has_text:
             return
-        for name in IMAGE_TOWER:
-            if isinstance(getattr(self.model, name, None), torch.nn.Module):
-                setattr(self.model, name, _ReleasedTower())
+        release_tower(self.model, "image")
         self._tower_released = True
-        release_freed_memory()
 
     def release_text_tower(self) -> None:
         """Free the torch text tower after its token embeddings once the text graph embeds the texts (the app:
         ~0.1 GB resident for SigLIP 2 B/16); use_precision reloads it."""
         if self.text_graph is None:
             return
-        for name in TEXT_TOWER:
-            setattr(self.model.text_model, name, _ReleasedTower("text"))
+        release_tower(self.model, "text")
         self._tower_released = True
-        release_freed_memory()
 
     # --- text ---------------------------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -276,16 +288,18 @@ def _config(folder: Path, name: str):
     return config, hasattr(config, "text_config") and hasattr(config, "vision_config")
 
 
-def _model(folder: Path, name: str, serving_copy: Path | None = None):
+def _model(folder: Path, name: str, serving_copy: Path | None = None, tower_files: Collection[Path] = (),
+           without: Collection[str] = ()):
     """(config, model, paired, reference vectors) of a model folder: its checkpoint, or given a build's
-    `serving_copy` (core.serving) its configs with those int8 weights and the fp32 vectors they must reproduce."""
+    `serving_copy` (core.serving) its configs with those int8 weights (and its `tower_files`, but the towers named in
+    `without`) and the fp32 vectors they must reproduce."""
     config, paired = _config(folder, name)
     references = None
     try:
         if serving_copy is None:
             model = AutoModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
         else:
-            model, references = load_serving_copy(config, serving_copy)
+            model, references = load_serving_copy(config, serving_copy, tower_files, without)
     except (OSError, ValueError, KeyError) as error:
         raise EncoderError(f"--model {name}: could not be loaded ({first_line(error)}).") from None
     if paired and not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
@@ -342,23 +356,6 @@ def _model_info(model_id: str, revision: str | None, config, model, image_proces
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
-
-
-# The modules of a paired model that only pictures go through (CLIP and SigLIP; SigLIP's head is in vision_model).
-IMAGE_TOWER = ("vision_model", "visual_projection")
-# The modules of a SigLIP text model that the text graph replaces (its token embeddings stay: they feed the graph).
-TEXT_TOWER = ("encoder", "final_layer_norm", "head")
-
-
-class _ReleasedTower(torch.nn.Module):
-    """Stands in for a tower whose work its graph does."""
-
-    def __init__(self, kind: str = "image"):
-        super().__init__()
-        self.kind = kind
-
-    def forward(self, *args, **kwargs):
-        raise EncoderError(f"the torch {self.kind} tower was released: {self.kind}s go through the {self.kind} graph")
 
 
 def _checked_graph(path: Path, kind: str, what: str, inputs: np.ndarray) -> tuple[TowerGraph, float]:

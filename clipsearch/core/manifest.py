@@ -30,6 +30,10 @@ OBJECTS_VECTORS = "objects.npy"
 SERVING_MODEL = "model-int8.safetensors"  # the encoder's int8 serving copy (core.serving): the app loads it, not fp32
 IMAGE_GRAPH = "image-int8.onnx"  # its image tower as an ONNX Runtime graph (core.tower_graphs): picture queries
 TEXT_GRAPH = "text-int8.onnx"  # its text tower likewise (SigLIP family): text queries
+# The serving copy's torch towers that a graph replaces, each in a file of its own: the app fetches one only where
+# its graph cannot serve on the Space's CPU (decision 0047).
+IMAGE_TOWER_FILE = "image-tower-int8.safetensors"
+TEXT_TOWER_FILE = "text-tower-int8.safetensors"
 # Where builds are published: the project's Hub dataset repo (the builder's --push default, the app's INDEX_REPO
 # default), one commit per build, tagged TAG_PREFIX + its UTC time (the app serves the newest such tag).
 DEFAULT_INDEX_REPO = "coco-clip-search/coco2017-clip-index"
@@ -81,10 +85,10 @@ class FileEntry:
 class ServingInfo:
     """The encoder's serving copy published with the build (core.serving), and how well it agreed with fp32 there."""
 
-    file: str
+    file: str  # everything but the towers kept apart (GraphInfo.tower): token tables, heads, the fp32 references
     precision: str  # "int8"
     cosine: float  # worst cosine to the build's fp32 vectors on the calibration batch, on the build's CPU
-    size: int  # bytes to download instead of the fp32 checkpoint's
+    size: int  # bytes of `file`
     # the image tower as an ONNX Runtime int8 graph (core.tower_graphs), what the app embeds pictures with; None:
     # built before it existed, or the export failed for this model (the serving copy's torch tower then answers)
     image_graph: GraphInfo | None = None
@@ -96,8 +100,12 @@ class ServingInfo:
         return [graph.file for graph in (self.image_graph, self.text_graph) if graph]
 
     @property
+    def towers(self) -> list[str]:
+        return [graph.tower for graph in (self.image_graph, self.text_graph) if graph and graph.tower]
+
+    @property
     def files(self) -> list[str]:
-        return [self.file, *self.graphs]
+        return [self.file, *self.graphs, *self.towers]
 
 
 @dataclass
@@ -107,6 +115,9 @@ class GraphInfo:
     file: str
     cosine: float  # worst cosine to the build's fp32 vectors on the calibration inputs, on the build's CPU
     size: int
+    # the serving copy's file holding the torch tower this graph replaces, fetched only where the graph cannot serve;
+    # None: that tower is in the serving copy's own file (builds before 2026-12-06)
+    tower: str | None = None
 
 
 @dataclass
@@ -152,13 +163,14 @@ class Manifest:
     serving: ServingInfo | None = None
 
     def unused_serving_files(self, precision: str) -> set[str]:
-        """The serving files an app computing in `precision` never loads: the serving copy serves auto and int8
-        (fp32 and bf16 need the checkpoint), its graphs auto only."""
+        """The serving files an app computing in `precision` does not load at start: the serving copy serves auto and
+        int8 (fp32 and bf16 need the checkpoint), its graphs auto only, the towers kept apart int8 only (auto fetches
+        one only where its graph fails its check: clipsearch.hub.encoders)."""
         if self.serving is None:
             return set()
         if precision not in ("auto", "int8"):
             return set(self.serving.files)
-        return set(self.serving.graphs) if precision != "auto" else set()
+        return set(self.serving.graphs if precision != "auto" else self.serving.towers)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

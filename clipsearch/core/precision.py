@@ -11,6 +11,7 @@ import gc
 import logging
 import time
 import warnings
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -73,18 +74,22 @@ def choose_precision(encoder, requested: str, min_cosine: float, batch: int | No
     return "fp32"
 
 
-def reference_vectors(encoder) -> dict[str, np.ndarray]:
-    """The encoder's vectors of the calibration batch: "images", and "texts" for a model that reads text."""
-    vectors = {"images": encoder.encode_images(calibration_images(encoder.info.image_size))}
-    if encoder.info.has_text:
+def reference_vectors(encoder, kinds: Collection[str] = ("images", "texts")) -> dict[str, np.ndarray]:
+    """The encoder's vectors of the calibration batch: "images", and "texts" for a model that reads text (of those
+    in `kinds`)."""
+    vectors = {}
+    if "images" in kinds:
+        vectors["images"] = encoder.encode_images(calibration_images(encoder.info.image_size))
+    if "texts" in kinds and encoder.info.has_text:
         vectors["texts"] = encoder.encode_texts(list(CALIBRATION_TEXTS))
     return vectors
 
 
-def agreement(encoder, references: dict[str, np.ndarray]) -> float:
-    """The worst cosine between the encoder's vectors of the calibration batch and `references` (fp32's)."""
-    mine = reference_vectors(encoder)
-    if set(mine) != set(references):
+def agreement(encoder, references: dict[str, np.ndarray], kinds: Collection[str] = ("images", "texts")) -> float:
+    """The worst cosine between the encoder's vectors of the calibration batch (of `kinds`) and `references`
+    (fp32's)."""
+    mine = reference_vectors(encoder, kinds)
+    if set(mine) != {kind for kind in references if kind in kinds}:
         return float("-inf")  # another model's vectors
     return min(worst_cosine(mine[kind], references[kind]) for kind in mine)
 

@@ -5,11 +5,16 @@ per output channel with its scales, the token table in fp16, everything else as 
 the precision check's texts and pictures. The app rebuilds the model's modules without allocating weights (meta
 device), puts these tensors in place, and keeps the copy only if its vectors agree with those fp32 vectors as well
 as a conversion made on the spot must (precision.MIN_CALIBRATION_COSINE). SigLIP 2 B/16: 1.5 GB of fp32 weights
-become ~0.57 GB to download, and no conversion runs at start-up."""
+become ~0.57 GB to download, and no conversion runs at start-up.
+
+The torch towers that the build's ONNX graphs replace (core.tower_graphs) are written to files of their own, so the
+app downloads them only where a graph cannot serve on its CPU: SigLIP 2 B/16's main file is then its 0.39 GB fp16
+token table and little else (decision 0047)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +29,17 @@ from .precision import HalfEmbedding, Int8Linear, full_range_activations, releas
 FORMAT = "clipsearch-int8/1"  # the file's metadata names its layout; another layout is refused with a sentence
 INT8, SCALES = ".int8", ".scales"  # a quantised Linear's weight: int8 values and float64 scales per output channel
 REFERENCE = "__reference__."  # the fp32 vectors the copy must reproduce: REFERENCE + "texts" / "images"
+# The modules of each torch tower a graph can replace (CLIP's and SigLIP's names; SigLIP's image head is inside
+# vision_model, and its text tower's token embeddings stay with the main file: they feed the text graph).
+TOWER_MODULES = {"image": ("vision_model", "visual_projection"),
+                 "text": ("text_model.encoder", "text_model.final_layer_norm", "text_model.head")}
 
 
-def save_serving_copy(model: torch.nn.Module, path: Path, references: dict[str, np.ndarray]) -> None:
+def save_serving_copy(model: torch.nn.Module, path: Path, references: dict[str, np.ndarray],
+                      apart: Mapping[str, Path] | None = None) -> None:
     """Write an int8-converted `model` (precision.convert) and the fp32 `references` ({"texts", "images"}: the
-    vectors of precision.CALIBRATION_TEXTS and calibration_images) to `path` (safetensors)."""
+    vectors of precision.CALIBRATION_TEXTS and calibration_images) to `path` (safetensors); the towers named in
+    `apart` ({"image" | "text": file}, see TOWER_MODULES) each to a file of their own instead."""
     tensors: dict[str, torch.Tensor] = {}
     quantised = set()
     for name, module in model.named_modules():
@@ -42,20 +53,34 @@ def save_serving_copy(model: torch.nn.Module, path: Path, references: dict[str, 
     for name, tensor in _tensors(model):
         if name.rpartition(".")[0] not in quantised:
             tensors[name] = tensor.detach().contiguous()  # position ids are expanded views: contiguous to be saved
+    files: dict[Path, dict[str, torch.Tensor]] = {Path(path): {}, **{Path(file): {} for file in (apart or {}).values()}}
+    for name, tensor in tensors.items():
+        kind = next((kind for kind in apart or {} if _in_tower(name, kind)), None)
+        files[Path(apart[kind]) if kind else Path(path)][name] = tensor
     for kind, vectors in references.items():
-        tensors[REFERENCE + kind] = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    save_file(tensors, str(path), metadata={"format": FORMAT})
+        files[Path(path)][REFERENCE + kind] = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    for file, part in files.items():
+        save_file(part, str(file), metadata={"format": FORMAT})
 
 
-def load_serving_copy(config, path: Path) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
-    """The model of `config` with the serving copy's weights (in eval mode), and its fp32 reference vectors. A file
-    of another layout, or one that lacks a tensor the model has, raises EncoderError with a sentence."""
-    try:
-        tensors = _read(path)
-    except (SafetensorError, OSError) as error:
-        raise EncoderError(f"{path.name} cannot be read as a serving copy ({first_line(error)}).") from None
+def load_serving_copy(config, path: Path, towers: Collection[Path] = (),
+                      without: Collection[str] = ()) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    """The model of `config` with the serving copy's weights (in eval mode), and its fp32 reference vectors: `path`
+    and the `towers` kept apart from it, but the towers named in `without` ("image" / "text"), whose modules are
+    ReleasedTower stand-ins (their graphs do their work). A file of another layout, or one that lacks a tensor the
+    model has, raises EncoderError with a sentence."""
+    tensors: dict[str, torch.Tensor] = {}
+    for file in (path, *towers):
+        try:
+            tensors.update(_read(file))
+        except (SafetensorError, OSError) as error:
+            raise EncoderError(f"{file.name} cannot be read as a serving copy ({first_line(error)}).") from None
     with torch.device("meta"):  # modules only: every weight comes from the file
         model = AutoModel.from_config(config)
+    for kind in without:
+        for name in TOWER_MODULES[kind]:
+            if _has_module(model, name):
+                _set_module(model, name, ReleasedTower(kind))
     _put_fast_modules(model, tensors)
     for name, tensor in _tensors(model):
         if tensor.device.type != "meta":
@@ -74,6 +99,41 @@ def load_serving_copy(config, path: Path) -> tuple[torch.nn.Module, dict[str, np
     del tensors
     release_freed_memory()  # the file's int8 arrays, now packed into the modules' own layout
     return model.eval(), references
+
+
+def release_tower(model: torch.nn.Module, kind: str) -> None:
+    """Put ReleasedTower stand-ins in place of the `kind` tower's modules (TOWER_MODULES), whose memory then goes."""
+    for name in TOWER_MODULES[kind]:
+        if _has_module(model, name):
+            _set_module(model, name, ReleasedTower(kind))
+    release_freed_memory()
+
+
+class ReleasedTower(torch.nn.Module):
+    """Stands in for a tower whose work its graph does."""
+
+    def __init__(self, kind: str = "image"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, *args, **kwargs):
+        raise EncoderError(f"the torch {self.kind} tower was released: {self.kind}s go through the {self.kind} graph")
+
+
+def _in_tower(name: str, kind: str) -> bool:
+    return any(name == module or name.startswith(module + ".") for module in TOWER_MODULES[kind])
+
+
+def _has_module(model: torch.nn.Module, name: str) -> bool:
+    try:
+        return isinstance(model.get_submodule(name), torch.nn.Module)
+    except AttributeError:
+        return False
+
+
+def _set_module(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    owner, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(owner) if owner else model, leaf, module)
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:

@@ -68,6 +68,15 @@ class IndexSource:
     fetch: Callable[[str], Path] | None = None
 
 
+def fetch_verified(source: IndexSource, manifest: Manifest, stamp_dir: Path, name: str) -> Path:
+    """A listed file that a lazy download left on the Hub, fetched at the served commit and checked against the
+    manifest (ArtifactError naming it where it differs): a torch tower kept apart from the serving copy, wanted only
+    where its graph fails its check on this CPU (clipsearch.hub.encoders)."""
+    path = source.fetch(name)
+    verify_files(source.folder, manifest, stamp_dir, names=[name])
+    return path
+
+
 def latest_tag(api: HfApi, repo_id: str) -> str | None:
     """The newest build tag; also the reachability check (snapshot_download alone silently falls back to cache)."""
     refs = api.list_repo_refs(repo_id, repo_type="dataset")

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,7 +18,15 @@ from ..core.manifest import OBJECTS_INDEX, OBJECTS_META
 from ..core.objects import ObjectIndex
 from ..core.search import Searcher
 from ..hub.encoders import served_encoder
-from .download import IndexRepoNotFound, IndexSource, open_cached, open_gallery, open_source, work_folder
+from .download import (
+    IndexRepoNotFound,
+    IndexSource,
+    fetch_verified,
+    open_cached,
+    open_gallery,
+    open_source,
+    work_folder,
+)
 from .settings import Settings
 from .starter import build_starter
 
@@ -71,7 +80,8 @@ def start(settings: Settings) -> Service:
     model = gallery.manifest.model
     # Exactly the manifest's model: the build's int8 serving copy where it has one, else the checkpoint in the
     # fastest CPU path this host has (int8 / bf16), kept only if it agrees with fp32 (see served_encoder).
-    encoder = model_thread.run(served_encoder, gallery.manifest, source.folder, settings.precision)
+    fetch = partial(fetch_verified, source, gallery.manifest, work_folder()) if source.fetch else None
+    encoder = model_thread.run(served_encoder, gallery.manifest, source.folder, settings.precision, fetch)
     service = Service(Searcher(gallery, encoder, model_thread), source, time.perf_counter() - started, rss_mb())
     if source.remote:  # thumbnail packs a cold start left for later: fetched now that the model is down
         source.remote.resume()
