@@ -3,6 +3,7 @@ bandwidth and latency) and a warm start (restarted with a complete cache): secon
 
     python -m benchmarks.startup [--bandwidth-mb-s 100] [--hub-latency-ms 0] [--also before=DIR] [--quick]
     python -m benchmarks.startup --objects 500000      # and when a COCO-size object index arrives (issue #19)
+    python -m benchmarks.startup --serving-copy layouts --repeat 2   # towers apart vs in the copy's one file
 
 A loopback Hub (testkit.hub.HubServer, in this process) holds a COCO-size build in the builder's exact format
 (benchmarks.artifacts, 123,287 rows) with thumbnails of REALISTIC byte size (~15 KB each like real 256-px photos:
@@ -44,6 +45,7 @@ from benchmarks.common import App, Report, arguments, call, fresh_folder, proc_r
 from benchmarks.models import DEFAULT_MODEL, random_model
 from clipsearch.core.manifest import MANIFEST, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, SERVING_MODEL, Manifest
 from clipsearch.serve.download import EAGER_BYTES
+from testkit.helpers import serving_copy_in_one_file
 from testkit.hub import HubServer
 
 REPO, MODEL_REPO = "bench/coco-startup", "bench/default-model-random-weights"
@@ -100,6 +102,37 @@ def busy_seconds(spans, until: float) -> float:
             total += end - max(start, reach)
             reach = end
     return total
+
+
+# The builds a run may publish: (repo suffix, how the table names it) by key, and which ones each --serving-copy means.
+BUILDS = {"copy": ("", "serving copy"), "one file": ("-one-file", "serving copy in one file"),
+          "checkpoint": ("-checkpoint", "checkpoint")}
+BUILD_SETS = {"int8": ["copy"], "none": ["checkpoint"], "both": ["copy", "checkpoint"], "layouts": ["copy", "one file"]}
+
+
+def build_folder(folder: Path, build: str) -> Path:
+    """The artifacts of `folder` as the build `build` (see BUILDS) publishes them."""
+    if build == "checkpoint":
+        return folder
+    copy = with_serving_copy(folder)
+    if build == "copy":
+        return copy
+    out = folder.with_name(folder.name + "-served-one-file")  # every torch tower inside the copy's one file
+    if not (out / MANIFEST).exists():
+        serving_copy_in_one_file(copy, fresh_folder(out))
+    return out
+
+
+def build_line(folder: Path, build: str) -> str:
+    """What the build `build` gives the app, in words, with its files' sizes."""
+    if build == "checkpoint":
+        return "without a serving copy (the app fetches the checkpoint and converts it)"
+    manifest = Manifest.read(build_folder(folder, build))
+    serving = manifest.serving
+    towers = "; ".join(f"{name} {manifest.files[name].size / 1e6:,.0f} MB" for name in serving.towers)
+    return (f"with the encoder's int8 serving copy ({serving.file} {serving.size / 1e6:,.0f} MB"
+            + (f"; the towers its graphs replace apart: {towers}" if towers else ", every torch tower inside")
+            + "; the app fetches only the model's configs)")
 
 
 def publish(hub: HubServer, folder: Path, model: Path, repo: str = REPO, objects_repo: str | None = None
@@ -258,10 +291,14 @@ def main() -> None:
     parser.add_argument("--hub-latency-ms", type=float, default=0.0, help="every Hub request waits this long first")
     parser.add_argument("--packs-timeout", type=float, default=600.0,
                         help="seconds after serving to wait for every thumbnail pack (and the object index)")
-    parser.add_argument("--serving-copy", default="int8", choices=["int8", "none", "both"],
+    parser.add_argument("--serving-copy", default="int8", choices=list(BUILD_SETS),
                         help="publish the build with the encoder's int8 serving copy (int8, the builder's default), "
                              "without it (none: the app fetches the checkpoint and converts it), or both, each app "
-                             "measured on each")
+                             "measured on each; layouts: the serving copy with the torch towers its graphs replace "
+                             "in files of their own (the default since 2026-12-06) and in its one file (before)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure every app on every build this many times, in turn (A B A B: the host's speed "
+                             "drifts between runs)")
     parser.add_argument("--objects", type=int, default=0,
                         help="boxes in the build's object index (0: none; COCO keeps ~500,000): each app is measured "
                              "on the build without and then with it")
@@ -271,32 +308,33 @@ def main() -> None:
         args.objects = min(args.objects, 8000)
     report = Report.start("startup", "Start-up: how long until a Space serves")
     folder = synthetic_artifacts(args.cache, args.count, thumbnails="realistic", objects=args.objects)
-    builds = {"int8": [True], "none": [False], "both": [True, False]}[args.serving_copy]
+    builds = BUILD_SETS[args.serving_copy]
     hub = HubServer()
     wire = Wire(hub.app, args.hub_latency_ms / 1000, args.bandwidth_mb_s * 1e6)
     hub.app = wire
     rows = []
     with hub:
         model = random_model(DEFAULT_MODEL, args.cache)
-        repos = {}  # serving copy or not: (thumbnail packs, the repos of the build without and with its objects)
-        for copy in builds:
-            repo = REPO + ("" if copy else "-checkpoint")
+        repos = {}  # each build: (thumbnail packs, the repos of the build without and with its objects)
+        for build in builds:
+            repo = REPO + BUILDS[build][0]
             objects_repo = repo + "-objects" if args.objects else None
-            packs = publish(hub, with_serving_copy(folder) if copy else folder, model, repo, objects_repo)
-            repos[copy] = packs, [repo] + ([objects_repo] if objects_repo else [])
+            packs = publish(hub, build_folder(folder, build), model, repo, objects_repo)
+            repos[build] = packs, [repo] + ([objects_repo] if objects_repo else [])
         scratch = fresh_folder(args.cache / "startup")
-        for number, (label, root) in enumerate(subjects(args.label, args.also)):
-            for copy, (packs, names) in repos.items():
-                for repo in names:
-                    name = f"{label}, {'serving copy' if copy else 'checkpoint'}" if len(builds) > 1 else label
-                    if args.objects:
-                        name += ", with the object index" if repo.endswith("-objects") else ", without"
-                    rows.append(measure(hub, wire, name, root, fresh_folder(scratch / f"{number}-{repo[6:]}"),
-                                        packs, args.packs_timeout, repo))
-                    print(rows[-1], flush=True)
+        for run in range(args.repeat):
+            for number, (label, root) in enumerate(subjects(args.label, args.also)):
+                for build, (packs, names) in repos.items():
+                    for repo in names:
+                        name = f"{label}, {BUILDS[build][1]}" if len(builds) > 1 else label
+                        if args.objects:
+                            name += ", with the object index" if repo.endswith("-objects") else ", without"
+                        name += f" (run {run + 1})" if args.repeat > 1 else ""
+                        work = fresh_folder(scratch / f"{run}-{number}-{repo[6:]}")
+                        rows.append(measure(hub, wire, name, root, work, packs, args.packs_timeout, repo))
+                        print(rows[-1], flush=True)
     manifest = Manifest.read(folder)
     packs = next(iter(repos.values()))[0]
-    copy = Manifest.read(with_serving_copy(folder)).serving if True in repos else None
     objects = ""
     if args.objects:
         info = manifest.objects
@@ -312,9 +350,7 @@ def main() -> None:
             f"index {manifest.files['index.faiss'].size / 1e6:.0f} MB, `{manifest.index.factory}`) and the default "
             f"model's random-weight stand-in from a loopback Hub; wire {wire_speed}, +{args.hub_latency_ms:g} ms a "
             f"request. Apps: " + "; ".join(f"{label} `{root}`" for label, root in subjects(args.label, args.also))
-            + ". Builds: " + " and ".join(
-                f"with the encoder's int8 serving copy ({copy.size / 1e6:,.0f} MB; the app fetches only the model's "
-                "configs)" if has else "without it (the app fetches the checkpoint and converts it)" for has in repos)
+            + ". Builds: " + " and ".join(build_line(folder, build) for build in repos)
             + f".\n\n{table(rows)}\n\nTargets of the issue: {TARGETS}. 'All packs local': from process start until "
             "every thumbnail pack has arrived whole ('—': not within --packs-timeout). Warm start: the same app "
             "started again on the complete cache, as a Space restarted without sleeping.\n" + objects)

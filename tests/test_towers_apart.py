@@ -29,11 +29,11 @@ from clipsearch.core.manifest import (
     write_manifest,
 )
 from clipsearch.core.precision import calibration_images, reference_vectors
-from clipsearch.core.serving import TOWER_MODULES, ReleasedTower, load_serving_copy, save_serving_copy
+from clipsearch.core.serving import TOWER_MODULES, ReleasedTower
 from clipsearch.core.tower_graphs import export_text_graph
 from clipsearch.hub.encoders import served_encoder
 from testkit import HUB_TOKEN
-from testkit.helpers import run_build
+from testkit.helpers import run_build, serving_copy_in_one_file
 from testkit.models import save_tiny_clip
 
 TEXTS = ["a red circle", "КРАСНЫЙ КРУГ на белом фоне", "红色的圆形", "दो नीले वर्ग", "🔴🟥"]
@@ -135,19 +135,14 @@ def test_a_tower_that_cannot_be_had_gets_a_sentence_and_the_checkpoint_answers(s
 def test_a_build_from_before_the_split_still_serves(siglip_build, tmp_path):
     """Its serving copy holds every tower in one file and its manifest names no tower file."""
     model, build = siglip_build
-    old = _copy(build, tmp_path / "old")
-    manifest = Manifest.read(build)
-    config = Encoder.load(model, device="cpu").model.config
-    whole, references = load_serving_copy(config, build / SERVING_MODEL, [build / name for name in TOWERS])
-    save_serving_copy(whole, old / SERVING_MODEL, references)  # one file, as builds before 2026-12-06 wrote it
-    graphs = {kind: dataclasses.replace(getattr(manifest.serving, kind), tower=None)
-              for kind in ("image_graph", "text_graph")}
-    manifest.serving = dataclasses.replace(manifest.serving, **graphs)
-    kept = {name: entry for name, entry in manifest.files.items() if name not in TOWERS}
-    manifest.files = {**kept, **hash_files(old, [SERVING_MODEL])}
-    write_manifest(old, manifest)
+    (old := tmp_path / "old").mkdir()
+    serving_copy_in_one_file(build, old)
     manifest = Manifest.read(old)
     assert manifest.serving.towers == [] and manifest.unused_serving_files("auto") == set()
+    assert not set(TOWERS) & {path.name for path in old.iterdir()}
+    with safe_open(str(old / SERVING_MODEL), framework="pt") as handle:  # both towers inside the one file
+        assert {name.split(".")[0] for name in handle.keys()} >= {"vision_model", "text_model"}
+        assert any(name.startswith("text_model.encoder.") for name in handle.keys())
     fp32 = Encoder.load(model, device="cpu")
     by_graph, by_torch = served_encoder(manifest, old, "auto"), served_encoder(manifest, old, "int8")
     assert by_graph.image_graph is not None and by_graph.text_graph is not None and by_torch.text_graph is None

@@ -32,3 +32,32 @@ def assert_same_build(first: Path, second: Path) -> dict:
              for folder in (first, second)]
     assert built[0] == built[1]
     return built[0]
+
+
+def serving_copy_in_one_file(build: Path, out: Path) -> Path:
+    """Fill `out` (existing, empty) with `build`'s files as builds before 2026-12-06 published them: every torch
+    tower inside the serving copy's one file and none apart, the manifest naming no tower file (the other files are
+    hard links). Returns `out`."""
+    import dataclasses
+    import os
+
+    from transformers import AutoConfig
+
+    from clipsearch.core.manifest import MANIFEST, SERVING_MODEL, Manifest, hash_files, write_manifest
+    from clipsearch.core.serving import load_serving_copy, save_serving_copy
+
+    manifest = Manifest.read(build)
+    serving, towers = manifest.serving, manifest.serving.towers
+    for name in manifest.files:
+        if name not in {*towers, SERVING_MODEL, MANIFEST}:
+            os.link(build / name, out / name)
+    config = AutoConfig.from_pretrained(manifest.model["model_id"])
+    model, references = load_serving_copy(config, build / SERVING_MODEL, [build / name for name in towers])
+    save_serving_copy(model, out / SERVING_MODEL, references)
+    graphs = {kind: dataclasses.replace(graph, tower=None) for kind in ("image_graph", "text_graph")
+              if (graph := getattr(serving, kind))}
+    manifest.serving = dataclasses.replace(serving, size=(out / SERVING_MODEL).stat().st_size, **graphs)
+    kept = {name: entry for name, entry in manifest.files.items() if name not in towers}
+    manifest.files = {**kept, **hash_files(out, [SERVING_MODEL])}
+    write_manifest(out, manifest)
+    return out
