@@ -214,10 +214,12 @@ def with_serving_copy(folder: Path) -> Path:
     from builder.serving import write_serving_copy
     from clipsearch.core.encoder import ModelInfo
     from clipsearch.core.manifest import MANIFEST, Manifest, hash_files, write_manifest
+    from clipsearch.core.tower_graphs import RECIPE
 
-    # the int8 copy, its ONNX image and text graphs and the torch towers they replace, each in a file of its own
-    # (the layout of 2026-12-06: folders named "-served" hold the towers inside the copy)
-    out = folder.with_name(folder.name + "-served-towers-apart")
+    # the int8 copy, its ONNX image and text graphs (made by recipe RECIPE) and the torch towers they replace, each in
+    # a file of its own (the layout of 2026-12-06: "-served" folders hold the towers inside the copy, and
+    # "-served-towers-apart" ones graphs of recipe 1)
+    out = folder.with_name(f"{folder.name}-served-towers-apart-graphs-r{RECIPE}")
     if (out / MANIFEST).exists():
         return out
     fresh_folder(out)

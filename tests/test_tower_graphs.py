@@ -42,6 +42,10 @@ def _pictures(count: int = 5) -> list[Image.Image]:
     return [draw_shape(color, shape, size=64, seed=n) for n, (color, shape) in enumerate(combos()[:count])]
 
 
+def _operators(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
 @pytest.mark.parametrize("kind", [*KINDS, *EXTRA_KINDS])
 def test_the_graph_embeds_pictures_as_the_fp32_model_does(tmp_path, kind):
     folder = save_tiny_clip(tmp_path / kind, kind)
@@ -52,7 +56,9 @@ def test_the_graph_embeds_pictures_as_the_fp32_model_does(tmp_path, kind):
         assert info is None and not (tmp_path / IMAGE_GRAPH).exists()
         return
     assert info.file == IMAGE_GRAPH and info.cosine >= 0.99 and info.size == (tmp_path / IMAGE_GRAPH).stat().st_size
+    assert "QAttention" in _operators(tmp_path / IMAGE_GRAPH)  # attention fused by onnxruntime, then made int8
     assert encoder.image_graph is None  # the builder's encoder computes as before
+    assert encoder.model.config._attn_implementation == "sdpa"  # traced with eager attention, then given back
     served = Encoder.load(folder, device="cpu")
     assert served.use_image_graph(tmp_path / IMAGE_GRAPH) >= 0.99
     served.release_image_tower()  # as the app does: the torch tower's weights are freed
@@ -131,6 +137,7 @@ def test_the_text_graph_embeds_texts_as_the_fp32_model_does(tmp_path, kind):
         assert info is None and not (tmp_path / TEXT_GRAPH).exists()
         return
     assert info.file == TEXT_GRAPH and info.cosine >= 0.99 and info.size == (tmp_path / TEXT_GRAPH).stat().st_size
+    assert "QAttention" in _operators(tmp_path / TEXT_GRAPH)
     assert encoder.text_graph is None  # the builder's encoder computes as before
     served = Encoder.load(folder, device="cpu")
     assert served.use_text_graph(tmp_path / TEXT_GRAPH) >= 0.99

@@ -1,6 +1,8 @@
 """The encoder's towers as ONNX Runtime int8 graphs: the app's queries in less time than torch's int8 takes.
 
-The builder traces an fp32 tower to ONNX, quantises its MatMuls to int8 per output channel (onnxruntime's dynamic
+The builder traces an fp32 tower to ONNX (with eager attention, whose pattern onnxruntime recognises), fuses its
+attention, skip-LayerNorm and GELU with onnxruntime's transformer optimizer where the fused graph computes what the
+traced one does, quantises its MatMuls and attentions to int8 per output channel (onnxruntime's dynamic
 quantisation: activations quantised per call, as torch's int8 does) and stores in the file the fp32 vectors of the
 precision check's inputs. The app keeps a graph only if its vectors agree with those as well as any fast path must
 (precision.MIN_CALIBRATION_COSINE); otherwise torch's int8 tower answers. The image graph takes pixels; the text
@@ -10,6 +12,7 @@ graph (SigLIP family only) takes the token embeddings, looked up by torch from t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import tempfile
@@ -20,12 +23,18 @@ import numpy as np
 import torch
 
 from .errors import EncoderError, first_line
-from .precision import CALIBRATION_TEXTS, calibration_images
+from .precision import CALIBRATION_TEXTS, calibration_images, worst_cosine
+
+log = logging.getLogger(__name__)
 
 # Each file's metadata names its layout; another layout is refused with a sentence.
 FORMATS = {"image": "clipsearch-onnx-images/1", "text": "clipsearch-onnx-texts/1"}
 REFERENCES = {"image": "clipsearch.reference_images", "text": "clipsearch.reference_texts"}  # fp32 check vectors
 OPSET = 17
+# How the graphs are made (benchmarks key their cached builds by it): 2 = eager attention traced, fused by
+# onnxruntime.transformers' "clip" optimizer, MatMul and Attention int8 (1 = traced as it is, MatMul int8 only).
+RECIPE = 2
+MIN_FUSED_COSINE = 0.9999  # the fused fp32 graph against the traced one on the example inputs: else it is not used
 # Families whose text tower the text graph reproduces: big_vision's recipe (fixed-length padding, no attention mask)
 # then last-position pooling and a head, as SiglipTextModel.forward computes it (transformers 5.23).
 TEXT_GRAPH_FAMILIES = {"siglip", "siglip2"}
@@ -35,7 +44,9 @@ def export_image_graph(encoder, path: Path, references: np.ndarray) -> None:
     """Write `encoder`'s image tower (fp32, on the CPU) as an int8 ONNX graph to `path`, with the fp32 vectors of
     the calibration pictures (`references`) the app checks it against. Needs the onnx package (the builder's)."""
     pixels = encoder.preprocess(calibration_images(encoder.info.image_size))["pixel_values"]
-    _export(_ImageTower(encoder), pixels, "pixel_values", path, "image", references)
+    config = encoder.model.config
+    _export(_ImageTower(encoder), pixels, "pixel_values", path, "image", references,
+            getattr(config, "vision_config", None) or config)
 
 
 def has_text_graph(encoder) -> bool:
@@ -50,30 +61,29 @@ def export_text_graph(encoder, path: Path, references: np.ndarray) -> None:
     """Write `encoder`'s text tower after its token embeddings (fp32, on the CPU) as an int8 ONNX graph to `path`,
     with the fp32 vectors of the calibration texts (`references`). Only where has_text_graph(encoder)."""
     embeddings = encoder.text_embeddings(list(CALIBRATION_TEXTS))
-    _export(_TextTower(encoder), embeddings, "embeddings", path, "text", references)
+    _export(_TextTower(encoder), embeddings, "embeddings", path, "text", references, encoder.model.config.text_config)
 
 
 def _export(tower: torch.nn.Module, example: torch.Tensor, input_name: str, path: Path, kind: str,
-            references: np.ndarray) -> None:
+            references: np.ndarray, config) -> None:
     import onnx  # lazy: the builder's dependency only (not in the Space); the app only runs the graph
     from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: it imports onnx
 
     with tempfile.TemporaryDirectory() as work:
         traced = Path(work) / "fp32.onnx"
         # The tracer warns that shapes become constants: they are the model's own input size, all the app feeds it.
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), _eager_attention(tower):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(tower, (example,), str(traced), input_names=[input_name], output_names=["features"],
                               dynamic_axes={input_name: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)  # the TorchScript tracer: no onnxscript needed
-        # MatMuls only: the patch embedding's ConvInteger has no CPU kernel in onnxruntime 1.23
-        root = logging.getLogger()
-        level, _ = root.level, root.setLevel(logging.ERROR)  # its notes on the root logger: a line per tensor
-        try:
-            quantize_dynamic(traced, Path(work) / "int8.onnx", op_types_to_quantize=["MatMul"], per_channel=True,
-                             weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
+        graph = _fused(traced, Path(work) / "fused.onnx", example.numpy(), input_name, config, kind)
+        # MatMuls and fused attentions only: the patch embedding's ConvInteger has no CPU kernel in onnxruntime 1.23.
+        # The fused ops come from onnxruntime's own domain, whose output types shape inference cannot tell.
+        with _quiet_root():
+            quantize_dynamic(graph, Path(work) / "int8.onnx", op_types_to_quantize=["MatMul", "Attention"],
+                             per_channel=True, weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         graph = onnx.load(str(Path(work) / "int8.onnx"))
     vectors = np.ascontiguousarray(references, dtype=np.float32)
     stored = {"format": FORMATS[kind], REFERENCES[kind]: json.dumps(
@@ -81,6 +91,78 @@ def _export(tower: torch.nn.Module, example: torch.Tensor, input_name: str, path
     for key, value in stored.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
+
+
+@contextlib.contextmanager
+def _eager_attention(tower: torch.nn.Module):
+    """The tower's model computing attention eagerly while it is traced (transformers 5: set_attn_implementation):
+    SDPA traces as scaled query and key products that onnxruntime's attention fusion does not recognise."""
+    model = tower.model if isinstance(tower, _ImageTower) else tower.text
+    top = getattr(model, "set_attn_implementation", None)
+    before = getattr(model.config, "_attn_implementation", None)
+    try:
+        if top and before not in (None, "eager"):
+            top("eager")
+    except (ValueError, AttributeError) as error:  # a model that offers no eager attention: traced as it is
+        log.info("attention traced as %s (%s)", before, first_line(error))
+        top = None
+    try:
+        yield
+    finally:
+        if top and before not in (None, "eager"):
+            top(before)
+
+
+def _fused(traced: Path, out: Path, example: np.ndarray, input_name: str, config, kind: str) -> Path:
+    """`traced` with its attention, skip-LayerNorms and GELUs fused by onnxruntime's transformer optimizer (the "clip"
+    fusions, which fit CLIP's and SigLIP's towers), written to `out`, if that computes what `traced` does on
+    `example`; else `traced` (a model whose layers the optimizer mis-reads, or one it cannot read)."""
+    from onnxruntime.transformers import optimizer  # lazy: the builder's only
+
+    try:
+        with _quiet_root():
+            model = optimizer.optimize_model(str(traced), model_type="clip", opt_level=1,
+                                             num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                                             hidden_size=int(getattr(config, "hidden_size", 0) or 0))
+            model.save_model_to_file(str(out))
+        cosine = worst_cosine(*(_unit(_run(graph, input_name, example)) for graph in (out, traced)))
+    except Exception as error:  # noqa: BLE001 - the optimizer's and onnxruntime's many types: the traced graph serves
+        log.warning("the %s graph is quantised unfused: onnxruntime's optimizer failed (%s: %s)", kind,
+                    type(error).__name__, first_line(error))
+        return traced
+    fused = {op: count for op, count in model.get_fused_operator_statistics().items() if count}
+    if not cosine >= MIN_FUSED_COSINE:
+        log.warning("the %s graph is quantised unfused: the fused graph agrees with the traced one only to cosine "
+                    "%.6f", kind, cosine)
+        return traced
+    log.info("%s graph fused: %s (cosine to the traced graph %.6f)", kind,
+             ", ".join(f"{count} {op}" for op, count in fused.items()) or "nothing", cosine)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_root():
+    """onnxruntime's quantiser and optimizer write their notes to the root logger, a line per tensor: errors only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _run(path: Path, input_name: str, inputs: np.ndarray) -> np.ndarray:
+    import onnxruntime  # lazy, as in TowerGraph.open
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {input_name: inputs})[0]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 class TowerGraph:
