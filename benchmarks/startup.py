@@ -117,7 +117,7 @@ def build_folder(folder: Path, build: str) -> Path:
     copy = with_serving_copy(folder)
     if build == "copy":
         return copy
-    out = folder.with_name(folder.name + "-served-one-file")  # every torch tower inside the copy's one file
+    out = copy.with_name(copy.name + "-one-file")  # every torch tower inside the copy's one file
     if not (out / MANIFEST).exists():
         serving_copy_in_one_file(copy, fresh_folder(out))
     return out

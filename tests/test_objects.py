@@ -21,7 +21,7 @@ from builder.publish import push
 from clipsearch.core.encoder import Encoder
 from clipsearch.core.errors import ArtifactError, QueryError
 from clipsearch.core.gallery import Gallery
-from clipsearch.core.manifest import OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, Manifest, sha256_file
+from clipsearch.core.manifest import MANIFEST, OBJECTS_INDEX, OBJECTS_META, OBJECTS_VECTORS, Manifest, sha256_file
 from clipsearch.core.objects import CONTEXT, MIN_BOX_SIDE, context_box, crop_with_context, parse_box
 from clipsearch.core.search import Hit, ObjectHit, Searcher
 from clipsearch.serve.download import IndexSource
@@ -329,7 +329,8 @@ def test_a_cold_start_answers_whole_images_before_the_object_index_arrives_verif
 def test_a_small_build_is_fetched_whole_but_the_object_vectors_and_a_restart_fetches_nothing(hub, built, tmp_path,
                                                                                            monkeypatch):
     """EAGER_BYTES as shipped (the test build is tiny, so everything is fetched before serving): everything but
-    objects.npy, which only --append reads; the app restarted on that cache downloads not a byte."""
+    objects.npy, which only --append reads, and the torch towers the graphs replace (fetched only where a graph fails
+    its check); the app restarted on that cache downloads not a byte."""
     manifest = Manifest.read(built)
     push(built, manifest, "tester/small", api=HfApi(endpoint=hub.url, token=HUB_TOKEN))
     monkeypatch.setenv("CLIPSEARCH_CACHE", str(tmp_path / "work"))
@@ -337,7 +338,8 @@ def test_a_small_build_is_fetched_whole_but_the_object_vectors_and_a_restart_fet
                                        endpoint=hub.url, token=None)
     hub.bytes_served.clear()
     service = service_module.start(settings)
-    assert set(hub.downloaded("tester/small")) == set(manifest.files) - {OBJECTS_VECTORS} | {"manifest.json"}
+    unused = {OBJECTS_VECTORS, *manifest.serving.towers}
+    assert manifest.serving.towers and set(hub.downloaded("tester/small")) == set(manifest.files) - unused | {MANIFEST}
     assert service.searcher.search_objects("a red circle", 3)[0].category == "red circle"
     hub.bytes_served.clear()
     service_module.start(settings)
