@@ -328,9 +328,37 @@ def _processors(folder: Path, name: str, paired: bool):
                            f"{first_line(error)}); save the model's image processor beside it.") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder) if paired else None
+        if tokenizer is not None:
+            drop_construction_tables(tokenizer)
     except (ImportError, OSError, ValueError, KeyError, AttributeError, TypeError) as error:
         raise EncoderError(_tokenizer_problem(name, folder, error)) from None
     return image_processor, tokenizer
+
+
+# transformers 5.23's tokenizers-backed classes (GemmaTokenizer: SigLIP 2) keep the vocabulary dict and merges list
+# they built their Rust tokenizer from; nothing reads them afterwards (get_vocab asks the Rust tokenizer). For a
+# 256k vocabulary they hold ~120 MB of the app's memory (benchmarks/results/tokenizer_memory.md).
+CONSTRUCTION_TABLES = ("_vocab", "_merges")
+
+
+def drop_construction_tables(tokenizer) -> None:
+    """Free the construction tables a tokenizer keeps (CONSTRUCTION_TABLES), where it tokenizes the calibration
+    texts to the same ids without them; otherwise they are put back, so a release that reads them still works."""
+    kept = {name: getattr(tokenizer, name) for name in CONSTRUCTION_TABLES
+            if isinstance(getattr(tokenizer, name, None), (dict, list)) and len(getattr(tokenizer, name)) > 0}
+    if not kept:
+        return
+    before = tokenizer(list(CALIBRATION_TEXTS))["input_ids"]
+    for name in kept:
+        setattr(tokenizer, name, None)
+    try:
+        same = tokenizer(list(CALIBRATION_TEXTS))["input_ids"] == before
+    except Exception:  # noqa: BLE001 - a tokenizer that reads them: they stay
+        same = False
+    if not same:
+        for name, table in kept.items():
+            setattr(tokenizer, name, table)
+    del kept
 
 
 def _model_info(model_id: str, revision: str | None, config, model, image_processor, tokenizer) -> ModelInfo:
