@@ -87,7 +87,8 @@ def clip_tokenizer():
 
 def copy_tiny_tokenizer(kind: str, folder: Path) -> None:
     """The tokenizer files of testkit's tiny `kind` model (the class and files the real repos carry), 64 tokens padded
-    on the right. Their vocabulary is tiny, which costs nothing here: SigLIP text is always padded to 64 tokens."""
+    on the right. Their vocabulary is tiny, which costs no time here (SigLIP text is always padded to 64 tokens) but
+    leaves the real tokenizer's memory out of every start-up figure: see benchmarks.tokenizer_memory."""
     from testkit.models import save_tiny_clip
 
     with tempfile.TemporaryDirectory() as tiny:
