@@ -19,7 +19,7 @@ from clipsearch.core.manifest import (
     ServingInfo,
 )
 from clipsearch.core.precision import MIN_CALIBRATION_COSINE, agreement, calibration_images, reference_vectors
-from clipsearch.core.serving import save_serving_copy
+from clipsearch.core.serving import has_tower, save_serving_copy
 from clipsearch.core.tower_graphs import export_image_graph, export_text_graph, has_text_graph
 from clipsearch.hub.encoders import load_encoder
 
@@ -48,7 +48,8 @@ def write_serving_copy(info: ModelInfo, folder: Path) -> ServingInfo | None:
                     first_line(error))
     else:
         if cosine >= MIN_CALIBRATION_COSINE:
-            apart = {kind: graph for kind, graph in (("image", image_graph), ("text", text_graph)) if graph}
+            apart = {kind: graph for kind, graph in (("image", image_graph), ("text", text_graph))
+                     if graph and has_tower(encoder.model, kind)}
             for kind, graph in apart.items():
                 graph.tower = TOWERS[kind]
             save_serving_copy(encoder.model, folder / SERVING_MODEL, references,

@@ -12,6 +12,7 @@ from gradio_client import Client, handle_file
 from transformers import AutoImageProcessor, AutoModel
 
 from clipsearch.core.encoder import Encoder, EncoderError
+from clipsearch.core.manifest import IMAGE_TOWER_FILE
 from testkit.helpers import run_build
 from testkit.models import VISION_KINDS, VISION_WIDTH, draw_shape, save_tiny_text_only, save_tiny_vision
 
@@ -73,6 +74,9 @@ def test_the_manifest_records_that_the_index_has_no_text_side(dinov2_artifacts):
     manifest = json.loads((dinov2_artifacts / "manifest.json").read_text())
     assert manifest["model"]["has_text"] is False and manifest["model"]["pooling"] == "cls"
     assert manifest["dim"] == VISION_WIDTH["dinov2"]
+    # its image graph replaces the whole model, which the serving copy keeps: no tower file apart
+    assert manifest["serving"]["image_graph"]["tower"] is None and IMAGE_TOWER_FILE not in manifest["files"]
+    assert not (dinov2_artifacts / IMAGE_TOWER_FILE).exists()
     evaluation = manifest["evaluation"]
     assert not any("text_to_image" in result for result in evaluation.values() if isinstance(result, dict))
     by_category = evaluation["image_to_image_by_category"]  # category relevance needs no text side

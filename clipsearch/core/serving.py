@@ -120,6 +120,12 @@ class ReleasedTower(torch.nn.Module):
         raise EncoderError(f"the torch {self.kind} tower was released: {self.kind}s go through the {self.kind} graph")
 
 
+def has_tower(model: torch.nn.Module, kind: str) -> bool:
+    """Whether `model` has the `kind` tower's modules (TOWER_MODULES): paired CLIP and SigLIP models do, image-only
+    backbones (DINOv2, ViT, ResNet) have nothing to keep apart."""
+    return any(_has_module(model, name) for name in TOWER_MODULES[kind])
+
+
 def _in_tower(name: str, kind: str) -> bool:
     return any(name == module or name.startswith(module + ".") for module in TOWER_MODULES[kind])
 
