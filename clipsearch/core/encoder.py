@@ -162,8 +162,8 @@ class Encoder:
                             without: Collection[str]) -> None:
         """EncoderError unless the towers loaded from the serving copy `name` reproduce the build's fp32 vectors
         (`references`); the towers left out (`without`) are checked by their graphs instead."""
-        kinds = [kind for kind in ("images", "texts") if kind[:-1] not in without and
-                 (kind == "images" or self.info.has_text)]
+        kinds = [vectors for tower, vectors in (("image", "images"), ("text", "texts"))
+                 if tower not in without and (tower == "image" or self.info.has_text)]
         if not kinds:
             log.info("loaded %s from its serving copy (int8) without its torch towers: graphs embed both",
                      self.info.model_id)
@@ -344,8 +344,8 @@ CONSTRUCTION_TABLES = ("_vocab", "_merges")
 def drop_construction_tables(tokenizer) -> None:
     """Free the construction tables a tokenizer keeps (CONSTRUCTION_TABLES), where it tokenizes the calibration
     texts to the same ids without them; otherwise they are put back, so a release that reads them still works."""
-    kept = {name: getattr(tokenizer, name) for name in CONSTRUCTION_TABLES
-            if isinstance(getattr(tokenizer, name, None), (dict, list)) and len(getattr(tokenizer, name)) > 0}
+    kept = {name: table for name in CONSTRUCTION_TABLES
+            if isinstance(table := getattr(tokenizer, name, None), (dict, list)) and table}
     if not kept:
         return
     before = tokenizer(list(CALIBRATION_TEXTS))["input_ids"]
@@ -358,7 +358,6 @@ def drop_construction_tables(tokenizer) -> None:
     if not same:
         for name, table in kept.items():
             setattr(tokenizer, name, table)
-    del kept
 
 
 def _model_info(model_id: str, revision: str | None, config, model, image_processor, tokenizer) -> ModelInfo:

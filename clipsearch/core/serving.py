@@ -78,9 +78,7 @@ def load_serving_copy(config, path: Path, towers: Collection[Path] = (),
     with torch.device("meta"):  # modules only: every weight comes from the file
         model = AutoModel.from_config(config)
     for kind in without:
-        for name in TOWER_MODULES[kind]:
-            if _has_module(model, name):
-                _set_module(model, name, ReleasedTower(kind))
+        _stand_in(model, kind)
     _put_fast_modules(model, tensors)
     for name, tensor in _tensors(model):
         if tensor.device.type != "meta":
@@ -102,11 +100,20 @@ def load_serving_copy(config, path: Path, towers: Collection[Path] = (),
 
 
 def release_tower(model: torch.nn.Module, kind: str) -> None:
-    """Put ReleasedTower stand-ins in place of the `kind` tower's modules (TOWER_MODULES), whose memory then goes."""
-    for name in TOWER_MODULES[kind]:
-        if _has_module(model, name):
-            _set_module(model, name, ReleasedTower(kind))
-    release_freed_memory()
+    """Put ReleasedTower stand-ins in place of the `kind` tower's modules (TOWER_MODULES), whose memory then goes;
+    a tower never loaded (load_serving_copy's `without`) costs nothing."""
+    if _stand_in(model, kind):
+        release_freed_memory()
+
+
+def _stand_in(model: torch.nn.Module, kind: str) -> bool:
+    """Replace the `kind` tower's modules that `model` has and holds (not stand-ins already) by ReleasedTower
+    stand-ins; whether any was replaced."""
+    names = [name for name in TOWER_MODULES[kind]
+             if _has_module(model, name) and not isinstance(model.get_submodule(name), ReleasedTower)]
+    for name in names:
+        _set_module(model, name, ReleasedTower(kind))
+    return bool(names)
 
 
 class ReleasedTower(torch.nn.Module):

@@ -34,7 +34,7 @@ def served_encoder(manifest: Manifest, artifacts: Path, precision: str,
     texts go through the build's ONNX graphs where it has them and they agree with fp32 here (core.tower_graphs),
     and the torch towers they replace are not loaded. A tower the build kept apart that is needed after all (its
     graph failed its check here, or `precision` is int8) is taken from `artifacts` or else brought by `fetch` (the
-    served commit's file, verified: serve.download.IndexSource.fetch_verified)."""
+    served commit's file, verified: serve.download.fetch_verified)."""
     spec = manifest.model
     model_id, revision = spec["model_id"], spec.get("revision")
     copy = artifacts / manifest.serving.file if manifest.serving else None
