@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -24,4 +23,4 @@ def wait_for_results(page: Page) -> None:
     thumbnails = page.locator("#results .thumbnail-item")
     expect(thumbnails.first).to_be_visible(timeout=WAIT)
     expect(thumbnails.first.locator("img")).to_have_js_property("complete", True, timeout=WAIT)
-    expect(page.locator("#results [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"), timeout=WAIT)
+    expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true", timeout=WAIT)  # the search has ended

@@ -92,6 +92,30 @@ def test_image_search_starts_when_the_picture_is_chosen(open_page, app_server, t
     expect(captions(page)).to_have_count(5)
 
 
+def test_a_slow_search_shows_it_is_busy(open_page, app_server):
+    """No Gradio tracker redraws the page during a search; the results are marked busy instead (aria-busy), and a
+    bar shows once the search has taken 400 ms (here every response is delayed 700 ms, as for a distant visitor)."""
+    page = open_page(DESKTOP)
+    results = page.locator("#results")
+    # the bar's opacity as drawn: 0 where it is not there at all (no ::after without the `searching` class)
+    bar = "el => { const a = getComputedStyle(el, '::after'); return a.content === 'none' ? 0 : +a.opacity; }"
+    page.context.new_cdp_session(page).send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 700, "downloadThroughput": -1, "uploadThroughput": -1})
+    box = page.get_by_label("Describe the image")
+    box.fill("a red circle")
+    box.press("Enter")
+    expect(results).to_have_attribute("aria-busy", "true", timeout=WAIT)
+    assert results.evaluate(bar) == 0, "the bar shows before 400 ms have passed"
+    page.wait_for_timeout(550)
+    assert results.get_attribute("aria-busy") == "true", "the search ended before the bar was due: latency too low"
+    assert results.evaluate(bar) == 1, "a search running for 550 ms shows no bar"
+    expect(page.locator("[data-testid=status-tracker]:not(.hide)")).to_have_count(0)  # nor Gradio's tracker
+    wait_for_results(page)
+    expect(results).to_have_attribute("aria-busy", "false")
+    assert results.evaluate(bar) == 0, "the bar stays after the search"
+    expect(captions(page)).to_have_count(5)
+
+
 def test_thumbnails_are_cached_for_good(open_page, app_server):
     """Thumbnail URLs are content-addressed (folder = build's manifest hash, file = row), so they are served
     immutable for a year: a browser never asks for one again."""

@@ -206,10 +206,10 @@ def _results_area(ui, searcher) -> None:
 def _visible_searches(ui, on: Handlers) -> None:
     """The Text and Image tabs' searches, paging and feedback: a page of results (PageView) out, by name."""
     refine, page = ui.refine, ui.page
-    # Progress shows as a small timer on the results alone: Gradio's full tracker (spinner and a pulsing border on
-    # every output) kept the browser drawing frames throughout the search, on the CPU the search needs.
+    # No Gradio progress tracker: even its minimal timer redraws the page every frame of a search, on the CPU the
+    # search needs (picture p50 -18 ms in the browser benchmark, decision 0050). `busy` marks the results instead.
     paged = dict(outputs=page.components, api_visibility="private", concurrency_limit=CONCURRENCY,
-                 concurrency_id="ui", show_progress="minimal", show_progress_on=page["results"])
+                 concurrency_id="ui", show_progress="hidden")
 
     def search(handler, field, k, *more):
         """The tab's query field, its k and the refine panel in, as one dict keyed by component (inputs as a set);
@@ -229,9 +229,9 @@ def _visible_searches(ui, on: Handlers) -> None:
         return event
 
     for trigger in (ui.text_button.click, ui.query.submit):
-        trigger(**search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
+        busy(trigger, **search(on.ui_text_search, ui.query, ui.text_k, ui.look_for))
     for trigger in (ui.region_button.click, ui.region.submit):
-        trigger(**search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
+        busy(trigger, **search(on.ui_region_search, ui.picture, ui.image_k, ui.region))
     # Two taps (or clicks) on the picture fill the region with the box between them; no round trip to the model. The
     # drawing on the picture (ui.drawing) holds the first corner until the second tap, and shows it.
     ui.picture.select(on.pick_corner, ui.drawing, [ui.drawing, ui.region], api_visibility="private", queue=False)
@@ -239,15 +239,32 @@ def _visible_searches(ui, on: Handlers) -> None:
     # A new picture (or none) empties both. Both in the browser alone.
     ui.region.change(None, ui.region, ui.drawing, js="(box) => window.ClipRegion.fromField(box)")
     ui.picture.change(None, None, [ui.region, ui.drawing], js="() => ['', '']")
-    ui.image_button.click(**search(on.ui_picture_search, ui.picture, ui.image_k))
+    busy(ui.image_button.click, **search(on.ui_picture_search, ui.picture, ui.image_k))
     # A search starts as soon as there is a picture (no button press needed); a newer picture replaces a search
     # still waiting for its turn.
-    ui.picture.change(**search(on.ui_image_search, ui.picture, ui.image_k), trigger_mode="always_last")
-    page["more"].click(to_page(on.ui_next_page), [page["paging"], ui.feedback_open], **paged)
+    busy(ui.picture.change, **search(on.ui_image_search, ui.picture, ui.image_k), trigger_mode="always_last")
+    busy(page["more"].click, to_page(on.ui_next_page), [page["paging"], ui.feedback_open], **paged)
     ui.feedback.expand(on.open_feedback, page["hits"], [ui.feedback_open, page["liked"], page["disliked"]],
                        api_visibility="private")
     ui.feedback.collapse(lambda: False, None, ui.feedback_open, api_visibility="private", queue=False)
-    ui.refine_button.click(to_page(on.ui_feedback), [page["paging"], page["liked"], page["disliked"]], **paged)
+    busy(ui.refine_button.click, to_page(on.ui_feedback), [page["paging"], page["liked"], page["disliked"]],
+         **paged)
+
+
+# The results marked busy from a search's trigger until its event ends (success or error): aria-busy for screen
+# readers and the `searching` class, whose bar (theme.CSS) shows only if the search lasts past 400 ms. Both run in
+# the browser alone, with no round trip.
+_MARK = ("() => {{ const r = document.getElementById('results');"
+         " if (r) {{ r.classList.toggle('searching', {on}); r.setAttribute('aria-busy', '{on}'); }} }}")
+BUSY, IDLE = _MARK.format(on="true"), _MARK.format(on="false")
+
+
+def busy(trigger, *args, **event):
+    """`trigger(*args, **event)`, with the results marked busy (BUSY) while it runs."""
+    trigger(None, None, None, js=BUSY)
+    dependency = trigger(*args, **event)
+    dependency.then(None, None, None, js=IDLE)
+    return dependency
 
 
 def _api_endpoints(ui, on: Handlers) -> None:
@@ -279,10 +296,9 @@ def _api_endpoints(ui, on: Handlers) -> None:
     api_region.click(**_endpoint(on.search_region, "search_region"), inputs=[ui.picture, api_box, ui.image_k],
                      outputs=results, validator=on.validate_region, concurrency_limit=CONCURRENCY,
                      concurrency_id="image")
-    ui.more_like_this.click(
-        **_endpoint(on.search_similar, "search_similar"), inputs=[ui.selected, ui.similar_k], outputs=results,
-        validator=on.validate_similar, concurrency_limit=CONCURRENCY, show_progress="minimal",
-        show_progress_on=ui.page["results"],
+    busy(
+        ui.more_like_this.click, **_endpoint(on.search_similar, "search_similar"), inputs=[ui.selected, ui.similar_k],
+        outputs=results, validator=on.validate_similar, concurrency_limit=CONCURRENCY, show_progress="hidden",
     ).success(on.similar_paging, [ui.selected, ui.similar_k], [ui.page["paging"], ui.page["more"]],
               api_visibility="private")
 
