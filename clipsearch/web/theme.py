@@ -22,17 +22,13 @@ CSS = """
 #results .caption-label {font-size: 0.8rem;}
 #results .grid-wrap {min-height: 0; max-height: none;}  /* Gradio reserves 450px even for one row of results */
 #details {min-height: 2rem;}
-/* A search still running after 400 ms shows a thin moving bar over the results (web.ui.BUSY marks them):
-   a compositor-only animation, so a search that ends sooner draws no frame at all. */
+/* A search still running after 400 ms (web.ui.BUSY adds `searching` then) shows a thin bar moving over the results:
+   a compositor-only animation. */
 #results {position: relative;}
 #results.searching::after {content: ""; position: absolute; top: 0; left: 0; width: 25%; height: 3px; z-index: 3;
-  background: var(--color-accent, #4f46e5); opacity: 0; pointer-events: none;
-  animation: clip-busy 1.2s ease-in-out 400ms infinite;}
-@keyframes clip-busy { from {opacity: 1; transform: translateX(0);} to {opacity: 1; transform: translateX(300%);} }
-@media (prefers-reduced-motion: reduce) {
-  #results.searching::after {width: 100%; animation: clip-busy-still 0s linear 400ms forwards;}
-}
-@keyframes clip-busy-still { to {opacity: 1;} }
+  background: var(--color-accent, #4f46e5); pointer-events: none; animation: clip-busy 1.2s ease-in-out infinite;}
+@keyframes clip-busy { from {transform: translateX(0);} to {transform: translateX(300%);} }
+@media (prefers-reduced-motion: reduce) { #results.searching::after {width: 100%; animation: none;} }
 footer {display: none !important;}
 @media (max-width: 640px) { #results .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
 /* On a phone the examples scroll sideways in one row instead of stacking six rows above the results. */
