@@ -10,6 +10,7 @@ import sys
 import gradio
 import yaml
 
+from clipsearch.core.encoder import DEFAULT_MODEL
 from testkit import ROOT
 from testkit.deploy import load_deploy
 
@@ -22,7 +23,8 @@ def test_card_front_matter_is_complete_and_pinned():
     assert front["sdk"] == "gradio" and front["sdk_version"] == gradio.__version__
     assert front["app_file"] == "app.py" and front["suggested_hardware"] == "cpu-basic"
     assert str(front["python_version"]).startswith("3.")
-    assert front["preload_from_hub"][0].startswith(front["models"][0])
+    # the card names (and preloads) the model the builder's default builds the index with
+    assert front["models"][0] == DEFAULT_MODEL and front["preload_from_hub"][0].startswith(DEFAULT_MODEL + " ")
     assert len(front["short_description"]) <= 60
     requirements = (ROOT / "requirements.txt").read_text()
     assert f"gradio[mcp]=={gradio.__version__}" in requirements

@@ -13,7 +13,8 @@ from testkit.coco import make_coco, publish_coco
 from testkit.models import save_tiny_clip
 
 # The files the default model's repo really holds, besides the ones transformers loads (see test_model_layouts).
-# google/siglip2-base-patch16-256, fixed resolution: model_type "siglip" with a GemmaTokenizer.
+# google/siglip2-base-patch16-224 (as its siblings at 256 and 512), fixed resolution: model_type "siglip" with a
+# GemmaTokenizer.
 MODEL_FILES = ["config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
                "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
 

@@ -34,9 +34,10 @@ from .tower_graphs import TowerGraph
 
 log = logging.getLogger(__name__)
 
-# SigLIP 2 B/16 at 256 px: 53.2 T->I R@1 on COCO Karpathy 5k (big_vision), multilingual (Gemma tokenizer, 256k
-# pieces). The light alternative: laion's English CLIP B/32 (39.3), a third of SigLIP 2's CPU time per query.
-DEFAULT_MODEL = "google/siglip2-base-patch16-256"
+# SigLIP 2 B/16 at 224 px: 52.1 T->I R@1 on COCO Karpathy 5k (big_vision), multilingual (Gemma tokenizer, 256k
+# pieces); at 256 px (53.2) a picture query costs ~30% more, which missed the 200 ms picture goal on an AVX-512 CPU
+# without AMX (decision 0051). The light alternative: laion's English CLIP B/32 (39.3), a third of the CPU time.
+DEFAULT_MODEL = "google/siglip2-base-patch16-224"
 LIGHT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 # Tokenizers of multilingual families: the UI then says that any language works (SigLIP 2's Gemma vocabulary).
 MULTILINGUAL_TOKENIZERS = {"GemmaTokenizer", "GemmaTokenizerFast", "Siglip2Tokenizer"}
