@@ -208,8 +208,16 @@ def confidence_line(manifest: Manifest) -> str:
     fitted, held = calibration.fitted_on, calibration.held_out
     quality = (f"held-out expected calibration error {held['ece']:.3f} over {held['pairs']:,} pairs" if "ece" in held
                else "no held-out captions to measure it on")
-    return (f"fitted on {fitted['captions']:,} captions' top {fitted['depth']} hits ({fitted['positives']:,} matches "
+    line = (f"fitted on {fitted['captions']:,} captions' top {fitted['depth']} hits ({fitted['positives']:,} matches "
             f"of {fitted['pairs']:,}); {quality}")
+    pictures = manifest.picture_calibration
+    if pictures is None:
+        return line + "\n    pictures: none (hits of a picture search carry similarity scores only)"
+    fitted, held = pictures.fitted_on, pictures.held_out
+    quality = (f"held-out expected calibration error {held['ece']:.3f} over {held['pairs']:,} pairs" if "ece" in held
+               else "no held-out pictures to measure it on")
+    return line + (f"\n    pictures: fitted on {fitted['pictures']:,} pictures' top {fitted['depth']} hits "
+                   f"({fitted['positives']:,} matches of {fitted['pairs']:,}); {quality}")
 
 
 def main(argv: list[str] | None = None) -> int:

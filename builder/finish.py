@@ -26,7 +26,7 @@ from clipsearch.core.manifest import (
 )
 
 from .atlas import write_atlas
-from .calibrate import calibrate
+from .calibrate import calibrate, calibrate_pictures, caption_sample
 from .embed import THUMB_SIDE
 from .evaluate import evaluate
 from .index import build_index
@@ -64,7 +64,8 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
     evaluation = evaluate(encoder, packed.vectors, rows["captions"], rows["split"], plan.eval_mode,
                           categories=rows["categories"], image_ids=coco_ids)
     log.info("calibrating confidence on the gallery's captions")
-    calibration = calibrate(encoder, packed.vectors, rows["captions"], rows["split"])
+    sample = caption_sample(encoder, rows["captions"], rows["split"])
+    calibration, picture_calibration = calibrate(sample, packed.vectors), calibrate_pictures(sample, packed.vectors)
     objects = None
     if packed.objects is not None:  # an --append keeps its base's object index type, as it does for images
         kind = (base.objects.index.factory, base.objects.index.search_params) if base and base.objects else (
@@ -82,7 +83,7 @@ def finish(plan: BuildPlan, folder: Path, packed: Packed, encoder: Encoder, *, s
         builder_version=builder_version(), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 1), images_per_second=round(speed["images_per_second"], 1),
         device=plan.device.type, precision=encoder.precision, files=hash_files(folder, names), calibration=calibration,
-        objects=objects, serving=serving,
+        picture_calibration=picture_calibration, objects=objects, serving=serving,
     )
     manifest = replace(base, **fields) if base else Manifest(
         format_version=FORMAT_VERSION, model=encoder.info.to_dict(), dim=encoder.info.dim, **fields)

@@ -81,6 +81,29 @@ def test_absent_things_are_told_no_good_match_and_present_ones_keep_theirs(built
     assert kept / present >= 0.90, f"{world}, {model}: only {kept} of {present} present queries kept their match"
 
 
+@pytest.mark.parametrize("model", ["shapes", "shapes, cosines / 3"])
+@pytest.mark.parametrize("world", list(WORLDS))
+def test_pictures_of_absent_things_are_told_no_good_match_and_present_ones_keep_theirs(built, world, model):
+    """The same honesty for a search by picture, from the build's second curve (manifest.picture_calibration): a
+    new drawing of each colour and shape, none of them in the gallery, as the query."""
+    searcher = _searcher(built[world, model])
+    keep = WORLDS[world]
+    told, kept, absent, present = 0, 0, 0, 0
+    for color in COLORS:
+        for shape in SHAPES:
+            hits = searcher.search_image(draw_shape(color, shape, size=64, seed=90_001 + 7 * len(color + shape)), k=5)
+            assert all(h.confidence is not None for h in hits)
+            assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
+            if keep(color, shape):
+                present += 1
+                kept += hits[0].confidence >= WEAK and hits[0].file_name.startswith(f"{color}-{shape}-")
+            else:
+                absent += 1
+                told += hits[0].confidence < WEAK
+    assert told / absent >= 0.85, f"{world}, {model}: only {told} of {absent} absent pictures told 'no good match'"
+    assert kept / present >= 0.90, f"{world}, {model}: only {kept} of {present} present pictures kept their match"
+
+
 def test_the_two_models_really_score_on_different_scales(built):
     """The point of the pair: the same match scores about three times lower with the second model, so any fixed
     cosine threshold that fits one fails the other; the calibrations differ accordingly."""
@@ -103,23 +126,30 @@ def test_the_calibration_is_recorded_with_its_held_out_error(built):
     assert 0 <= calibration.held_out["ece"] < 0.15
     again = Manifest.from_json(Manifest.read(built["no red", "shapes"]).to_json()).calibration
     assert again == calibration  # a typed record through JSON and back
+    pictures = Manifest.read(built["no red", "shapes"]).picture_calibration
+    assert pictures.queries == "image" and pictures.slope > 0
+    assert 0 < pictures.fitted_on["positives"] < pictures.fitted_on["pairs"]
+    assert 0 <= pictures.held_out["ece"] < 0.15
+    assert Manifest.from_json(Manifest.read(built["no red", "shapes"]).to_json()).picture_calibration == pictures
 
 
 def test_min_confidence_cuts_weak_hits_and_needs_a_calibration(built, tmp_path):
     searcher = _searcher(built["no red", "shapes"])
     vector = searcher.text_vector("a blue circle")
-    every = searcher.search(vector, Plan.checked(10), "a blue circle", calibrated=True)
-    sure = searcher.search(vector, Plan.checked(10, min_confidence=0.5), "a blue circle", calibrated=True)
+    every = searcher.search(vector, Plan.checked(10), "a blue circle", calibrated="text")
+    sure = searcher.search(vector, Plan.checked(10, min_confidence=0.5), "a blue circle", calibrated="text")
     assert sure == [h for h in every if h.confidence >= 0.5] and 0 < len(sure) < len(every)
     # pages continue the same confidences: page 2 never looks surer than page 1's last hit
-    second = searcher.search(vector, Plan.checked(5, page=1), "a blue circle", calibrated=True)
+    second = searcher.search(vector, Plan.checked(5, page=1), "a blue circle", calibrated="text")
     assert [h.confidence for h in second] == [h.confidence for h in every[5:10]]
-    # picture queries carry no confidence: nothing was calibrated for them
-    assert all(h.confidence is None for h in searcher.search_image(built["no red", "shapes"] and
-                                                                    draw_shape("blue", "circle", 64, 1), k=3))
+    # a picture alone gets the build's picture calibration, and no confidence where the build has none
+    picture = draw_shape("blue", "circle", 64, 1)
+    assert all(h.confidence is not None for h in searcher.search_image(picture, k=3))
+    searcher.picture_calibration = None
+    assert all(h.confidence is None for h in searcher.search_image(picture, k=3))
     searcher.calibration = None  # an index built without captions
     with pytest.raises(QueryError, match="no confidence calibration.*min_score"):
-        searcher.search(vector, Plan.checked(5, min_confidence=0.5), "a blue circle", calibrated=True)
+        searcher.search(vector, Plan.checked(5, min_confidence=0.5), "a blue circle", calibrated="text")
 
 
 def test_the_page_says_plainly_when_nothing_matches_and_marks_the_hits_weak(built):

@@ -157,6 +157,8 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
     # P(match | cosine) for text queries, fitted on the build's own captions; None: no captions, hits get no confidence
     calibration: Calibration | None = None
+    # the same for picture queries (a hit any of the query image's captions would call a match); None: as above
+    picture_calibration: Calibration | None = None
     # the object index beside the image index; None: a build without instance boxes (or --objects none)
     objects: ObjectsInfo | None = None
     # the encoder's int8 serving copy; None: built before it existed or with --serving-copy none (the app converts)

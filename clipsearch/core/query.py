@@ -40,8 +40,16 @@ class Query:
     negative_weight: float = 0.5
 
     def plain_text(self) -> bool:
-        """A description alone: the only query whose hits the build's calibration speaks for."""
+        """A description alone (no pictures, no negative)."""
         return bool(self.text and self.text.strip()) and not self.images and not (self.negative or "").strip()
+
+    def calibrated_as(self) -> str | None:
+        """The build's calibration that speaks for this query's hits: "text" for a description alone, "image" for one
+        picture alone; None for a mix (no pairs calibrate those)."""
+        if self.plain_text():
+            return "text"
+        alone = not (self.text or "").strip() and not (self.negative or "").strip()
+        return "image" if alone and len(self.images) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -82,12 +90,12 @@ class Plan:
 @dataclass(frozen=True, eq=False)  # eq=False: hashable by identity (Gradio hashes state values), arrays are not
 class Paging:
     """A search the visitor can page on or refine: the query vector, the text used for choosing captions, the plan,
-    and whether its hits get a calibrated confidence (a plain text query)."""
+    and which calibrated confidence its hits get (a plain description's or a lone picture's)."""
 
     vector: np.ndarray
     text: str | None
     plan: Plan
-    calibrated: bool = False
+    calibrated: str | None = None  # the calibration its hits get: "text", "image" (Query.calibrated_as) or none
 
 
 def _blank(ch: str) -> bool:

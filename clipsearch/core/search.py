@@ -69,7 +69,8 @@ class Searcher:
             raise ValueError(f"encoder dim {encoder.info.dim} != index dim {gallery.manifest.dim}")
         self.gallery = gallery
         self.encoder = encoder
-        self.calibration = gallery.manifest.calibration  # text queries only; None: no captions to calibrate on
+        self.calibration = gallery.manifest.calibration  # descriptions; None: no captions to calibrate on
+        self.picture_calibration = gallery.manifest.picture_calibration  # one picture alone; None: as above
         self.model_thread = model_thread or ModelThread()
         self._encode_text = self.model_thread.lane("text", lambda texts: list(encoder.encode_texts(texts)), text_batch)
         self._encode_image = self.model_thread.lane("image", lambda images: list(encoder.encode_images(images)),
@@ -98,23 +99,26 @@ class Searcher:
 
     def search_text(self, text: str, k: int = 5) -> list[Hit]:
         query = self.text_query(text)
-        return self.search(self.text_vector(query), Plan.checked(k), query_text=query, calibrated=True)
+        return self.search(self.text_vector(query), Plan.checked(k), query_text=query, calibrated="text")
 
     def search_image(self, image: Image.Image | str | Path | bytes, k: int = 5) -> list[Hit]:
         plan = Plan.checked(k)
         decoded = isinstance(image, Image.Image) and image.mode == "RGB"  # the validator's, through load_image
-        return self.search(self._encode_image(image) if decoded else self.image_vector(image), plan)
+        return self.search(self._encode_image(image) if decoded else self.image_vector(image), plan,
+                           calibrated="image")
 
     def search_similar(self, image_id: int, k: int = 5) -> list[Hit]:
         """'More like this': the stored vector of a gallery image, no re-encoding."""
         return self.search(self.stored_vector(image_id), Plan.checked(k))
 
     def search(self, vector: np.ndarray, plan: Plan, query_text: str | None = None,
-               calibrated: bool = False) -> list[Hit]:
+               calibrated: str | None = None) -> list[Hit]:
         """Where every search ends: the hits of `plan` for a unit query vector, ranked from plan.first_rank; exact
-        for a flat index. query_text picks each hit's best caption; `calibrated` (a plain text query) gives each hit
-        the build's calibrated confidence, which plan.min_confidence may cut at."""
+        for a flat index. query_text picks each hit's best caption; `calibrated` ("text" for a description alone,
+        "image" for one picture alone: Query.calibrated_as) gives each hit the build's calibrated confidence for
+        that kind of query, where it has one, which plan.min_confidence may cut at."""
         gallery = self.gallery
+        calibration = {"text": self.calibration, "image": self.picture_calibration}.get(calibrated)
         if plan.min_confidence is not None and self.calibration is None:
             raise QueryError("This index has no confidence calibration (it was built without captions to fit one), "
                              "so min_confidence cannot apply; use min_score instead.")
@@ -136,8 +140,8 @@ class Searcher:
         if plan.diversity:
             found = mmr(gallery, found, plan.diversity, want)
         found, confidences = found[:want], None
-        if calibrated and self.calibration is not None:  # from rank 1, so a later page never looks surer
-            confidences = self.calibration.confidences([score for score, _ in found])
+        if calibration is not None:  # from rank 1, so a later page never looks surer
+            confidences = calibration.confidences([score for score, _ in found])
             if plan.min_confidence is not None:  # confidence never rises with rank: this cuts the tail
                 found = found[:sum(c >= plan.min_confidence for c in confidences)]
             confidences = confidences[plan.page * plan.k:len(found)]

@@ -26,7 +26,7 @@ class Refine:
     collapse: bool = False
     diversity: float = 0.0
     min_score: float = 0.0
-    min_confidence: float = 0.0  # hits of a description only: they carry a calibrated confidence
+    min_confidence: float = 0.0  # hits of a description or a lone picture: they carry a calibrated confidence
 
     def text_query(self, text: str | None) -> Query:
         """A description, with the extra pictures."""

@@ -163,7 +163,8 @@ class Handlers:
             k: results per page, 1 to 50.
             page: 0 for the first page, 1 for the next k results, and so on.
             min_confidence: 0 to 1; drop hits less likely than this to be a match (0 = keep all). Only a description
-                alone (no images, no negative, no feedback) gets a confidence; the index must have a calibration.
+                alone or one picture alone (no negative, no feedback) gets a confidence; the index must have a
+                calibration.
         """
         refine = Refine(extras=images, image_weight=image_weight, negative=negative, negative_weight=negative_weight,
                         categories=categories, match="all" if match_all else "any", splits=splits,
@@ -175,7 +176,7 @@ class Handlers:
         vector, text = self.searcher.compose(query)
         if more_like or less_like:
             vector = self.searcher.with_feedback(vector, more_like, less_like)
-        paging = Paging(vector, text, plan, calibrated=query.plain_text() and not (more_like or less_like))
+        paging = Paging(vector, text, plan, calibrated=None if more_like or less_like else query.calibrated_as())
         return self._page(paging), paging
 
     def _page(self, paging: Paging) -> list[Hit]:

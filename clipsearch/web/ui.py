@@ -181,7 +181,7 @@ def _results_area(ui, searcher) -> None:
                 refine("collapse", gr.Checkbox(label="Hide near-duplicate shots", value=False))
                 refine("diversity", gr.Slider(0, 1, value=0, step=0.05, label="Variety (0 = most similar first)"))
                 refine("min_score", gr.Slider(0, 1, value=0, step=0.01, label="Minimum similarity (0 = off)"))
-                # only a build with captions has a calibration, and only descriptions get a confidence
+                # only a build with captions has a calibration: descriptions and lone pictures get a confidence
                 refine("min_confidence", gr.Slider(0, 1, value=0, step=0.05, label="Minimum confidence (0 = off)",
                                                    visible=gallery.manifest.calibration is not None))
         page("results", gr.Gallery(label="Results", columns=5, height="auto", object_fit="cover", allow_preview=False,

@@ -117,7 +117,17 @@ def _calibration_paragraph(manifest) -> str:
             f"match, fitted for this model and collection on {fitted.get('captions', 0):,} of its own captions "
             f"(their top {fitted.get('depth', 0)} hits; a match is the caption's own image or one whose captions "
             f"say the same).{ece} Below {WEAK:.0%} for the best result, the page says that nothing matches well. "
-            "Picture searches show similarity only: the build has no pairs to calibrate them on.")
+            f"{_picture_sentence(manifest.picture_calibration)}")
+
+
+def _picture_sentence(calibration) -> str:
+    if calibration is None:
+        return "Picture searches show similarity only: this build has no calibration for them."
+    fitted, held = calibration.fitted_on, calibration.held_out
+    ece = f" (held-out error {held['ece']:.3f} over {held['pairs']:,} pairs)" if "ece" in held else ""
+    return (f"A search by one picture carries the same chance, fitted on {fitted.get('pictures', 0):,} of the "
+            f"collection's pictures searching the others: a hit is a match when any of the query picture's own "
+            f"captions would call it one{ece}.")
 
 
 def about_markdown(service: Service) -> str:
