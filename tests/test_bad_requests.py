@@ -3,6 +3,7 @@ memory bounded, and an overfull queue that answers 'busy, try again'."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 
@@ -49,6 +50,7 @@ def test_text_edge_cases_are_answered_or_refused_with_a_sentence(client, app_ser
     assert kind == "refused:422" and "must be text" in shown
 
 
+ARENA_STEP_MB = 15  # a round that grew more than this took a thread's first malloc arena (~25 MB), not a leak
 BAD_K = [0, -3, 51, 10**12, 2.5, "abc", None, True, [5], {"k": 5}]
 
 
@@ -118,15 +120,15 @@ def test_after_a_storm_of_bad_requests_the_server_answers_and_memory_is_bounded(
         readings.append(measured_app.rss_mb())
     kind, outputs = call(url, "search_text", ["a yellow triangle", 3])
     assert kind == "complete" and len(outputs[1]) == 3, (kind, outputs)
-    # One step is forgiven: a worker thread's first malloc arena adds ~25 MB once, in any round (seen in rounds 2-7,
-    # with or without the image graph, sometimes handed back later). A leak grows every round instead.
+    # A leak grows round after round. A thread's first malloc arena is a one-off step of ~25 MB instead, in any round
+    # (seen in rounds 2-7, with or without the image graph, sometimes handed back later), and several threads serve
+    # these requests (Gradio's workers, the early-picture pool): two such steps were seen in one run, then flat.
     steps = [later - earlier for earlier, later in zip(readings, readings[1:])]
-    one_off = max(0.0, *steps)
-    grown = readings[-1] - readings[0] - one_off
     shown = ", ".join(f"{mb:.0f}" for mb in readings)
-    assert one_off < 64, f"resident memory jumped {one_off:.0f} MB in one round of bad requests (MB: {shown})"
-    assert grown < 20, f"resident memory grew {grown:.0f} MB over 8 rounds of bad requests besides one step, " \
-                       f"a leak: it keeps growing (MB after each round: {shown})"
+    assert max(steps) < 64, f"resident memory jumped {max(steps):.0f} MB in one round of bad requests (MB: {shown})"
+    creeping = sum(step for step in steps if step < ARENA_STEP_MB)
+    assert statistics.median(steps) < 2 and creeping < 12, \
+        f"resident memory keeps growing over 8 rounds of bad requests, a leak (MB after each round: {shown})"
 
 
 # === 2. Load shedding ==============================================================================================
