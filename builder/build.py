@@ -201,23 +201,22 @@ def objects_line(manifest: Manifest) -> str:
 
 
 def confidence_line(manifest: Manifest) -> str:
-    """How the build's calibrated confidence was fitted and how well it held on captions it was not fitted on."""
-    calibration = manifest.calibration
-    if calibration is None:
+    """How the build's calibrated confidences were fitted (descriptions, then pictures) and how well each held on
+    queries it was not fitted on."""
+    if manifest.calibration is None:
         return "none (no captions to calibrate on, or an image-only model): hits carry similarity scores only"
+    pictures = manifest.picture_calibration
+    return _fit_line(manifest.calibration, "captions") + "\n    pictures: " + (
+        _fit_line(pictures, "pictures") if pictures else "none (hits of a picture search carry similarity scores only)")
+
+
+def _fit_line(calibration, unit: str) -> str:
+    """One calibration's fit and held-out error; `unit` names its queries (builder.calibrate's fitted_on key)."""
     fitted, held = calibration.fitted_on, calibration.held_out
     quality = (f"held-out expected calibration error {held['ece']:.3f} over {held['pairs']:,} pairs" if "ece" in held
-               else "no held-out captions to measure it on")
-    line = (f"fitted on {fitted['captions']:,} captions' top {fitted['depth']} hits ({fitted['positives']:,} matches "
-            f"of {fitted['pairs']:,}); {quality}")
-    pictures = manifest.picture_calibration
-    if pictures is None:
-        return line + "\n    pictures: none (hits of a picture search carry similarity scores only)"
-    fitted, held = pictures.fitted_on, pictures.held_out
-    quality = (f"held-out expected calibration error {held['ece']:.3f} over {held['pairs']:,} pairs" if "ece" in held
-               else "no held-out pictures to measure it on")
-    return line + (f"\n    pictures: fitted on {fitted['pictures']:,} pictures' top {fitted['depth']} hits "
-                   f"({fitted['positives']:,} matches of {fitted['pairs']:,}); {quality}")
+               else f"no held-out {unit} to measure it on")
+    return (f"fitted on {fitted[unit]:,} {unit}' top {fitted['depth']} hits ({fitted['positives']:,} matches of "
+            f"{fitted['pairs']:,}); {quality}")
 
 
 def main(argv: list[str] | None = None) -> int:
